@@ -1,0 +1,150 @@
+"""The paired/unpaired MuData conventions of mumatch, in one place.
+
+One transductive :class:`~mudata.MuData` holds every cell of every modality:
+
+- a cell measured in several modalities (a *paired* cell, e.g. a training cell) has the same obs name in each of them;
+- a cell measured in one modality only (an *unpaired* cell) has an obs name found in that modality alone
+  (the readers prefix it with the modality name, e.g. ``"rna:AAAC-1"``);
+- a cell-by-cell matrix (a matching plan, the ground truth) lives in ``mdata.obsp`` over ``mdata.obs_names``,
+  with rows for cells of the first modality and columns for cells of the second.
+
+Everything that needs to know which cells are paired, where a modality's cells sit in ``mdata.obs_names`` or how the
+cells split into batch blocks asks this module, so that the convention is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from mudata import MuData
+
+MISSING_BATCH = "nan"
+
+
+@dataclass(frozen=True)
+class Block:
+    """Cells of two modalities that are matched with each other (one batch level).
+
+    Attributes
+    ----------
+    name
+        The batch level (or ``"all"`` when cells are matched in one block).
+    index1
+        Positions of the block's cells in ``mdata[mod1].obs_names``.
+    index2
+        Positions of the block's cells in ``mdata[mod2].obs_names``.
+    """
+
+    name: str
+    index1: np.ndarray
+    index2: np.ndarray
+
+
+def paired_names(mdata: MuData, mod1: str, mod2: str) -> pd.Index:
+    """Obs names measured in both modalities, in the order of ``mod1``."""
+    names1 = mdata[mod1].obs_names
+    return names1[names1.isin(mdata[mod2].obs_names)]
+
+
+def paired_positions(mdata: MuData, mod1: str, mod2: str) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the paired cells in each modality, aligned so that row ``i`` of both is one cell."""
+    names = paired_names(mdata, mod1, mod2)
+    return mdata[mod1].obs_names.get_indexer(names), mdata[mod2].obs_names.get_indexer(names)
+
+
+def unpaired_mask(mdata: MuData, mod: str, other: str | list[str]) -> np.ndarray:
+    """Boolean mask over ``mdata[mod].obs_names``: cells not measured in ``other`` (one or several modalities)."""
+    others = [other] if isinstance(other, str) else list(other)
+    seen = np.zeros(mdata[mod].n_obs, dtype=bool)
+    for name in others:
+        seen |= mdata[mod].obs_names.isin(mdata[name].obs_names)
+    return ~seen
+
+
+def obs_positions(mdata: MuData, mod: str) -> np.ndarray:
+    """Position in ``mdata.obs_names`` of every cell of modality ``mod`` (in the modality's order)."""
+    return mdata.obs_names.get_indexer(mdata[mod].obs_names)
+
+
+def batch_labels(mdata: MuData, mod: str, batch_key: str | None) -> pd.Series | None:
+    """The batch label of every cell of ``mod`` as strings, or None when no cell carries one.
+
+    Missing labels become :data:`MISSING_BATCH`.
+    """
+    if batch_key is None or batch_key not in mdata[mod].obs:
+        return None
+    labels = mdata[mod].obs[batch_key]
+    if labels.isna().all():
+        return None
+    return labels.astype(object).where(labels.notna(), MISSING_BATCH).astype(str)
+
+
+def batch_blocks(
+    mdata: MuData,
+    mod1: str,
+    mod2: str,
+    mask1: np.ndarray,
+    mask2: np.ndarray,
+    batch_key: str | None,
+) -> tuple[list[Block], list[str]]:
+    """Split the selected cells of two modalities into blocks, one per batch level.
+
+    Parameters
+    ----------
+    mdata
+        The MuData.
+    mod1, mod2
+        The two modalities.
+    mask1, mask2
+        Boolean masks over each modality's cells: the cells to match.
+    batch_key
+        Column of each modality's ``.obs`` with the batch. ``None`` puts all cells in one block.
+
+    Returns
+    -------
+    The blocks, and the reasons why some cells were put in one block or left out (for logging and diagnostics).
+    A level present on one side only gives a block with zero cells on the other side; the caller decides what to do.
+    """
+    notes: list[str] = []
+    index1 = np.flatnonzero(mask1)
+    index2 = np.flatnonzero(mask2)
+    labels1 = batch_labels(mdata, mod1, batch_key)
+    labels2 = batch_labels(mdata, mod2, batch_key)
+    if batch_key is None:
+        return [Block("all", index1, index2)], notes
+    missing1 = labels1 is None or (labels1.iloc[index1] == MISSING_BATCH).any()
+    missing2 = labels2 is None or (labels2.iloc[index2] == MISSING_BATCH).any()
+    if missing1 or missing2:
+        side = mod1 if missing1 else mod2
+        notes.append(
+            f"batch labels '{batch_key}' are missing for some selected cells of '{side}': matching all selected "
+            "cells in one block"
+        )
+        return [Block("all", index1, index2)], notes
+    values1 = labels1.to_numpy()[index1]
+    values2 = labels2.to_numpy()[index2]
+    levels = pd.unique(np.concatenate([values1, values2]))
+    blocks = [Block(str(level), index1[values1 == level], index2[values2 == level]) for level in levels]
+    return blocks, notes
+
+
+def embed_block(
+    mdata: MuData, mod1: str, mod2: str, block_matrix: sp.spmatrix, index1: np.ndarray, index2: np.ndarray
+) -> sp.csr_matrix:
+    """Place a (cells of mod1 × cells of mod2) sparse matrix into ``mdata.obs_names × mdata.obs_names``."""
+    coo = sp.coo_matrix(block_matrix)
+    rows = obs_positions(mdata, mod1)[index1][coo.row]
+    cols = obs_positions(mdata, mod2)[index2][coo.col]
+    return sp.csr_matrix((coo.data, (rows, cols)), shape=(mdata.n_obs, mdata.n_obs))
+
+
+def extract_block(
+    mdata: MuData, matrix: sp.spmatrix, mod1: str, mod2: str, index1: np.ndarray, index2: np.ndarray
+) -> sp.csr_matrix:
+    """The (cells of mod1 × cells of mod2) part of a matrix over ``mdata.obs_names``."""
+    rows = obs_positions(mdata, mod1)[index1]
+    cols = obs_positions(mdata, mod2)[index2]
+    return sp.csr_matrix(matrix)[rows][:, cols].tocsr()

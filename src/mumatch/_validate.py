@@ -1,0 +1,112 @@
+"""Shared input checks that raise clear errors naming the argument and the fix.
+
+Every check only reads its inputs, so a public function that runs its checks first leaves the caller's data
+untouched when one fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from mudata import MuData
+
+
+def check_mudata(mdata: object, argument: str = "mdata") -> MuData:
+    """Raise unless ``mdata`` is a MuData."""
+    if not isinstance(mdata, MuData):
+        raise TypeError(f"'{argument}' must be a mudata.MuData, got {type(mdata).__name__}")
+    return mdata
+
+
+def check_mod(mdata: MuData, mod: str, argument: str = "mod") -> str:
+    """Raise a KeyError unless ``mod`` is a modality of ``mdata``."""
+    if not isinstance(mod, str) or mod not in mdata.mod:
+        raise KeyError(f"{argument}={mod!r} is not a modality of mdata; choose one of {list(mdata.mod)}")
+    return mod
+
+
+def check_mods(mdata: MuData, mods: Sequence[str] | str | None, argument: str = "mods") -> list[str]:
+    """Resolve ``mods`` (None means all modalities) and check each name."""
+    if mods is None:
+        return list(mdata.mod)
+    names = [mods] if isinstance(mods, str) else list(mods)
+    if not names:
+        raise ValueError(f"'{argument}' is empty; pass None to use every modality")
+    if len(set(names)) != len(names):
+        raise ValueError(f"'{argument}' repeats a modality: {names}")
+    for name in names:
+        check_mod(mdata, name, argument)
+    return names
+
+
+def check_rep(mdata: MuData, mod: str, rep: str, argument: str = "use_rep") -> np.ndarray:
+    """Return ``mdata[mod].obsm[rep]`` as a dense float array, raising when missing or not finite."""
+    if rep not in mdata[mod].obsm:
+        raise KeyError(
+            f"{argument}={rep!r} not found in mdata['{mod}'].obsm (it has {list(mdata[mod].obsm)}); "
+            "compute it first, e.g. with mm.pp.lsi_harmony"
+        )
+    values = mdata[mod].obsm[rep]
+    values = values.toarray() if sp.issparse(values) else np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"mdata['{mod}'].obsm['{rep}'] must be a 2-d array, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"mdata['{mod}'].obsm['{rep}'] contains NaN or infinite values; recompute the embedding")
+    return values
+
+
+def check_layer(mdata: MuData, mod: str, layer: str | None, argument: str = "layer") -> np.ndarray | sp.spmatrix:
+    """Return the matrix of ``layer`` (``.X`` when None) of modality ``mod``."""
+    adata = mdata[mod]
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(
+            f"{argument}={layer!r} not found in mdata['{mod}'].layers (it has {list(adata.layers)}); "
+            f"pass {argument}=None to use .X"
+        )
+    return adata.layers[layer]
+
+
+def check_counts(matrix: np.ndarray | sp.spmatrix, where: str, argument: str = "layer") -> None:
+    """Raise unless ``matrix`` holds non-negative integers (raw counts)."""
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    if values.size == 0:
+        return
+    if not np.isfinite(values).all():
+        raise ValueError(
+            f"{where} contains NaN or infinite values; raw counts are expected (choose another {argument}=)"
+        )
+    if (values < 0).any():
+        raise ValueError(f"{where} contains negative values; raw counts are expected (choose another {argument}=)")
+    if not np.array_equal(values, np.round(values)):
+        raise ValueError(
+            f"{where} contains non-integer values, which looks like normalised data; raw counts are expected "
+            f"(pass {argument}= naming the layer with raw counts, e.g. {argument}='counts')"
+        )
+
+
+def check_obs_key(mdata: MuData, mod: str, key: str, argument: str) -> None:
+    """Raise a KeyError unless ``key`` is a column of ``mdata[mod].obs``."""
+    if key not in mdata[mod].obs:
+        raise KeyError(
+            f"{argument}={key!r} not found in mdata['{mod}'].obs; pass an existing column or {argument}=None"
+        )
+
+
+def check_positive(value: float, argument: str, *, allow_none: bool = False) -> None:
+    """Raise unless ``value`` is a finite number > 0."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int | float | np.integer | np.floating) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{argument} must be a finite number > 0, got {value!r}")
+
+
+def check_int(value: int, argument: str, *, minimum: int = 1, allow_none: bool = False) -> None:
+    """Raise unless ``value`` is an integer ≥ ``minimum``."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{argument} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,107 @@
+"""Command line: ``mumatch demo`` (the whole job on bundled real data) and ``mumatch run`` (competition drop-in)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import scanpy as sc
+from mudata import MuData
+
+from . import datasets
+from ._layout import paired_names
+from ._pipeline import run_pipeline, score_table
+
+DEMO_DATA = ("multiome", "cite", "simulated")
+
+
+def _load_demo_data(data: str, seed: int) -> MuData:
+    if data in ("multiome", "cite"):
+        return datasets.bmmc_starter(data)
+    if data == "simulated":
+        return datasets.simulate_paired(1000, ("rna", "atac"), n_genes=1000, n_peaks=3000, seed=seed)
+    path = Path(data)
+    if not path.exists() and not path.parent.exists():
+        raise SystemExit(f"--data {data!r}: not one of {list(DEMO_DATA)} and no such folder or prefix")
+    return datasets.read_neurips2021(path)
+
+
+def _modalities(mdata: MuData) -> tuple[str, str]:
+    recorded = mdata.uns.get("neurips2021", {})
+    if recorded:
+        return recorded["mod1"], recorded["mod2"]
+    mod1, mod2 = list(mdata.mod)[:2]
+    return mod1, mod2
+
+
+def demo(data: str = "multiome", out: str = "mumatch_demo", seed: int = 0) -> int:
+    """Run the best available pipeline end to end, print a score table and write the results."""
+    mdata = _load_demo_data(data, seed)
+    mod1, mod2 = _modalities(mdata)
+    print(
+        f"mumatch demo on {data}: {mod1} {mdata[mod1].n_obs} cells, {mod2} {mdata[mod2].n_obs} cells, "
+        f"{len(paired_names(mdata, mod1, mod2))} paired"
+    )
+    result = run_pipeline(mdata, mod1, mod2, seed=seed)
+    table = score_table(mdata, result, mod1, mod2)
+    print(table.to_markdown(floatfmt=".4f"))
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mdata.write_h5mu(out_dir / "result.h5mu")
+    table.to_csv(out_dir / "scores.csv")
+    print(f"wrote {out_dir / 'result.h5mu'} and {out_dir / 'scores.csv'}")
+    return 0
+
+
+def run(files: dict[str, str | None], out: str, seed: int = 0, method: str | None = None) -> int:
+    """Read competition files, match the test cells and write a prediction in the competition's format."""
+    mdata = datasets.read_neurips2021_files(files)
+    mod1, mod2 = _modalities(mdata)
+    result = run_pipeline(mdata, mod1, mod2, seed=seed)
+    key = result.plan_keys[method] if method else list(result.plan_keys.values())[-1]
+    datasets.write_prediction(mdata, key, out)
+    print(f"wrote {out} ({key})")
+    if "match_true" in mdata.obsp:
+        print(score_table(mdata, result, mod1, mod2).to_markdown(floatfmt=".4f"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mumatch`` argument parser."""
+    parser = argparse.ArgumentParser(prog="mumatch", description=__doc__)
+    parser.add_argument("--verbosity", type=int, default=1, help="scanpy verbosity (0 errors … 4 debug)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo_parser = commands.add_parser("demo", help="run the whole pipeline on bundled real data and print scores")
+    demo_parser.add_argument(
+        "--data", default="multiome", help=f"one of {list(DEMO_DATA)} or a competition folder/prefix"
+    )
+    demo_parser.add_argument("--out", default="mumatch_demo", help="folder for result.h5mu and scores")
+    demo_parser.add_argument("--seed", type=int, default=0)
+
+    run_parser = commands.add_parser("run", help="match the test cells of competition files; write a prediction")
+    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2"):
+        run_parser.add_argument(f"--{part.replace('_', '-')}", required=True, dest=part)
+    run_parser.add_argument("--test-sol", dest="test_sol", help="optional ground truth: prints scores")
+    run_parser.add_argument("--out", required=True, help="prediction .h5ad to write")
+    run_parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mumatch`` console script."""
+    args = build_parser().parse_args(argv)
+    sc.settings.verbosity = args.verbosity
+    if args.command == "demo":
+        return demo(args.data, args.out, args.seed)
+    files = {
+        part: getattr(args, part)
+        for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2", "test_sol")
+    }
+    return run(files, args.out, args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

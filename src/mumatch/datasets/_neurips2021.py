@@ -1,0 +1,282 @@
+"""Read and write the NeurIPS 2021 "match modality" competition format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from mudata import MuData
+from scanpy import logging as logg
+
+from .._layout import extract_block
+from .._validate import check_counts, check_mudata
+
+FEATURE_TYPES = {"GEX": "rna", "ATAC": "atac", "ADT": "adt"}
+PARTS = ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2")
+MAX_PREDICTIONS_PER_ROW = 1000  # the competition accepted at most 1000 non-zeros per test cell
+
+
+def _part_path(path: Path, part: str) -> Path:
+    """Files are either ``path/part.h5ad`` (a folder) or ``path + part + .h5ad`` (a prefix such as '.../cite_')."""
+    if path.is_dir():
+        return path / f"{part}.h5ad"
+    return Path(f"{path}{part}.h5ad")
+
+
+def _modality_name(adata: ad.AnnData, part: str) -> str:
+    if "feature_types" not in adata.var:
+        raise ValueError(f"{part}: var['feature_types'] is missing; cannot tell which modality it holds")
+    kinds = pd.unique(adata.var["feature_types"].astype(str))
+    if len(kinds) != 1 or kinds[0] not in FEATURE_TYPES:
+        raise ValueError(
+            f"{part}: unknown feature types {list(kinds)} in var['feature_types']; "
+            f"expected one of {list(FEATURE_TYPES)}"
+        )
+    return FEATURE_TYPES[kinds[0]]
+
+
+def _pairing(solution: ad.AnnData, n_cells: int, part: str) -> np.ndarray:
+    """Column paired with each row of a solution matrix, checked to be a permutation."""
+    if solution.shape != (n_cells, n_cells):
+        raise ValueError(f"{part} has shape {solution.shape}, expected ({n_cells}, {n_cells}) from the mod1/mod2 files")
+    matrix = sp.csr_matrix(solution.X)
+    if matrix.getnnz() != n_cells or not np.all(np.diff(matrix.indptr) == 1):
+        raise ValueError(f"{part} is not a permutation matrix: each row must have exactly one non-zero entry")
+    pairing = matrix.indices.copy()
+    if np.unique(pairing).size != n_cells:
+        raise ValueError(f"{part} is not a permutation: some columns are paired with several rows")
+    return pairing
+
+
+def _counts(adata: ad.AnnData, part: str) -> sp.csr_matrix:
+    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    counts = sp.csr_matrix(counts, dtype=np.float32)
+    check_counts(counts, f"{part} counts (layers['counts'] or .X)", argument="layer")
+    return counts
+
+
+def _modality(
+    train: ad.AnnData,
+    test: ad.AnnData,
+    train_names: pd.Index,
+    train_batch: pd.Series | None,
+    prefix: str,
+    mod: str,
+    parts: tuple[str, str],
+) -> ad.AnnData:
+    """One modality: training cells under their paired names, then test cells under prefixed names."""
+    if not train.var_names.equals(test.var_names):
+        raise ValueError(f"{parts[0]} and {parts[1]} have different features; they must describe the same modality")
+    counts = sp.vstack([_counts(train, parts[0]), _counts(test, parts[1])]).tocsr()
+    obs = pd.DataFrame(
+        {
+            "split": pd.Categorical(["train"] * train.n_obs + ["test"] * test.n_obs, categories=["train", "test"]),
+            "original_name": np.concatenate([train.obs_names.to_numpy(), test.obs_names.to_numpy()]).astype(str),
+        },
+        index=pd.Index(np.concatenate([train_names.to_numpy(), (prefix + test.obs_names).to_numpy()]), dtype=str),
+    )
+    batch = pd.Series(np.nan, index=obs.index, dtype=object)
+    if train_batch is not None:
+        batch.iloc[: train.n_obs] = train_batch.to_numpy()
+    if "batch" in test.obs:
+        batch.iloc[train.n_obs :] = test.obs["batch"].astype(str).to_numpy()
+    obs["batch"] = pd.Categorical(batch)
+    adata = ad.AnnData(X=counts.copy(), obs=obs, var=pd.DataFrame(index=train.var_names.astype(str)))
+    adata.var["feature_types"] = train.var["feature_types"].astype(str).to_numpy()
+    adata.layers["counts"] = counts
+    adata.uns["modality"] = mod
+    return adata
+
+
+def _cell_types(full_path: Path | None, mdata: MuData, mod1: str, mod2: str, test_pairing: np.ndarray | None) -> None:
+    """Attach ``obs['cell_type']`` from the ``full_*`` files (evaluation only: no model reads it)."""
+    if full_path is None or not full_path.exists():
+        return
+    full = ad.read_h5ad(full_path, backed="r")
+    if "cell_type" not in full.obs:
+        return
+    cell_type = full.obs["cell_type"].astype(str)
+    for mod in (mod1, mod2):
+        adata = mdata[mod]
+        original = adata.obs["original_name"].to_numpy().copy()
+        train = (adata.obs["split"] == "train").to_numpy()
+        original[train] = adata.obs_names[train]
+        if mod == mod2:
+            if test_pairing is None:
+                continue
+            # Test cells of mod2 are anonymised; their labels come through the ground truth (evaluation only).
+            test_mod1 = mdata[mod1].obs["original_name"][(mdata[mod1].obs["split"] == "test").to_numpy()].to_numpy()
+            mod1_of_mod2 = np.empty(test_pairing.size, dtype=object)
+            mod1_of_mod2[test_pairing] = test_mod1
+            original[~train] = mod1_of_mod2
+        adata.obs["cell_type"] = pd.Categorical(cell_type.reindex(original).to_numpy())
+
+
+def read_neurips2021(path: str | os.PathLike, *, cell_types: bool = True) -> MuData:
+    """Read a NeurIPS 2021 "match modality" data set into one transductive MuData.
+
+    Parameters
+    ----------
+    path
+        A folder holding ``train_mod1.h5ad``, ``train_mod2.h5ad``, ``train_sol.h5ad``, ``test_mod1.h5ad``,
+        ``test_mod2.h5ad`` and optionally ``test_sol.h5ad`` (and ``full_rna.h5ad`` for cell types), or a file prefix
+        such as ``".../openproblems_bmmc_cite_phase2_rna.censor_dataset.output_"``.
+    cell_types
+        Attach ``obs['cell_type']`` from ``full_rna.h5ad`` when present (evaluation and label-transfer checks only).
+
+    Returns
+    -------
+    A MuData with one modality per file pair, named from ``var['feature_types']`` (``'rna'``, ``'atac'``, ``'adt'``):
+
+    - training cells are paired: the same obs name (mod1's) in both modalities, mod2 re-ordered with ``train_sol``;
+    - test cells are unpaired: obs names prefixed with the modality (``'rna:…'``, ``'adt:…'``);
+    - raw counts in ``.X`` and ``.layers['counts']`` (float32, CSR);
+    - ``obs['batch']`` where the files give it (training cells of mod2 take it from the public training pairing; the
+      competition's test mod2 has none, so those cells' batch stays missing and matching falls back to one block),
+      ``obs['split']`` (train/test) and ``obs['original_name']`` (the name in the files);
+    - ``mdata.obsp['match_true']``: the ground-truth pairing of the test cells (rows: test cells of mod1, columns:
+      test cells of mod2) when ``test_sol`` exists. It is for scoring only; no model reads it.
+
+    Examples
+    --------
+    >>> import mumatch as mm
+    >>> mdata = mm.datasets.read_neurips2021("data/neurips2021_starter/cite")  # doctest: +SKIP
+    """
+    path = Path(path)
+    files = {part: _part_path(path, part) for part in (*PARTS, "test_sol", "full_rna")}
+    return read_neurips2021_files(files, cell_types=cell_types)
+
+
+def read_neurips2021_files(files: dict[str, str | os.PathLike], *, cell_types: bool = True) -> MuData:
+    """Read the competition files named one by one (see :func:`read_neurips2021`).
+
+    Parameters
+    ----------
+    files
+        Paths by part name: ``train_mod1``, ``train_mod2``, ``train_sol``, ``test_mod1``, ``test_mod2`` (required),
+        ``test_sol`` and ``full_rna`` (optional; used when the file exists).
+    cell_types
+        Attach ``obs['cell_type']`` from ``full_rna`` when present.
+    """
+    files = {part: Path(value) for part, value in files.items() if value is not None}
+    missing = [f"{part}: {files.get(part)}" for part in PARTS if part not in files or not files[part].exists()]
+    if missing:
+        raise FileNotFoundError(f"missing competition files ({', '.join(missing)}); check the path or prefix")
+    path = files["train_mod1"].parent
+    start = logg.info(f"reading {path}")
+    train1, train2, test1, test2 = (
+        ad.read_h5ad(files[p]) for p in ("train_mod1", "train_mod2", "test_mod1", "test_mod2")
+    )
+    mod1, mod2 = _modality_name(train1, "train_mod1"), _modality_name(train2, "train_mod2")
+    if _modality_name(test1, "test_mod1") != mod1 or _modality_name(test2, "test_mod2") != mod2:
+        raise ValueError("test files hold other modalities than the training files")
+    if mod1 == mod2:
+        raise ValueError(f"mod1 and mod2 are both '{mod1}'; a matching task needs two modalities")
+    if train1.n_obs != train2.n_obs:
+        raise ValueError(
+            f"train_mod1 has {train1.n_obs} cells but train_mod2 has {train2.n_obs}; training cells must be paired"
+        )
+    if test1.n_obs != test2.n_obs:
+        logg.warning(f"test_mod1 has {test1.n_obs} cells and test_mod2 {test2.n_obs}: the test cells are not 1:1")
+    train_pairing = _pairing(ad.read_h5ad(files["train_sol"]), train1.n_obs, "train_sol")
+    train2 = train2[train_pairing].copy()
+    train_batch = train1.obs["batch"].astype(str) if "batch" in train1.obs else None
+
+    first = _modality(train1, test1, train1.obs_names, train_batch, f"{mod1}:", mod1, ("train_mod1", "test_mod1"))
+    second = _modality(train2, test2, train1.obs_names, train_batch, f"{mod2}:", mod2, ("train_mod2", "test_mod2"))
+    mdata = MuData({mod1: first, mod2: second})
+    mdata.uns["neurips2021"] = {"mod1": mod1, "mod2": mod2, "dataset_id": str(train1.uns.get("dataset_id", ""))}
+
+    test_pairing = None
+    solution_path = files.get("test_sol")
+    if solution_path is not None and solution_path.exists():
+        solution = ad.read_h5ad(solution_path)
+        if solution.shape != (test1.n_obs, test2.n_obs):
+            raise ValueError(f"test_sol has shape {solution.shape}, expected ({test1.n_obs}, {test2.n_obs})")
+        test_pairing = _pairing(solution, test1.n_obs, "test_sol")
+        rows = mdata.obs_names.get_indexer(f"{mod1}:" + test1.obs_names)
+        cols = mdata.obs_names.get_indexer(f"{mod2}:" + test2.obs_names[test_pairing])
+        mdata.obsp["match_true"] = sp.csr_matrix(
+            (np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(mdata.n_obs, mdata.n_obs)
+        )
+    if cell_types:
+        _cell_types(files.get("full_rna"), mdata, mod1, mod2, test_pairing)
+    logg.info(
+        "    finished",
+        time=start,
+        deep=f"{mod1}: {first.n_obs} cells, {mod2}: {second.n_obs} cells ({train1.n_obs} paired)",
+    )
+    return mdata
+
+
+def test_cell_index(mdata: MuData, mod: str) -> np.ndarray:
+    """Positions of the test cells of ``mod`` in the files' original order."""
+    obs = mdata[mod].obs
+    if "split" not in obs:
+        raise KeyError(f"mdata['{mod}'].obs has no 'split' column; was it read with mm.datasets.read_neurips2021?")
+    return np.flatnonzero((obs["split"] == "test").to_numpy())
+
+
+def prediction_matrix(mdata: MuData, key: str, mod1: str | None = None, mod2: str | None = None) -> sp.csr_matrix:
+    """The plan ``mdata.obsp[key]`` restricted to test mod1 × test mod2 cells, in the files' order."""
+    check_mudata(mdata)
+    mod1 = mod1 or mdata.uns.get("neurips2021", {}).get("mod1", list(mdata.mod)[0])
+    mod2 = mod2 or mdata.uns.get("neurips2021", {}).get("mod2", list(mdata.mod)[1])
+    if key not in mdata.obsp:
+        raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
+    return extract_block(mdata, mdata.obsp[key], mod1, mod2, test_cell_index(mdata, mod1), test_cell_index(mdata, mod2))
+
+
+def _keep_top(matrix: sp.csr_matrix, n_keep: int) -> sp.csr_matrix:
+    """Keep the ``n_keep`` largest entries of each row."""
+    matrix = matrix.tocsr(copy=True)
+    for row in np.flatnonzero(np.diff(matrix.indptr) > n_keep):
+        start, stop = matrix.indptr[row], matrix.indptr[row + 1]
+        values = matrix.data[start:stop]
+        values[np.argsort(values)[: values.size - n_keep]] = 0
+    matrix.eliminate_zeros()
+    return matrix
+
+
+def write_prediction(
+    mdata: MuData,
+    key: str,
+    path: str | os.PathLike,
+    *,
+    method_id: str = "mumatch",
+    mod1: str | None = None,
+    mod2: str | None = None,
+) -> None:
+    """Write a plan in the competition's submission format.
+
+    Parameters
+    ----------
+    mdata
+        MuData from :func:`read_neurips2021` with a plan in ``mdata.obsp[key]``.
+    key
+        The plan's key in ``mdata.obsp``.
+    path
+        The ``.h5ad`` file to write: ``X`` is a sparse (test mod1 cells × test mod2 cells) matrix in the files'
+        original order, with at most 1000 non-zeros per row; ``obs_names``/``var_names`` are the files' cell names;
+        ``uns`` holds ``dataset_id`` and ``method_id``.
+    method_id
+        Written to ``uns['method_id']``.
+    mod1, mod2
+        The two modalities (default: those recorded by :func:`read_neurips2021`).
+    """
+    matrix = _keep_top(prediction_matrix(mdata, key, mod1, mod2), MAX_PREDICTIONS_PER_ROW)
+    mod1 = mod1 or mdata.uns.get("neurips2021", {}).get("mod1", list(mdata.mod)[0])
+    mod2 = mod2 or mdata.uns.get("neurips2021", {}).get("mod2", list(mdata.mod)[1])
+    names1 = mdata[mod1].obs["original_name"].to_numpy()[test_cell_index(mdata, mod1)]
+    names2 = mdata[mod2].obs["original_name"].to_numpy()[test_cell_index(mdata, mod2)]
+    prediction = ad.AnnData(
+        X=matrix.astype(np.float32),
+        obs=pd.DataFrame(index=pd.Index(names1, dtype=str)),
+        var=pd.DataFrame(index=pd.Index(names2, dtype=str)),
+        uns={"dataset_id": mdata.uns.get("neurips2021", {}).get("dataset_id", ""), "method_id": method_id},
+    )
+    prediction.write_h5ad(path, compression="gzip")

@@ -1,0 +1,276 @@
+"""Matching metrics: the NeurIPS 2021 match score, top-k accuracy and FOSCTTM.
+
+Each metric takes either arrays (a prediction matrix and the truth) or ``(mdata, key, truth_key)``: a plan in
+``mdata.obsp[key]`` (or, for FOSCTTM, an embedding in ``.obsm[key]``) scored against the ground truth in
+``mdata.obsp[truth_key]`` on the cells that have one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+from mudata import MuData
+
+from .._layout import extract_block
+from .._validate import check_mod, check_rep
+
+Matrix = np.ndarray | sp.spmatrix
+
+
+def _truth_columns(truth: Matrix | np.ndarray, n_rows: int) -> np.ndarray:
+    """The true column of every row, from an index array or a matrix with one non-zero per row."""
+    truth_array = None if sp.issparse(truth) else np.asarray(truth)
+    if truth_array is not None and truth_array.ndim == 1:
+        columns = truth_array.astype(np.int64)
+    else:
+        matrix = sp.csr_matrix(truth)
+        if np.any(np.diff(matrix.indptr) != 1):
+            raise ValueError("'truth' must have exactly one non-zero entry per row (a pairing)")
+        columns = matrix.indices.astype(np.int64)
+    if columns.size != n_rows:
+        raise ValueError(f"'truth' pairs {columns.size} rows but the prediction has {n_rows}")
+    return columns
+
+
+def _check_prediction(prediction: Matrix) -> sp.csr_matrix | np.ndarray:
+    if sp.issparse(prediction):
+        prediction = sp.csr_matrix(prediction, dtype=np.float64)
+        values = prediction.data
+    else:
+        prediction = np.asarray(prediction, dtype=np.float64)
+        if prediction.ndim != 2:
+            raise ValueError(f"'prediction' must be a 2-d matrix, got shape {prediction.shape}")
+        values = prediction
+    if not np.isfinite(values).all():
+        raise ValueError("'prediction' contains NaN or infinite values")
+    return prediction
+
+
+def _from_mudata(
+    mdata: MuData, key: str, truth_key: str, mod1: str | None, mod2: str | None
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
+    """Plan and truth restricted to the cells that have a true partner: (plan, truth columns, index1, index2)."""
+    mod1, mod2 = _default_mods(mdata, mod1, mod2)
+    if truth_key not in mdata.obsp:
+        raise KeyError(f"truth_key={truth_key!r} not found in mdata.obsp (it has {list(mdata.obsp)})")
+    index1 = np.arange(mdata[mod1].n_obs)
+    index2 = np.arange(mdata[mod2].n_obs)
+    truth = extract_block(mdata, mdata.obsp[truth_key], mod1, mod2, index1, index2)
+    rows = np.flatnonzero(truth.getnnz(axis=1))
+    cols = np.flatnonzero(truth.getnnz(axis=0))
+    if rows.size == 0:
+        raise ValueError(f"mdata.obsp['{truth_key}'] pairs no cell of '{mod1}' with a cell of '{mod2}'")
+    truth = truth[rows][:, cols]
+    plan = None
+    if key is not None:
+        if key not in mdata.obsp:
+            raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
+        plan = extract_block(mdata, mdata.obsp[key], mod1, mod2, rows, cols)
+    return plan, _truth_columns(truth, rows.size), rows, cols
+
+
+def _default_mods(mdata: MuData, mod1: str | None, mod2: str | None) -> tuple[str, str]:
+    recorded = mdata.uns.get("neurips2021", {})
+    mod1 = mod1 or recorded.get("mod1") or list(mdata.mod)[0]
+    mod2 = mod2 or recorded.get("mod2") or list(mdata.mod)[1]
+    check_mod(mdata, mod1, "mod1")
+    check_mod(mdata, mod2, "mod2")
+    return mod1, mod2
+
+
+def _resolve(prediction, truth, key, truth_key, mod1, mod2) -> tuple[sp.csr_matrix | np.ndarray, np.ndarray]:
+    if isinstance(prediction, MuData):
+        plan, columns, _, _ = _from_mudata(prediction, key, truth_key, mod1, mod2)
+        return _check_prediction(plan), columns
+    if truth is None:
+        raise ValueError("'truth' is required when 'prediction' is a matrix")
+    prediction = _check_prediction(prediction)
+    columns = _truth_columns(truth, prediction.shape[0])
+    if columns.size and (columns.min() < 0 or columns.max() >= prediction.shape[1]):
+        raise ValueError(f"'truth' refers to columns outside the prediction's {prediction.shape[1]} columns")
+    return prediction, columns
+
+
+def match_score(
+    prediction: Matrix | MuData,
+    truth: Matrix | np.ndarray | None = None,
+    *,
+    key: str = "match",
+    truth_key: str = "match_true",
+    mod1: str | None = None,
+    mod2: str | None = None,
+) -> float:
+    """The NeurIPS 2021 match score: mean over rows of ``P[i, true(i)] / Σ_j P[i, j]``, negatives clipped to 0.
+
+    A row that sums to zero scores 0; a random prediction scores about ``1 / n_columns``.
+
+    Parameters
+    ----------
+    prediction
+        A (cells of mod1 × cells of mod2) prediction, dense or sparse; or a MuData holding it in ``.obsp[key]``.
+    truth
+        The true column of each row (an index array) or a matrix with one non-zero per row. Ignored for a MuData.
+    key, truth_key
+        With a MuData: the plan and the ground truth in ``mdata.obsp``.
+    mod1, mod2
+        With a MuData: the modalities of the rows and columns (default: the reader's mod1 and mod2).
+
+    Returns
+    -------
+    The score, in [0, 1].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mumatch.metrics import match_score
+    >>> match_score(np.array([[0.5, 0.5], [0.0, 2.0]]), np.array([0, 1]))
+    0.75
+    """
+    prediction, columns = _resolve(prediction, truth, key, truth_key, mod1, mod2)
+    if sp.issparse(prediction):
+        clipped = prediction.maximum(0).tocsr()
+        row_sums = np.asarray(clipped.sum(axis=1)).ravel()
+        hits = np.asarray(clipped[np.arange(columns.size), columns]).ravel()
+    else:
+        clipped = np.maximum(prediction, 0)
+        row_sums = clipped.sum(axis=1)
+        hits = clipped[np.arange(columns.size), columns]
+    scores = np.divide(hits, row_sums, out=np.zeros_like(hits), where=row_sums > 0)
+    return float(scores.mean())
+
+
+def _rank_counts(prediction: sp.csr_matrix | np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row: how many other entries are larger than the true column's entry, and how many equal it."""
+    rows = np.arange(columns.size)
+    if not sp.issparse(prediction):
+        hits = prediction[rows, columns]
+        greater = (prediction > hits[:, None]).sum(axis=1)
+        ties = (prediction == hits[:, None]).sum(axis=1) - 1
+        return greater, ties
+    prediction = sp.csr_matrix(prediction, copy=True)
+    prediction.eliminate_zeros()
+    hits = np.asarray(prediction[rows, columns]).ravel()
+    row_of_entry = np.repeat(rows, np.diff(prediction.indptr))
+    n_implicit = prediction.shape[1] - np.diff(prediction.indptr)
+    greater = np.bincount(row_of_entry[prediction.data > hits[row_of_entry]], minlength=rows.size)
+    ties = np.bincount(row_of_entry[prediction.data == hits[row_of_entry]], minlength=rows.size)
+    # Entries that are not stored are zeros: they outrank a negative true entry and tie with a missing one.
+    greater = greater + np.where(hits < 0, n_implicit, 0)
+    ties = np.where(hits == 0, n_implicit, ties) - 1
+    return greater, ties
+
+
+def top_k_accuracy(
+    prediction: Matrix | MuData,
+    truth: Matrix | np.ndarray | None = None,
+    *,
+    k: int = 1,
+    direction: Literal["forward", "backward", "mean"] = "mean",
+    key: str = "match",
+    truth_key: str = "match_true",
+    mod1: str | None = None,
+    mod2: str | None = None,
+) -> float:
+    """Fraction of cells whose true partner is among their ``k`` highest-scored candidates.
+
+    Parameters
+    ----------
+    prediction, truth, key, truth_key, mod1, mod2
+        As in :func:`match_score`.
+    k
+        How many candidates count.
+    direction
+        ``"forward"``: rows (mod1 cells) look for their column; ``"backward"``: columns look for their row (needs a
+        square 1:1 truth); ``"mean"``: the mean of both.
+
+    Returns
+    -------
+    The accuracy in [0, 1]. Ties are broken at random, in expectation: a uniform prediction scores ``k / n``.
+    """
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if direction not in ("forward", "backward", "mean"):
+        raise ValueError(f"direction={direction!r}; choose 'forward', 'backward' or 'mean'")
+    prediction, columns = _resolve(prediction, truth, key, truth_key, mod1, mod2)
+    forward = _expected_hits(*_rank_counts(prediction, columns), k)
+    if direction == "forward":
+        return forward
+    if np.unique(columns).size != columns.size or prediction.shape[0] != prediction.shape[1]:
+        raise ValueError("direction='backward' needs a square prediction with a one-to-one truth")
+    rows_of_columns = np.argsort(columns)
+    backward = _expected_hits(*_rank_counts(prediction.T, rows_of_columns), k)
+    return backward if direction == "backward" else (forward + backward) / 2
+
+
+def foscttm(
+    x: np.ndarray | MuData,
+    y: np.ndarray | None = None,
+    *,
+    key: str = "match",
+    truth_key: str = "match_true",
+    mod1: str | None = None,
+    mod2: str | None = None,
+    chunk_size: int = 1024,
+) -> float:
+    """Fraction Of Samples Closer Than the True Match (lower is better; 0.5 is random).
+
+    Parameters
+    ----------
+    x, y
+        Two aligned embeddings (row ``i`` of ``x`` and of ``y`` are the same cell), compared with Euclidean
+        distances; or a MuData with ``x`` only.
+    key
+        With a MuData: an embedding present in ``.obsm`` of both modalities, or a plan in ``.obsp`` (a larger plan
+        entry counts as closer).
+    truth_key, mod1, mod2
+        With a MuData: the ground truth in ``mdata.obsp`` and the two modalities.
+    chunk_size
+        Rows of the distance matrix computed at once (memory stays O(chunk_size × n)).
+
+    Returns
+    -------
+    The mean, over both directions and all cells, of the fraction of the other modality's cells that are closer than
+    the true partner.
+    """
+    if isinstance(x, MuData):
+        mdata = x
+        mod1, mod2 = _default_mods(mdata, mod1, mod2)
+        in_obsp = key in mdata.obsp
+        plan, columns, rows, cols = _from_mudata(mdata, key if in_obsp else None, truth_key, mod1, mod2)
+        if in_obsp:
+            return _foscttm_scores(_check_prediction(plan), columns)
+        x = check_rep(mdata, mod1, key, "key")[rows]
+        y = check_rep(mdata, mod2, key, "key")[cols][columns]
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or x.shape != y.shape:
+        raise ValueError(f"x and y must be aligned 2-d embeddings of the same shape, got {x.shape} and {y.shape}")
+    n_cells = x.shape[0]
+    closer_x = np.empty(n_cells)
+    closer_y = np.empty(n_cells)
+    x_norms, y_norms = (x**2).sum(1), (y**2).sum(1)
+    true_distance = ((x - y) ** 2).sum(1)
+    for start in range(0, n_cells, chunk_size):
+        part = slice(start, start + chunk_size)
+        distance = x_norms[part, None] + y_norms[None, :] - 2 * x[part] @ y.T
+        closer_x[part] = (distance < true_distance[part, None]).sum(1)
+        distance = y_norms[part, None] + x_norms[None, :] - 2 * y[part] @ x.T
+        closer_y[part] = (distance < true_distance[part, None]).sum(1)
+    return float((closer_x.mean() + closer_y.mean()) / 2 / max(n_cells - 1, 1))
+
+
+def _expected_hits(greater: np.ndarray, ties: np.ndarray, k: int) -> float:
+    """Mean probability that the true entry lands among the top ``k`` when ties are broken at random."""
+    return float(np.mean(np.clip((k - greater) / (ties + 1), 0.0, 1.0)))
+
+
+def _foscttm_scores(prediction: sp.csr_matrix | np.ndarray, columns: np.ndarray) -> float:
+    """FOSCTTM of a plan: the fraction of candidates with a larger entry than the true partner (ties count half)."""
+    greater, ties = _rank_counts(prediction, columns)
+    forward = (greater + ties / 2) / max(prediction.shape[1] - 1, 1)
+    if prediction.shape[0] == prediction.shape[1] and np.unique(columns).size == columns.size:
+        greater, ties = _rank_counts(prediction.T, np.argsort(columns))
+        backward = (greater + ties / 2) / max(prediction.shape[0] - 1, 1)
+        return float((forward.mean() + backward.mean()) / 2)
+    return float(forward.mean())

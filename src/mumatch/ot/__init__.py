@@ -1,0 +1,3 @@
+"""Optimal-transport solvers on embeddings, with no AnnData in sight."""
+
+__all__: list[str] = []

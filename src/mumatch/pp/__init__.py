@@ -1,0 +1,3 @@
+"""Preprocessing: per-modality embeddings that the models take as input (``lsi_harmony`` lands with its issue)."""
+
+__all__: list[str] = []
