@@ -148,3 +148,11 @@ def extract_block(
     rows = obs_positions(mdata, mod1)[index1]
     cols = obs_positions(mdata, mod2)[index2]
     return sp.csr_matrix(matrix)[rows][:, cols].tocsr()
+
+
+def split_index(mdata: MuData, mod: str, split: str = "test") -> np.ndarray:
+    """Positions of the cells of ``mod`` in one split (``obs['split']``), in the modality's order."""
+    obs = mdata[mod].obs
+    if "split" not in obs:
+        raise KeyError(f"mdata['{mod}'].obs has no 'split' column; read the data with mm.datasets.read_neurips2021")
+    return np.flatnonzero((obs["split"] == split).to_numpy())

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._layout import extract_block
+from .._layout import extract_block, split_index
 from .._validate import check_counts, check_mudata
 
 FEATURE_TYPES = {"GEX": "rna", "ATAC": "atac", "ADT": "adt"}
@@ -213,14 +213,6 @@ def read_neurips2021_files(files: dict[str, str | os.PathLike], *, cell_types: b
     return mdata
 
 
-def test_cell_index(mdata: MuData, mod: str) -> np.ndarray:
-    """Positions of the test cells of ``mod`` in the files' original order."""
-    obs = mdata[mod].obs
-    if "split" not in obs:
-        raise KeyError(f"mdata['{mod}'].obs has no 'split' column; was it read with mm.datasets.read_neurips2021?")
-    return np.flatnonzero((obs["split"] == "test").to_numpy())
-
-
 def prediction_matrix(mdata: MuData, key: str, mod1: str | None = None, mod2: str | None = None) -> sp.csr_matrix:
     """The plan ``mdata.obsp[key]`` restricted to test mod1 × test mod2 cells, in the files' order."""
     check_mudata(mdata)
@@ -228,7 +220,7 @@ def prediction_matrix(mdata: MuData, key: str, mod1: str | None = None, mod2: st
     mod2 = mod2 or mdata.uns.get("neurips2021", {}).get("mod2", list(mdata.mod)[1])
     if key not in mdata.obsp:
         raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
-    return extract_block(mdata, mdata.obsp[key], mod1, mod2, test_cell_index(mdata, mod1), test_cell_index(mdata, mod2))
+    return extract_block(mdata, mdata.obsp[key], mod1, mod2, split_index(mdata, mod1), split_index(mdata, mod2))
 
 
 def _keep_top(matrix: sp.csr_matrix, n_keep: int) -> sp.csr_matrix:
@@ -271,8 +263,8 @@ def write_prediction(
     matrix = _keep_top(prediction_matrix(mdata, key, mod1, mod2), MAX_PREDICTIONS_PER_ROW)
     mod1 = mod1 or mdata.uns.get("neurips2021", {}).get("mod1", list(mdata.mod)[0])
     mod2 = mod2 or mdata.uns.get("neurips2021", {}).get("mod2", list(mdata.mod)[1])
-    names1 = mdata[mod1].obs["original_name"].to_numpy()[test_cell_index(mdata, mod1)]
-    names2 = mdata[mod2].obs["original_name"].to_numpy()[test_cell_index(mdata, mod2)]
+    names1 = mdata[mod1].obs["original_name"].to_numpy()[split_index(mdata, mod1)]
+    names2 = mdata[mod2].obs["original_name"].to_numpy()[split_index(mdata, mod2)]
     prediction = ad.AnnData(
         X=matrix.astype(np.float32),
         obs=pd.DataFrame(index=pd.Index(names1, dtype=str)),

@@ -250,13 +250,14 @@ def foscttm(
     closer_x = np.empty(n_cells)
     closer_y = np.empty(n_cells)
     x_norms, y_norms = (x**2).sum(1), (y**2).sum(1)
-    true_distance = ((x - y) ** 2).sum(1)
     for start in range(0, n_cells, chunk_size):
         part = slice(start, start + chunk_size)
+        own = np.arange(part.start, min(part.stop, n_cells))
+        # The true distance comes from the same expansion as the others, so rounding never ranks a cell against itself.
         distance = x_norms[part, None] + y_norms[None, :] - 2 * x[part] @ y.T
-        closer_x[part] = (distance < true_distance[part, None]).sum(1)
+        closer_x[part] = (distance < distance[own - start, own][:, None]).sum(1)
         distance = y_norms[part, None] + x_norms[None, :] - 2 * y[part] @ x.T
-        closer_y[part] = (distance < true_distance[part, None]).sum(1)
+        closer_y[part] = (distance < distance[own - start, own][:, None]).sum(1)
     return float((closer_x.mean() + closer_y.mean()) / 2 / max(n_cells - 1, 1))
 
 

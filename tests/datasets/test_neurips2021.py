@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import shutil
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import mumatch as mm
+from mumatch._layout import embed_block, extract_block, paired_names, split_index, unpaired_mask
+
+TASKS = {"cite": ("rna", "adt"), "multiome": ("rna", "atac")}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_layout_of_starter(data_root, task):
+    folder = data_root / "neurips2021_starter" / task
+    mdata = mm.datasets.read_neurips2021(folder)
+    mod1, mod2 = TASKS[task]
+    assert set(mdata.mod) == {mod1, mod2}
+    train1 = ad.read_h5ad(folder / "train_mod1.h5ad")
+    test1 = ad.read_h5ad(folder / "test_mod1.h5ad")
+    test2 = ad.read_h5ad(folder / "test_mod2.h5ad")
+    # training cells paired under mod1's names, test cells unpaired
+    assert list(paired_names(mdata, mod1, mod2)) == list(train1.obs_names)
+    assert mdata[mod1].n_obs == train1.n_obs + test1.n_obs
+    assert (mdata[mod2].obs["split"] == "test").sum() == test2.n_obs
+    assert not mdata[mod2].obs_names[mdata[mod2].obs["split"] == "test"].isin(mdata[mod1].obs_names).any()
+    # counts kept raw, integer, float32 CSR
+    counts = mdata[mod2].layers["counts"]
+    assert sp.isspmatrix_csr(counts) and counts.dtype == np.float32
+    assert np.array_equal(counts.data, np.round(counts.data))
+    # the files' batch where they give it; test mod2 has none in the starter
+    assert mdata[mod1].obs["batch"].notna().all()
+    test2_batch = mdata[mod2].obs["batch"][(mdata[mod2].obs["split"] == "test").to_numpy()]
+    assert test2_batch.isna().all()
+    assert mdata[mod2].obs["batch"][(mdata[mod2].obs["split"] == "train").to_numpy()].notna().all()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_train_pairing_follows_train_sol(data_root, task):
+    folder = data_root / "neurips2021_starter" / task
+    mdata = mm.datasets.read_neurips2021(folder)
+    mod2 = TASKS[task][1]
+    train2 = ad.read_h5ad(folder / "train_mod2.h5ad")
+    pairing = sp.csr_matrix(ad.read_h5ad(folder / "train_sol.h5ad").X).indices
+    train_cells = (mdata[mod2].obs["split"] == "train").to_numpy()
+    ours = mdata[mod2].layers["counts"][train_cells]
+    assert abs(ours - sp.csr_matrix(train2.layers["counts"])[pairing]).sum() == 0
+    # the full files hold the same cells under mod1's names: the pairing must agree with them
+    full = ad.read_h5ad(folder / "full_mod2.h5ad")
+    names = mdata[mod2].obs_names[train_cells]
+    assert abs(ours - sp.csr_matrix(full[names].layers["counts"])).sum() == 0
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_match_true_reproduces_test_sol(data_root, task):
+    folder = data_root / "neurips2021_starter" / task
+    mdata = mm.datasets.read_neurips2021(folder)
+    mod1, mod2 = TASKS[task]
+    truth = extract_block(
+        mdata, mdata.obsp["match_true"], mod1, mod2, split_index(mdata, mod1), split_index(mdata, mod2)
+    )
+    solution = sp.csr_matrix(ad.read_h5ad(folder / "test_sol.h5ad").X)
+    assert abs(truth - solution).sum() == 0
+    # a prediction equal to the truth scores perfectly
+    mdata.obsp["perfect"] = mdata.obsp["match_true"]
+    assert mm.metrics.match_score(mdata, key="perfect") == 1.0
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_bundled_equals_reader(data_root, task):
+    read = mm.datasets.read_neurips2021(data_root / "neurips2021_starter" / task)
+    bundled = mm.datasets.bmmc_starter(task)
+    assert list(read.obs_names) == list(bundled.obs_names)
+    assert abs(read.obsp["match_true"] - bundled.obsp["match_true"]).sum() == 0
+    for mod in read.mod:
+        assert read[mod].obs.equals(bundled[mod].obs)
+        assert abs(read[mod].layers["counts"] - bundled[mod].layers["counts"]).sum() == 0
+        assert abs(read[mod].X - bundled[mod].X).sum() == 0
+
+
+def test_cell_types_of_test_mod2_follow_the_truth(data_root):
+    mdata = mm.datasets.read_neurips2021(data_root / "neurips2021_starter" / "cite")
+    truth = mdata.obsp["match_true"].tocoo()
+    names = mdata.obs_names
+    type1 = mdata["rna"].obs["cell_type"].reindex(names[truth.row]).to_numpy()
+    type2 = mdata["adt"].obs["cell_type"].reindex(names[truth.col]).to_numpy()
+    assert (type1 == type2).all()
+    assert mdata["rna"].obs["cell_type"].notna().all()
+
+
+def test_h5mu_round_trip_with_plan(data_root, tmp_path):
+    mdata = mm.datasets.read_neurips2021(data_root / "neurips2021_starter" / "multiome")
+    rng = np.random.default_rng(0)
+    plan = sp.random(mdata.n_obs, mdata.n_obs, density=0.01, random_state=rng, format="csr", dtype=np.float32)
+    mdata.obsp["match"] = plan
+    mdata.write_h5mu(tmp_path / "x.h5mu")
+    back = md.read_h5mu(tmp_path / "x.h5mu")
+    assert list(back.obs_names) == list(mdata.obs_names)
+    assert abs(back.obsp["match"] - plan).sum() == 0
+    assert abs(back.obsp["match_true"] - mdata.obsp["match_true"]).sum() == 0
+    for mod in mdata.mod:
+        assert back[mod].obs.equals(mdata[mod].obs)
+
+
+def test_write_prediction(multiome, tmp_path):
+    rng = np.random.default_rng(0)
+    index1, index2 = split_index(multiome, "rna"), split_index(multiome, "atac")
+    block = sp.csr_matrix(rng.random((index1.size, index2.size)).astype(np.float32))
+    multiome.obsp["match"] = embed_block(multiome, "rna", "atac", block, index1, index2)
+    mm.datasets.write_prediction(multiome, "match", tmp_path / "prediction.h5ad")
+    prediction = ad.read_h5ad(tmp_path / "prediction.h5ad")
+    assert prediction.shape == (index1.size, index2.size)
+    assert sp.issparse(prediction.X)
+    assert np.diff(sp.csr_matrix(prediction.X).indptr).max() <= 1000
+    assert list(prediction.obs_names) == list(multiome["rna"].obs["original_name"].iloc[index1])
+    assert list(prediction.var_names) == [str(i) for i in range(index2.size)]
+    # with fewer than 1000 columns nothing is cut
+    assert np.allclose(prediction.X.toarray(), block.toarray())
+
+
+def test_write_prediction_keeps_top_1000_per_row(tmp_path):
+    mdata = mm.datasets.simulate_paired(2300, ("rna", "adt"), n_genes=50, n_proteins=5, paired_fraction=0.0)
+    index1 = np.flatnonzero(unpaired_mask(mdata, "rna", "adt"))
+    index2 = np.flatnonzero(unpaired_mask(mdata, "adt", "rna"))
+    rng = np.random.default_rng(1)
+    block = rng.random((5, index2.size)).astype(np.float32)
+    full = np.zeros((index1.size, index2.size), dtype=np.float32)
+    full[:5] = block
+    mdata.obsp["match"] = embed_block(mdata, "rna", "adt", sp.csr_matrix(full), index1, index2)
+    mdata.mod["rna"].obs["original_name"] = mdata["rna"].obs_names
+    mdata.mod["adt"].obs["original_name"] = mdata["adt"].obs_names
+    mm.datasets.write_prediction(mdata, "match", tmp_path / "p.h5ad", mod1="rna", mod2="adt")
+    written = sp.csr_matrix(ad.read_h5ad(tmp_path / "p.h5ad").X)
+    assert np.diff(written.indptr)[:5].tolist() == [1000] * 5
+    kept = written[0].toarray().ravel()
+    assert kept[kept > 0].min() >= np.sort(block[0])[-1000]
+
+
+def _copy_folder(data_root, tmp_path, task="cite"):
+    folder = tmp_path / task
+    shutil.copytree(data_root / "neurips2021_starter" / task, folder)
+    return folder
+
+
+def test_missing_file(data_root, tmp_path):
+    folder = _copy_folder(data_root, tmp_path)
+    (folder / "train_sol.h5ad").unlink()
+    with pytest.raises(FileNotFoundError, match="train_sol"):
+        mm.datasets.read_neurips2021(folder)
+
+
+def test_different_train_sizes(data_root, tmp_path):
+    folder = _copy_folder(data_root, tmp_path)
+    train2 = ad.read_h5ad(folder / "train_mod2.h5ad")
+    train2[:-1].copy().write_h5ad(folder / "train_mod2.h5ad")
+    with pytest.raises(ValueError, match="training cells must be paired"):
+        mm.datasets.read_neurips2021(folder)
+
+
+def test_train_sol_not_a_permutation(data_root, tmp_path):
+    folder = _copy_folder(data_root, tmp_path)
+    solution = ad.read_h5ad(folder / "train_sol.h5ad")
+    matrix = sp.lil_matrix(solution.shape, dtype=np.float32)
+    matrix[:, 0] = 1  # every row paired with the same column
+    solution.X = sp.csr_matrix(matrix)
+    solution.write_h5ad(folder / "train_sol.h5ad")
+    with pytest.raises(ValueError, match="permutation"):
+        mm.datasets.read_neurips2021(folder)
+
+
+def test_unknown_feature_types(data_root, tmp_path):
+    folder = _copy_folder(data_root, tmp_path)
+    train2 = ad.read_h5ad(folder / "train_mod2.h5ad")
+    train2.var["feature_types"] = "Methylation"
+    train2.write_h5ad(folder / "train_mod2.h5ad")
+    with pytest.raises(ValueError, match="unknown feature types"):
+        mm.datasets.read_neurips2021(folder)
+
+
+def test_non_integer_counts(data_root, tmp_path):
+    folder = _copy_folder(data_root, tmp_path)
+    test1 = ad.read_h5ad(folder / "test_mod1.h5ad")
+    test1.layers["counts"] = test1.layers["counts"] * 0.5
+    test1.write_h5ad(folder / "test_mod1.h5ad")
+    with pytest.raises(ValueError, match="non-integer"):
+        mm.datasets.read_neurips2021(folder)
+
+
+def test_file_prefix(data_root, tmp_path):
+    folder = data_root / "neurips2021_starter" / "multiome"
+    for file in folder.glob("*.h5ad"):
+        shutil.copy(file, tmp_path / f"task_{file.name}")
+    by_prefix = mm.datasets.read_neurips2021(f"{tmp_path}/task_")
+    assert list(by_prefix.obs_names) == list(mm.datasets.read_neurips2021(folder).obs_names)

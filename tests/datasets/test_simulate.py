@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import mumatch as mm
+from mumatch._layout import paired_names, unpaired_mask
+
+
+def test_layout_and_counts():
+    mdata = mm.datasets.simulate_paired(800, ("rna", "atac"), n_batches=3, n_genes=300, n_peaks=30000, seed=2)
+    rna, atac = mdata["rna"], mdata["atac"]
+    assert rna.shape == (800, 300) and atac.shape == (800, 30000)
+    paired = paired_names(mdata, "rna", "atac")
+    assert (rna.obs.loc[paired, "split"] == "train").all()
+    assert 0.4 < paired.size / 800 < 0.6
+    for adata in (rna, atac):
+        assert sp.isspmatrix_csr(adata.layers["counts"]) and adata.X.dtype == np.float32
+        assert np.array_equal(adata.X.data, np.round(adata.X.data)) and (adata.X.data > 0).all()
+        assert adata.X.has_canonical_format
+        assert set(adata.obs["batch"]) == {"batch0", "batch1", "batch2"}
+    # with realistically many peaks ATAC is sparse and mostly binary; RNA libraries are around the requested mean
+    assert np.mean(atac.X.data == 1) > 0.8
+    assert 1000 < rna.X.sum(axis=1).mean() < 2200
+    # the ground truth pairs each unpaired RNA cell with the same simulated cell in ATAC
+    truth = mdata.obsp["match_true"].tocoo()
+    assert truth.nnz == unpaired_mask(mdata, "rna", "atac").sum()
+    names1, names2 = mdata.obs_names[truth.row], mdata.obs_names[truth.col]
+    assert all(a.removeprefix("rna:") == b.removeprefix("atac:") for a, b in zip(names1, names2, strict=True))
+
+
+def test_shared_state_drives_both_modalities():
+    mdata = mm.datasets.simulate_paired(600, ("rna", "adt"), n_genes=400, n_proteins=30, n_cell_types=4, seed=0)
+    for mod in ("rna", "adt"):
+        x = mdata[mod].X.toarray()
+        x = np.log1p(x / x.sum(1, keepdims=True) * 1e4)
+        types = mdata[mod].obs["cell_type"].to_numpy()
+        centroids = np.stack([x[types == t].mean(0) for t in np.unique(types)])
+        nearest = np.unique(types)[((x[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)]
+        assert (nearest == types).mean() > 0.9
+
+
+def test_three_modalities_and_determinism():
+    first = mm.datasets.simulate_paired(300, ("rna", "atac", "adt"), n_genes=100, n_peaks=300, n_proteins=10, seed=5)
+    again = mm.datasets.simulate_paired(300, ("rna", "atac", "adt"), n_genes=100, n_peaks=300, n_proteins=10, seed=5)
+    other = mm.datasets.simulate_paired(300, ("rna", "atac", "adt"), n_genes=100, n_peaks=300, n_proteins=10, seed=6)
+    assert set(first.mod) == {"rna", "atac", "adt"}
+    for mod in first.mod:
+        assert (first[mod].X != again[mod].X).nnz == 0
+    assert (first["rna"].X != other["rna"].X).nnz > 0
+    n_unpaired = unpaired_mask(first, "rna", ["atac", "adt"]).sum()
+    assert first.obsp["match_true"].nnz == 3 * n_unpaired
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"modalities": ("rna",)}, "two or three"),
+        ({"modalities": ("rna", "hic")}, "two or three"),
+        ({"paired_fraction": 1.5}, "paired_fraction"),
+        ({"n_batches": 0}, "n_batches"),
+        ({"n_genes": 0}, "n_genes"),
+        ({"batch_effect": -1.0}, "batch_effect"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mm.datasets.simulate_paired(100, **kwargs)

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import mumatch as mm
+from mumatch._layout import embed_block, split_index
+from mumatch.metrics import foscttm, match_score, top_k_accuracy
+
+
+def brute_match_score(prediction, truth):
+    total = 0.0
+    for i, j in enumerate(truth):
+        row = np.maximum(prediction[i], 0)
+        total += row[j] / row.sum() if row.sum() > 0 else 0.0
+    return total / len(truth)
+
+
+def brute_top_k(prediction, truth, k):
+    """Expected top-k hit under random tie-breaking, by enumerating every tie order."""
+    hits = []
+    for i, j in enumerate(truth):
+        greater = sum(prediction[i, c] > prediction[i, j] for c in range(prediction.shape[1]))
+        ties = sum(prediction[i, c] == prediction[i, j] for c in range(prediction.shape[1]) if c != j)
+        # the true entry is equally likely at each of the ties + 1 positions after the larger entries
+        hits.append(np.mean([greater + position < k for position in range(ties + 1)]))
+    return float(np.mean(hits))
+
+
+def brute_foscttm(x, y):
+    n = len(x)
+    d = np.array([[np.sum((x[i] - y[j]) ** 2) for j in range(n)] for i in range(n)])
+    forward = [np.sum(d[i] < d[i, i]) / (n - 1) for i in range(n)]
+    backward = [np.sum(d[:, j] < d[j, j]) / (n - 1) for j in range(n)]
+    return (np.mean(forward) + np.mean(backward)) / 2
+
+
+def test_hand_computed_examples():
+    prediction = np.array([[0.5, 0.5, 0.0], [0.0, 2.0, 2.0], [-1.0, 0.0, 3.0]])
+    truth = np.array([0, 2, 2])
+    # rows: 0.5/1 = .5 ; 2/4 = .5 ; negatives clipped: 3/3 = 1
+    assert match_score(prediction, truth) == pytest.approx(2 / 3)
+    # top-1 with random ties: row 0 tied with one other (.5), row 1 tied (.5), row 2 hit (1)
+    assert top_k_accuracy(prediction, truth, k=1, direction="forward") == pytest.approx(2 / 3)
+    assert top_k_accuracy(prediction, truth, k=2, direction="forward") == pytest.approx(1.0)
+    assert match_score(np.zeros((2, 2)), np.array([0, 1])) == 0.0
+
+
+def test_uniform_prediction_is_random():
+    n = 50
+    uniform = np.full((n, n), 1 / n)
+    truth = np.random.default_rng(0).permutation(n)
+    assert match_score(uniform, truth) == pytest.approx(1 / n)
+    assert top_k_accuracy(uniform, truth, k=5) == pytest.approx(5 / n)
+    assert mm.metrics._matching._foscttm_scores(uniform, truth) == pytest.approx(0.5)
+
+
+matrices = arrays(
+    np.float64, st.tuples(st.integers(2, 7), st.integers(2, 7)), elements=st.sampled_from([-1.0, 0.0, 0.5, 1.0, 2.0])
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(prediction=matrices, seed=st.integers(0, 1000), k=st.integers(1, 4))
+def test_against_brute_force_dense_and_sparse(prediction, seed, k):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, prediction.shape[1], prediction.shape[0])
+    expected = brute_match_score(prediction, truth)
+    assert match_score(prediction, truth) == pytest.approx(expected)
+    assert match_score(sp.csr_matrix(prediction), truth) == pytest.approx(expected)
+    expected_top = brute_top_k(prediction, truth, k)
+    assert top_k_accuracy(prediction, truth, k=k, direction="forward") == pytest.approx(expected_top)
+    assert top_k_accuracy(sp.csr_matrix(prediction), truth, k=k, direction="forward") == pytest.approx(expected_top)
+
+
+def test_backward_and_truth_as_matrix():
+    prediction = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.0, 0.0, 1.0]])
+    truth = np.eye(3)
+    # forward: rows 0 and 2 hit, row 1 misses (0.8 > 0.2); backward: every column hits (column 1: 0.2 > 0.1)
+    assert top_k_accuracy(prediction, truth, direction="forward") == pytest.approx(2 / 3)
+    assert top_k_accuracy(prediction, sp.csr_matrix(truth), direction="backward") == pytest.approx(1.0)
+    assert top_k_accuracy(prediction, truth, direction="mean") == pytest.approx(5 / 6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 12))
+def test_foscttm_against_brute_force(seed, n):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    y = x + rng.normal(scale=0.8, size=(n, 3))
+    assert foscttm(x, y, chunk_size=3) == pytest.approx(brute_foscttm(x, y))
+
+
+def test_foscttm_perfect_and_shapes():
+    x = np.random.default_rng(0).normal(size=(20, 4))
+    assert foscttm(x, x) == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        foscttm(x, x[:5])
+
+
+def test_mudata_interface(multiome):
+    index1, index2 = split_index(multiome, "rna"), split_index(multiome, "atac")
+    truth = multiome.obsp["match_true"]
+    multiome.obsp["perfect"] = truth.copy()
+    assert match_score(multiome, key="perfect") == 1.0
+    assert top_k_accuracy(multiome, key="perfect") == 1.0
+    assert foscttm(multiome, key="perfect") == 0.0
+    # a rectangular sparse plan: half of the columns only
+    rng = np.random.default_rng(0)
+    block = sp.csr_matrix(rng.random((index1.size, index2.size)))
+    multiome.obsp["random"] = embed_block(multiome, "rna", "atac", block, index1, index2)
+    assert 0 < match_score(multiome, key="random") < 0.05
+    # an embedding in .obsm of both modalities: identical embeddings of the true partners give FOSCTTM 0
+    truth_coo = truth.tocoo()
+    shared = rng.normal(size=(truth_coo.nnz, 5))
+    for mod, positions in (("rna", truth_coo.row), ("atac", truth_coo.col)):
+        embedding = np.zeros((multiome[mod].n_obs, 5))
+        embedding[multiome[mod].obs_names.get_indexer(multiome.obs_names[positions])] = shared
+        multiome.mod[mod].obsm["X_test"] = embedding
+    assert foscttm(multiome, key="X_test") == 0.0
+
+
+def test_bad_inputs(multiome):
+    with pytest.raises(ValueError, match="truth"):
+        match_score(np.ones((2, 2)))
+    with pytest.raises(ValueError, match="one non-zero"):
+        match_score(np.ones((2, 2)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        match_score(np.array([[np.nan, 1.0], [0.0, 1.0]]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="outside"):
+        match_score(np.ones((2, 2)), np.array([0, 5]))
+    with pytest.raises(ValueError, match="k must be"):
+        top_k_accuracy(np.ones((2, 2)), np.array([0, 1]), k=0)
+    with pytest.raises(ValueError, match="direction"):
+        top_k_accuracy(np.ones((2, 2)), np.array([0, 1]), direction="sideways")
+    with pytest.raises(ValueError, match="square"):
+        top_k_accuracy(np.ones((2, 3)), np.array([0, 1]), direction="backward")
+    with pytest.raises(KeyError, match="run mm.tl.match_ot"):
+        match_score(multiome, key="nothing")
+    with pytest.raises(KeyError, match="truth_key"):
+        match_score(multiome, key="match_true", truth_key="nothing")
+    with pytest.raises(KeyError, match="modality"):
+        match_score(multiome, key="match_true", mod1="adt")

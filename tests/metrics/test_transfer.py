@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mumatch.metrics import label_transfer_accuracy
+
+
+def test_accuracy_plain_and_balanced():
+    truth = ["a", "a", "a", "b"]
+    predicted = ["a", "a", "a", "a"]
+    assert label_transfer_accuracy(predicted, truth) == 0.75
+    assert label_transfer_accuracy(predicted, truth, balanced=True) == 0.5
+
+
+def test_missing_predictions_are_left_out():
+    assert label_transfer_accuracy(pd.Series(["a", None, "b"]), ["a", "b", "c"]) == 0.5
+
+
+def test_mudata(cite):
+    obs = cite["rna"].obs
+    cite.mod["rna"].obs["predicted"] = obs["cell_type"].astype(str).where(np.arange(cite["rna"].n_obs) % 2 == 0, "x")
+    accuracy = label_transfer_accuracy(cite, key="predicted", mod="rna")
+    assert accuracy == pytest.approx(np.mean(np.arange(cite["rna"].n_obs) % 2 == 0), abs=0.01)
+
+
+def test_bad_inputs(cite):
+    with pytest.raises(ValueError, match="labels"):
+        label_transfer_accuracy(["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="mod="):
+        label_transfer_accuracy(cite)
+    with pytest.raises(KeyError, match="key"):
+        label_transfer_accuracy(cite, key="nothing", mod="rna")
+    with pytest.raises(ValueError, match="no cell"):
+        label_transfer_accuracy([None], ["a"])
