@@ -1,3 +1,5 @@
 """scvi-tools-style model classes (``CLIP``, ``CLUE``; each lands with its issue)."""
 
-__all__: list[str] = []
+from ._clip import CLIP
+
+__all__: list[str] = ["CLIP"]

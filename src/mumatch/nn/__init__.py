@@ -1,1 +1,5 @@
 """Building blocks shared by the modules: encoders, discriminators, likelihoods."""
+
+from ._encoders import MLPEncoder
+
+__all__ = ["MLPEncoder"]

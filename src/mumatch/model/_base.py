@@ -1,0 +1,486 @@
+"""Scaffolding shared by mumatch's model classes: registration, Lightning training, history, save and load.
+
+Why not scvi-tools' ``AnnDataManager`` and ``TrainRunner`` as they are: scvi-tools 1.4 registers one AnnData (or a
+fully paired MuData: ``check_fully_paired_mudata`` refuses unpaired cells), and its runner builds its own data
+splitter from that registration. mumatch keeps paired and unpaired cells in one transductive MuData. Like scvi-tools'
+GIMVI, we register each modality on its own and find the paired cells by their shared obs names
+(:mod:`mumatch._layout`); nothing is padded with zeros. The thin adapter is this module:
+
+- :meth:`MuDataModel._register` (called by a subclass's ``setup_mudata``) checks the modalities and their inputs and
+  records the setup arguments, JSON-serialisable, in ``mdata.uns['_mumatch_setup'][class name]``;
+- :class:`MuDataModel` reads them back in ``__init__`` and :meth:`~MuDataModel.load`, and holds one
+  :class:`ModalityRegistration` per modality (its input key, width and feature names);
+- :class:`TrainingPlan` is a small ``LightningModule``: the torch module returns scvi-tools' ``LossOutput`` from
+  ``module.loss(*batch)``; the plan logs it, stops on a non-finite loss and optimises with Adam;
+- :meth:`MuDataModel._fit` runs ``lightning.Trainer`` (accelerator, devices, strategy and any trainer option pass
+  through) with early stopping on the validation loss, the best weights restored at the end, an epoch progress bar
+  and ``.history``;
+- :meth:`MuDataModel.save` / :meth:`MuDataModel.load` write ``model.pt`` (a ``state_dict``, read back with
+  ``torch.load(weights_only=True)``) and ``model.json`` (class, setup and init arguments, input widths, feature
+  names, history): no pickled objects.
+
+A subclass sets ``_module_cls``, implements ``setup_mudata`` (calling ``_register``), ``__init__`` (building
+``self.module`` and calling ``self._init_params(...)`` with its JSON-serialisable hyperparameters) and ``train``
+(building data loaders and calling ``_fit``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning.pytorch as lp
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ProgressBar
+from mudata import MuData
+from scanpy import logging as logg
+from tqdm.auto import tqdm
+
+from .._validate import check_mod, check_mudata, check_rep
+
+SETUP_KEY = "_mumatch_setup"
+WEIGHTS_FILE = "model.pt"
+METADATA_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class ModalityRegistration:
+    """What a model reads from one modality.
+
+    Attributes
+    ----------
+    mod
+        The modality's name in the MuData.
+    rep_key
+        The ``.obsm`` key of the modality's input representation.
+    n_input
+        Width of that representation.
+    var_names
+        The modality's feature names (checked when a saved model is loaded onto other data).
+    """
+
+    mod: str
+    rep_key: str
+    n_input: int
+    var_names: tuple[str, ...]
+
+
+def modality_inputs(mdata: MuData, registration: ModalityRegistration, argument: str = "mdata") -> np.ndarray:
+    """The input representation of every cell of a registered modality, float32, checked against the model.
+
+    Raises a KeyError when the modality or its representation is missing and a ValueError when the width differs from
+    the one the model was built for.
+    """
+    check_mod(mdata, registration.mod, argument)
+    values = check_rep(mdata, registration.mod, registration.rep_key, "rep_key")
+    if values.shape[1] != registration.n_input:
+        raise ValueError(
+            f"mdata['{registration.mod}'].obsm['{registration.rep_key}'] has {values.shape[1]} columns but the model "
+            f"was built for {registration.n_input}; compute the representation the same way as for the training data "
+            "(e.g. with the same n_comps)"
+        )
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+class ShuffledBatches(torch.utils.data.Sampler):
+    """Minibatches of row indices, reshuffled each epoch from a seed; sharded across processes under DDP.
+
+    Each item is an index array, so a dataset can gather a whole minibatch with one tensor indexing (much faster than
+    collating cells one by one).
+    """
+
+    def __init__(self, n_rows: int, batch_size: int, shuffle: bool = True, seed: int = 0):
+        self.n_rows, self.batch_size, self.shuffle, self.seed = n_rows, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def _shard(self) -> np.ndarray:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_rows)
+            self.epoch += 1
+        else:
+            order = np.arange(self.n_rows)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+            # Every process takes the same number of rows so that all of them run the same number of steps.
+            n_per_rank = self.n_rows // world
+            order = order[rank * n_per_rank : (rank + 1) * n_per_rank]
+        return order
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        order = self._shard()
+        for start in range(0, order.size, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        return math.ceil((self.n_rows // world if world > 1 else self.n_rows) / self.batch_size)
+
+
+class RowTensors(torch.utils.data.Dataset):
+    """Aligned tensors indexed by arrays of rows: ``dataset[rows]`` returns each tensor's ``rows``."""
+
+    def __init__(self, *tensors: np.ndarray | torch.Tensor):
+        self.tensors = [torch.as_tensor(tensor) for tensor in tensors]
+
+    def __len__(self) -> int:
+        return self.tensors[0].shape[0]
+
+    def __getitem__(self, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return tuple(tensor[index] for tensor in self.tensors)
+
+
+def row_loader(*arrays: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader over aligned arrays that yields minibatches of rows (see :class:`ShuffledBatches`)."""
+    dataset = RowTensors(*arrays)
+    sampler = ShuffledBatches(len(dataset), batch_size, shuffle=shuffle, seed=seed)
+    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None)
+
+
+class TrainingPlan(lp.LightningModule):
+    """Adam on ``module.loss(*batch).loss``; logs ``train_loss``, ``validation_loss`` and the loss's extra metrics.
+
+    A non-finite training loss stops training with a FloatingPointError that says what to try.
+    """
+
+    def __init__(self, module: torch.nn.Module, lr: float, weight_decay: float):
+        super().__init__()
+        self.module = module
+        self.lr, self.weight_decay = lr, weight_decay
+
+    def _step(self, batch: Sequence[torch.Tensor], prefix: str) -> torch.Tensor:
+        output = self.module.loss(*batch)
+        loss = output.loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the {prefix} loss became {loss.item()} at epoch {self.current_epoch}; lower lr, check that the "
+                "input representation is finite and scaled (e.g. standardised LSI), or lower temperature_init"
+            )
+        size = output.n_obs_minibatch or batch[0].shape[0]
+        on_step = False
+        self.log(f"{prefix}_loss", loss, on_step=on_step, on_epoch=True, batch_size=size, sync_dist=True)
+        for name, value in output.extra_metrics.items():
+            self.log(f"{prefix}_{name}", value, on_step=on_step, on_epoch=True, batch_size=size, sync_dist=True)
+        return loss
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One optimisation step."""
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        """The loss on held-out cells."""
+        self._step(batch, "validation")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam with weight decay, as MatchCLOT trains its encoders."""
+        return torch.optim.Adam(self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class BestWeights(Callback):
+    """Keep a copy of the module's weights at the lowest value of ``monitor``; restore them when training ends."""
+
+    def __init__(self, monitor: str = "validation_loss"):
+        self.monitor = monitor
+        self.best_value = math.inf
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_epoch_end(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if value < self.best_value:
+            self.best_value, self.best_epoch = value, trainer.current_epoch
+            self.best_state = copy.deepcopy(plan.module.state_dict())
+
+    def on_train_end(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
+        if self.best_state is not None:
+            plan.module.load_state_dict(self.best_state)
+
+
+class History(Callback):
+    """The epoch-level metrics, as scvi-tools' ``model.history``: one DataFrame per metric, indexed by epoch."""
+
+    def __init__(self):
+        self.records: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
+        record = {"epoch": trainer.current_epoch}
+        record.update({name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1})
+        self.records.append(record)
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """One single-column DataFrame per metric."""
+        if not self.records:
+            return {}
+        table = pd.DataFrame(self.records).set_index("epoch")
+        return {name: table[[name]].dropna() for name in table.columns}
+
+
+class EpochProgressBar(ProgressBar):
+    """One bar over epochs with the latest losses (the default bar redraws a bar per epoch)."""
+
+    def __init__(self):
+        super().__init__()
+        self._enabled = True
+        self.bar: tqdm | None = None
+
+    def enable(self) -> None:  # noqa: D102
+        self._enabled = True
+
+    def disable(self) -> None:  # noqa: D102
+        self._enabled = False
+
+    def on_train_start(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
+        self.bar = tqdm(total=trainer.max_epochs, desc="training", unit="epoch", disable=not self._enabled)
+
+    def on_train_epoch_end(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
+        if self.bar is None:
+            return
+        metrics = trainer.callback_metrics
+        self.bar.set_postfix(
+            {name: f"{float(metrics[name]):.3f}" for name in ("train_loss", "validation_loss") if name in metrics}
+        )
+        self.bar.update(1)
+
+    def on_train_end(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
+        if self.bar is not None:
+            self.bar.close()
+
+
+class MuDataModel:
+    """Base of mumatch's model classes: one registration per modality of a transductive MuData.
+
+    Subclasses set ``_module_cls`` and implement ``setup_mudata``, ``__init__`` and ``train`` (see the module
+    docstring).
+    """
+
+    _module_cls: ClassVar[type[torch.nn.Module]]
+
+    def __init__(self, mdata: MuData):
+        check_mudata(mdata)
+        self.setup_args = self._setup_args(mdata)
+        self.registrations = {
+            mod: ModalityRegistration(
+                mod=mod,
+                rep_key=self.setup_args["rep_keys"][mod],
+                n_input=int(mdata[mod].obsm[self.setup_args["rep_keys"][mod]].shape[1]),
+                var_names=tuple(map(str, mdata[mod].var_names)),
+            )
+            for mod in self.setup_args["mods"]
+        }
+        self.mdata = mdata
+        self.module: torch.nn.Module
+        self.init_params: dict[str, Any] = {}
+        self.history: dict[str, pd.DataFrame] = {}
+        self.train_info: dict[str, Any] = {}
+        self.is_trained = False
+
+    # ----- registration -----------------------------------------------------------------------------------------
+    @classmethod
+    def _register(
+        cls,
+        mdata: MuData,
+        mods: Sequence[str],
+        rep_key: str | Mapping[str, str],
+        batch_key: str | None = None,
+        **extra: Any,
+    ) -> None:
+        """Check the modalities and their inputs, then record the setup in ``mdata.uns['_mumatch_setup']``.
+
+        Parameters
+        ----------
+        mdata
+            The MuData.
+        mods
+            The modalities, in the order the module takes them.
+        rep_key
+            The ``.obsm`` key of each modality's input: one for all, or one per modality.
+        batch_key
+            Column of each modality's ``.obs`` with the batch (may be missing in some modalities or cells).
+        **extra
+            Further JSON-serialisable setup arguments of the subclass.
+        """
+        check_mudata(mdata)
+        mods = list(mods)
+        for position, mod in enumerate(mods):
+            check_mod(mdata, mod, f"mod{position + 1}")
+        if len(set(mods)) != len(mods):
+            raise ValueError(f"the modalities must differ, got {mods}")
+        rep_keys = {mod: rep_key for mod in mods} if isinstance(rep_key, str) else dict(rep_key)
+        missing = [mod for mod in mods if mod not in rep_keys]
+        if missing:
+            raise KeyError(f"rep_key names no representation for {missing}; give one per modality")
+        for mod in mods:
+            check_rep(mdata, mod, rep_keys[mod], "rep_key")
+        if batch_key is not None and not any(batch_key in mdata[mod].obs for mod in mods):
+            raise KeyError(
+                f"batch_key={batch_key!r} not found in the .obs of any of {mods}; pass batch_key=None if there are "
+                "no batches"
+            )
+        args = {"mods": mods, "rep_keys": rep_keys, "batch_key": batch_key, **extra}
+        json.dumps(args)  # fails early on a value that could not be saved with the model
+        setups = dict(mdata.uns.get(SETUP_KEY, {}))
+        setups[cls.__name__] = json.dumps(args)
+        mdata.uns[SETUP_KEY] = setups
+
+    @classmethod
+    def _setup_args(cls, mdata: MuData) -> dict[str, Any]:
+        setups = mdata.uns.get(SETUP_KEY, {})
+        if cls.__name__ not in setups:
+            raise ValueError(f"mdata is not set up for {cls.__name__}; call mm.model.{cls.__name__}.setup_mudata first")
+        return json.loads(setups[cls.__name__])
+
+    def _init_params(self, **params: Any) -> None:
+        """Record the hyperparameters ``__init__`` was called with (JSON-serialisable; saved with the model)."""
+        json.dumps(params)
+        self.init_params = params
+
+    # ----- training ---------------------------------------------------------------------------------------------
+    def _fit(
+        self,
+        plan: lp.LightningModule,
+        train_loader: torch.utils.data.DataLoader,
+        validation_loader: torch.utils.data.DataLoader | None,
+        *,
+        max_epochs: int,
+        early_stopping: bool,
+        patience: int,
+        min_delta: float = 0.0,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        progress_bar: bool = True,
+        **trainer_kwargs: Any,
+    ) -> None:
+        """Train ``plan`` with Lightning; restore the best validation weights; fill ``history`` and ``train_info``."""
+        history, best = History(), BestWeights("validation_loss")
+        callbacks: list[Callback] = [history, EpochProgressBar()] if progress_bar else [history]
+        if validation_loader is not None:
+            callbacks.append(best)
+            if early_stopping:
+                callbacks.append(
+                    EarlyStopping(
+                        "validation_loss", patience=patience, min_delta=min_delta, check_on_train_epoch_end=False
+                    )
+                )
+        callbacks += list(trainer_kwargs.pop("callbacks", []))
+        trainer_options = {
+            "max_epochs": max_epochs,
+            "accelerator": accelerator,
+            "devices": devices,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_model_summary": False,
+            "enable_progress_bar": progress_bar,
+            "num_sanity_val_steps": 0,
+            "log_every_n_steps": 1,
+            "use_distributed_sampler": False,  # ShuffledBatches shards the rows itself
+            "limit_val_batches": 1.0 if validation_loader is not None else 0,
+        }
+        trainer_options.update(trainer_kwargs)
+        trainer = lp.Trainer(callbacks=callbacks, **trainer_options)
+        trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=validation_loader)
+        self.module = plan.module.cpu().eval()
+        self.history = history.frames()
+        self.train_info = {
+            "epochs": int(trainer.current_epoch),
+            "best_epoch": best.best_epoch,
+            "best_validation_loss": None if best.best_epoch is None else best.best_value,
+            "stopped_early": bool(early_stopping and trainer.current_epoch < max_epochs),
+        }
+        self.is_trained = True
+
+    # ----- inference --------------------------------------------------------------------------------------------
+    def _check_query(self, mdata: MuData | None) -> MuData:
+        if mdata is None:
+            return self.mdata
+        check_mudata(mdata)
+        for registration in self.registrations.values():
+            if registration.mod in mdata.mod and tuple(map(str, mdata[registration.mod].var_names)) != (
+                registration.var_names
+            ):
+                logg.warning(
+                    f"mdata['{registration.mod}'] has other features than the training data; the representation "
+                    f"'{registration.rep_key}' must still come from the same projection (e.g. lsi_harmony_transform)"
+                )
+        return mdata
+
+    # ----- save / load ------------------------------------------------------------------------------------------
+    def save(self, dir_path: str | Path, *, overwrite: bool = False) -> None:
+        """Save the weights and everything needed to rebuild the model (no pickled objects).
+
+        Writes ``dir_path/model.pt`` (the module's ``state_dict``) and ``dir_path/model.json`` (class, setup and
+        init arguments, input widths, feature names, training history).
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write (created if needed).
+        overwrite
+            Replace an existing saved model in ``dir_path``.
+        """
+        folder = Path(dir_path)
+        if (folder / WEIGHTS_FILE).exists() and not overwrite:
+            raise FileExistsError(f"{folder / WEIGHTS_FILE} exists; pass overwrite=True to replace it")
+        folder.mkdir(parents=True, exist_ok=True)
+        metadata = {
+            "class": type(self).__name__,
+            "setup_args": self.setup_args,
+            "init_params": self.init_params,
+            "registrations": {mod: asdict(registration) for mod, registration in self.registrations.items()},
+            "is_trained": self.is_trained,
+            "train_info": self.train_info,
+            "history": {name: frame[name].to_dict() for name, frame in self.history.items()},
+        }
+        torch.save(self.module.state_dict(), folder / WEIGHTS_FILE)
+        (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=1, default=float))
+
+    @classmethod
+    def load(cls, dir_path: str | Path, mdata: MuData) -> MuDataModel:
+        """Load a model saved with :meth:`save` and register ``mdata`` with its setup arguments.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        mdata
+            Data with the same modalities and representations (of the same widths) as the training data.
+
+        Returns
+        -------
+        The model, ready for ``get_latent_representation``.
+        """
+        check_mudata(mdata)
+        folder = Path(dir_path)
+        if not (folder / METADATA_FILE).exists():
+            raise FileNotFoundError(f"{folder / METADATA_FILE} not found; save a model there with model.save(dir)")
+        metadata = json.loads((folder / METADATA_FILE).read_text())
+        if metadata["class"] != cls.__name__:
+            raise ValueError(f"{folder} holds a {metadata['class']} model; load it with mm.model.{metadata['class']}")
+        for saved in metadata["registrations"].values():
+            modality_inputs(mdata, ModalityRegistration(**{**saved, "var_names": tuple(saved["var_names"])}))
+        setup = dict(metadata["setup_args"])
+        cls._register(mdata, setup.pop("mods"), setup.pop("rep_keys"), **setup)
+        model = cls(mdata, **metadata["init_params"])
+        model.module.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
+        model.module.eval()
+        model.is_trained = metadata["is_trained"]
+        model.train_info = metadata["train_info"]
+        model.history = {
+            name: pd.DataFrame({name: pd.Series(values)}).rename(index=int).sort_index()
+            for name, values in metadata["history"].items()
+        }
+        return model
+
+    def __repr__(self) -> str:
+        inputs = ", ".join(f"{r.mod}: .obsm['{r.rep_key}'] ({r.n_input})" for r in self.registrations.values())
+        params = ", ".join(f"{name}={value}" for name, value in self.init_params.items())
+        status = "trained" if self.is_trained else "not trained"
+        return f"{type(self).__name__}({params}) on {inputs}; {status}"

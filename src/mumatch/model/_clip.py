@@ -1,0 +1,389 @@
+"""``CLIP``: contrastive encoders of two modalities into one space, trained on paired cells (MatchCLOT's embedding)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as lp
+import numpy as np
+import torch
+from mudata import MuData
+from scanpy import logging as logg
+
+from .._layout import batch_labels, paired_positions
+from .._validate import check_int, check_mod, check_mudata, check_positive
+from ..module import CLIPModule
+from ._base import ModalityRegistration, MuDataModel, TrainingPlan, modality_inputs, row_loader
+
+# MatchCLOT's tuned hyperparameters (Gossi et al. 2023), from `matchclot/utils/hyperparameters.py`:
+# `defaults_GEX2ATAC` and `defaults_GEX2ADT`. "gex" is the RNA encoder, "other" the ATAC or ADT encoder.
+MATCHCLOT_GEX2ATAC: dict[str, Any] = {
+    "n_latent": 128,  # EMBEDDING_DIM
+    "n_hidden": {"gex": (2048, 1024), "other": (2048,)},  # LAYERS_DIM_GEX0/1, LAYERS_DIM_ATAC
+    "dropout": {"gex": (0.34, 0.47), "other": (0.67,)},  # DROPOUT_RATES_GEX0/1, DROPOUT_RATES_ATAC
+    "temperature_init": 2.74,  # LOG_T
+    "lr": 6e-4,  # LR
+    "weight_decay": 1.25e-4,  # WEIGHT_DECAY
+}
+MATCHCLOT_GEX2ADT: dict[str, Any] = {
+    "n_latent": 256,
+    "n_hidden": {"gex": (256, 2048), "other": (4096, 2048)},  # LAYERS_DIM_GEX0/1, LAYERS_DIM_ADT0/1
+    "dropout": {"gex": (0.3, 0.05), "other": (0.4, 0.2)},
+    "temperature_init": 4.0,
+    "lr": 1.75e-4,
+    "weight_decay": 2e-4,
+}
+# MatchCLOT: BATCH_SIZE 16384 (every training cell of the starters in one minibatch), early-stopping patience 150
+# epochs (its embedding/train.py), N_EPOCHS 7000.
+DEFAULT_BATCH_SIZE = 16384
+DEFAULT_PATIENCE = 150
+DEFAULT_MAX_EPOCHS = 7000
+# Its widths (up to 4096) are sized for ~60k training cells; on a few hundred cells they only cost time. Hidden
+# layers are capped at the next power of two above the number of paired cells, and never below this.
+MIN_SCALED_WIDTH = 256
+# Held-out fraction of paired cells when there is one training batch (MatchCLOT holds out a whole batch).
+VALIDATION_FRACTION = 0.2
+FEATURE_KINDS = {"gex": "gex", "rna": "gex", "atac": "atac", "adt": "adt", "prot": "adt", "protein": "adt"}
+
+
+def modality_kind(mdata: MuData, mod: str) -> str:
+    """'gex', 'atac', 'adt' or 'other', from ``var['feature_types']`` or else the modality's name."""
+    adata = mdata[mod]
+    if "feature_types" in adata.var and adata.n_vars:
+        kind = FEATURE_KINDS.get(str(adata.var["feature_types"].iloc[0]).lower())
+        if kind:
+            return kind
+    return FEATURE_KINDS.get(mod.lower(), "other")
+
+
+def matchclot_defaults(mdata: MuData, mod1: str, mod2: str) -> tuple[dict[str, Any], tuple[str, str]]:
+    """MatchCLOT's tuned values for this pair of modalities, and the role ('gex'/'other') of each modality."""
+    kinds = (modality_kind(mdata, mod1), modality_kind(mdata, mod2))
+    defaults = MATCHCLOT_GEX2ADT if "adt" in kinds else MATCHCLOT_GEX2ATAC
+    roles = ("gex", "other") if kinds[1] != "gex" else ("other", "gex")
+    return defaults, roles
+
+
+def scaled_widths(widths: Sequence[int], n_paired: int) -> tuple[int, ...]:
+    """Cap hidden widths for small training sets (see ``MIN_SCALED_WIDTH``)."""
+    cap = max(MIN_SCALED_WIDTH, 2 ** math.ceil(math.log2(max(n_paired, 2))))
+    return tuple(min(int(width), cap) for width in widths)
+
+
+class CLIP(MuDataModel):
+    """Contrastive encoders of two modalities into one L2-normalised space (MatchCLOT's embedding model).
+
+    One MLP encoder per modality (ELU, dropout) maps each modality's input representation (e.g. the
+    ``X_lsi_harmony`` of :func:`mumatch.pp.lsi_harmony`) to ``n_latent`` dimensions; a symmetric InfoNCE loss over
+    the paired cells of each minibatch, with a learnable temperature, pulls a cell's two embeddings together and
+    pushes the other cells' apart. Unpaired cells are only embedded, never trained on.
+
+    Parameters
+    ----------
+    mdata
+        MuData registered with :meth:`setup_mudata`.
+    n_latent
+        Width of the embedding (default: MatchCLOT's, 128 for GEX–ATAC and 256 for GEX–ADT).
+    n_hidden
+        Hidden widths: an int (``n_layers`` layers of it in both encoders) or ``{mod: [widths]}``. Default:
+        MatchCLOT's per-modality widths, capped for small training sets.
+    n_layers
+        Hidden layers per encoder when ``n_hidden`` is an int.
+    dropout
+        Dropout rate: a float for every layer, or ``{mod: rate or [rates]}``. Default: MatchCLOT's.
+    temperature_init
+        Initial log logit scale (default: MatchCLOT's ``LOG_T``, 2.74 for GEX–ATAC, 4.0 for GEX–ADT).
+    random_state
+        Seed of the weight initialisation.
+
+    Examples
+    --------
+    >>> import mumatch as mm
+    >>> mdata = mm.datasets.bmmc_starter("multiome")
+    >>> mm.pp.lsi_harmony(mdata)
+    >>> mm.model.CLIP.setup_mudata(mdata, mod1="rna", mod2="atac")
+    >>> model = mm.model.CLIP(mdata)
+    >>> model.train(max_epochs=200)
+    >>> z_rna = model.get_latent_representation(mdata, "rna")
+    """
+
+    _module_cls = CLIPModule
+
+    def __init__(
+        self,
+        mdata: MuData,
+        n_latent: int | None = None,
+        n_hidden: int | Mapping[str, Sequence[int]] | None = None,
+        n_layers: int | None = None,
+        dropout: float | Mapping[str, float | Sequence[float]] | None = None,
+        temperature_init: float | None = None,
+        *,
+        random_state: int = 0,
+    ):
+        super().__init__(mdata)
+        mods = self.setup_args["mods"]
+        defaults, roles = matchclot_defaults(mdata, *mods)
+        n_paired = len(paired_positions(mdata, *mods)[0])
+        check_int(n_latent, "n_latent", allow_none=True)
+        check_int(n_layers, "n_layers", minimum=0, allow_none=True)
+        if temperature_init is not None and not np.isfinite(temperature_init):
+            raise ValueError(f"temperature_init must be finite, got {temperature_init!r}")
+        if isinstance(n_hidden, int):
+            check_int(n_hidden, "n_hidden")
+            hidden = {mod: [n_hidden] * (2 if n_layers is None else n_layers) for mod in mods}
+        elif n_hidden is None:
+            hidden = {
+                mod: list(scaled_widths(defaults["n_hidden"][role], n_paired))
+                for mod, role in zip(mods, roles, strict=True)
+            }
+        else:
+            hidden = {mod: [int(width) for width in n_hidden[mod]] for mod in mods}
+        if dropout is None:
+            rates = {mod: list(defaults["dropout"][role]) for mod, role in zip(mods, roles, strict=True)}
+        elif isinstance(dropout, int | float):
+            rates = {mod: [float(dropout)] * len(hidden[mod]) for mod in mods}
+        else:
+            rates = {mod: dropout[mod] for mod in mods}
+        rates = {
+            mod: [float(rate)] * len(hidden[mod]) if isinstance(rate, int | float) else [float(r) for r in rate]
+            for mod, rate in rates.items()
+        }
+        for mod in mods:
+            if len(rates[mod]) != len(hidden[mod]):
+                # MatchCLOT's rates are per layer; a user's own widths take the first rate for every layer.
+                rates[mod] = [rates[mod][0]] * len(hidden[mod])
+            if any(not 0 <= rate < 1 for rate in rates[mod]):
+                raise ValueError(f"dropout rates must lie in [0, 1), got {rates[mod]} for '{mod}'")
+        n_latent = defaults["n_latent"] if n_latent is None else n_latent
+        temperature_init = defaults["temperature_init"] if temperature_init is None else float(temperature_init)
+        self._init_params(
+            n_latent=n_latent,
+            n_hidden=hidden,
+            dropout=rates,
+            temperature_init=temperature_init,
+            random_state=random_state,
+        )
+        self.default_lr, self.default_weight_decay = defaults["lr"], defaults["weight_decay"]
+        torch.manual_seed(random_state)
+        self.module = CLIPModule(
+            n_inputs=[self.registrations[mod].n_input for mod in mods],
+            n_latent=n_latent,
+            n_hidden=[hidden[mod] for mod in mods],
+            dropout=[rates[mod] for mod in mods],
+            temperature_init=temperature_init,
+        )
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        mod1: str = "rna",
+        mod2: str = "atac",
+        rep_key: str | Mapping[str, str] = "X_lsi_harmony",
+        batch_key: str | None = "batch",
+    ) -> None:
+        """Register the two modalities and their input representations (scvi-tools' ``setup_mudata``).
+
+        Records the arguments in ``mdata.uns['_mumatch_setup']['CLIP']``; nothing else is written.
+
+        Parameters
+        ----------
+        mdata
+            Transductive MuData: paired cells share an obs name in both modalities.
+        mod1, mod2
+            The two modalities.
+        rep_key
+            The ``.obsm`` key of each modality's input (one for both, or ``{mod: key}``).
+        batch_key
+            Column of ``.obs`` with the batch of each cell, used to hold out batches for validation.
+        """
+        check_mudata(mdata)
+        check_mod(mdata, mod1, "mod1")
+        check_mod(mdata, mod2, "mod2")
+        if mod1 != mod2 and paired_positions(mdata, mod1, mod2)[0].size == 0:
+            raise ValueError(
+                f"no cell of '{mod1}' shares an obs name with a cell of '{mod2}': CLIP trains on paired cells, which "
+                "must carry the same obs name in both modalities"
+            )
+        cls._register(mdata, [mod1, mod2], rep_key, batch_key)
+
+    # ----- training ---------------------------------------------------------------------------------------------
+    def _validation_split(
+        self, validation: str | float | Sequence[str] | None, n_paired: int, positions: np.ndarray, random_state: int
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """(training rows, validation rows, description) over the paired cells."""
+        everything = np.arange(n_paired)
+        if validation is None:
+            return everything, everything[:0], "none"
+        mod1 = self.setup_args["mods"][0]
+        labels = batch_labels(self.mdata, mod1, self.setup_args["batch_key"])
+        levels = None if labels is None else labels.to_numpy()[positions]
+        if isinstance(validation, str) and validation == "auto":
+            several = levels is not None and np.unique(levels).size > 1
+            validation = [first_level(levels)] if several else VALIDATION_FRACTION
+        if isinstance(validation, float):
+            if not 0 < validation < 1:
+                raise ValueError(f"validation={validation} as a fraction must lie in (0, 1)")
+            order = np.random.default_rng(random_state).permutation(n_paired)
+            n_validation = max(1, int(round(validation * n_paired)))
+            if n_validation >= n_paired:
+                raise ValueError(f"{n_paired} paired cells are too few to hold out a fraction of {validation}")
+            how = f"random {validation:.0%} of paired cells"
+            return np.sort(order[n_validation:]), np.sort(order[:n_validation]), how
+        held_out = [validation] if isinstance(validation, str) else [str(level) for level in validation]
+        if levels is None:
+            raise ValueError(f"validation={held_out} names batches but the paired cells have no batch labels")
+        unknown = sorted(set(held_out) - set(levels))
+        if unknown:
+            raise ValueError(f"validation batches {unknown} hold no paired cell; choose from {sorted(set(levels))}")
+        mask = np.isin(levels, held_out)
+        if mask.all():
+            raise ValueError("validation holds out every paired cell; leave at least one batch for training")
+        return everything[~mask], everything[mask], f"held-out batches {held_out}"
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        early_stopping: bool = True,
+        validation: str | float | Sequence[str] | None = "auto",
+        *,
+        patience: int = DEFAULT_PATIENCE,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        random_state: int = 0,
+        progress_bar: bool = True,
+        **trainer_kwargs: Any,
+    ) -> None:
+        """Train on the paired cells with Lightning; early stopping on the validation loss restores the best weights.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells (default: MatchCLOT's 7000; early stopping ends far sooner).
+        lr, weight_decay
+            Adam's learning rate and weight decay (default: MatchCLOT's tuned values for the pair of modalities).
+        batch_size
+            Paired cells per minibatch; every other cell of a minibatch is a negative (MatchCLOT: 16384).
+        early_stopping
+            Stop when the validation loss has not improved for ``patience`` epochs.
+        validation
+            Which paired cells to hold out: ``"auto"`` (the first batch when the paired cells come from several
+            batches, as MatchCLOT does, else a seeded random 20 %), a batch name or list of names, a fraction, or
+            ``None`` (no validation, no early stopping; the last weights are kept).
+        patience
+            Epochs without improvement before stopping (MatchCLOT: 150).
+        accelerator, devices
+            Passed to ``lightning.Trainer`` (``"auto"`` uses a GPU when there is one).
+        random_state
+            Seed of the validation split, the minibatch order and dropout.
+        progress_bar
+            Show a progress bar over epochs.
+        **trainer_kwargs
+            Further ``lightning.Trainer`` options, e.g. ``strategy="ddp_spawn"``.
+        """
+        check_int(max_epochs, "max_epochs", allow_none=True)
+        check_int(batch_size, "batch_size")
+        check_int(patience, "patience")
+        check_positive(lr, "lr", allow_none=True)
+        if weight_decay is not None and (not np.isfinite(weight_decay) or weight_decay < 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        mods = self.setup_args["mods"]
+        inputs = [modality_inputs(self.mdata, self.registrations[mod]) for mod in mods]
+        positions = paired_positions(self.mdata, *mods)
+        if positions[0].size < 2:
+            raise ValueError(f"CLIP needs at least 2 paired cells to train, found {positions[0].size}")
+        paired = [values[index] for values, index in zip(inputs, positions, strict=True)]
+        train_rows, validation_rows, how = self._validation_split(
+            validation, positions[0].size, positions[0], random_state
+        )
+        start = logg.info(
+            f"training CLIP on {train_rows.size} paired cells (validation: {how}, {validation_rows.size} cells)"
+        )
+        lp.seed_everything(random_state, verbose=False)
+        train_loader = row_loader(
+            *(values[train_rows] for values in paired), batch_size=batch_size, shuffle=True, seed=random_state
+        )
+        validation_loader = None
+        if validation_rows.size:
+            validation_loader = row_loader(
+                *(values[validation_rows] for values in paired), batch_size=batch_size, shuffle=False
+            )
+        plan = TrainingPlan(
+            self.module,
+            lr=self.default_lr if lr is None else lr,
+            weight_decay=self.default_weight_decay if weight_decay is None else weight_decay,
+        )
+        self._fit(
+            plan,
+            train_loader,
+            validation_loader,
+            max_epochs=DEFAULT_MAX_EPOCHS if max_epochs is None else max_epochs,
+            early_stopping=early_stopping,
+            patience=patience,
+            accelerator=accelerator,
+            devices=devices,
+            progress_bar=progress_bar,
+            **trainer_kwargs,
+        )
+        self.train_info.update(
+            {
+                "validation": how,
+                "n_train_cells": int(train_rows.size),
+                "n_validation_cells": int(validation_rows.size),
+                "lr": plan.lr,
+                "weight_decay": plan.weight_decay,
+                "batch_size": batch_size,
+            }
+        )
+        logg.info(
+            f"    finished after {self.train_info['epochs']} epochs (best: {self.train_info['best_epoch']})",
+            time=start,
+        )
+
+    # ----- inference --------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def get_latent_representation(
+        self, mdata: MuData | None = None, modality: str | None = None, *, batch_size: int = 8192
+    ) -> np.ndarray:
+        """The L2-normalised embedding of every cell of ``modality`` in ``mdata``.
+
+        Parameters
+        ----------
+        mdata
+            The training MuData (default) or a new query whose representation was computed the same way (e.g. with
+            ``mm.pp.lsi_harmony_transform(query, reference=mdata)``).
+        modality
+            One of the two registered modalities.
+        batch_size
+            Cells encoded at once.
+
+        Returns
+        -------
+        A (cells × n_latent) float32 array with rows of unit norm, in the order of ``mdata[modality].obs_names``.
+        """
+        mods = self.setup_args["mods"]
+        if modality not in mods:
+            raise ValueError(f"modality={modality!r} is not one of the model's modalities {mods}")
+        mdata = self._check_query(mdata)
+        registration: ModalityRegistration = self.registrations[modality]
+        values = torch.from_numpy(modality_inputs(mdata, registration))
+        self.module.eval()
+        index = mods.index(modality)
+        parts = [
+            self.module.inference(values[start : start + batch_size], index)
+            for start in range(0, len(values), batch_size)
+        ]
+        if not parts:
+            return np.zeros((0, self.init_params["n_latent"]), dtype=np.float32)
+        return torch.cat(parts).numpy().astype(np.float32)
+
+
+def first_level(levels: np.ndarray) -> str:
+    """The first batch level in order of appearance (MatchCLOT holds out its first training batch)."""
+    _, first_index = np.unique(levels, return_index=True)
+    return levels[np.min(first_index)]
