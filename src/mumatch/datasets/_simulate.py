@@ -66,9 +66,10 @@ def _sample_sparse(
     totals = rng.poisson(library).astype(np.int64)
     type_profiles = np.stack([_softmax(row) for row in log_profiles])
     batch_factors = np.exp(batch_shift)
+    # Cells arrive sorted by (type, state, batch): each group is a contiguous run of rows sharing one profile.
     group = (cell_type * N_STATE_BINS + state_bin) * batch_shift.shape[0] + batch
-    order = np.argsort(group, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(group[order])) + 1)
+    boundaries = np.flatnonzero(np.diff(group)) + 1
+    groups = np.split(np.arange(n_cells), boundaries)
     seeds = rng.spawn(len(groups))
 
     def sample_group(members: np.ndarray, group_rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -85,23 +86,16 @@ def _sample_sparse(
         new_entry[1:] = (features[1:] != features[:-1]) | (rows[1:] != rows[:-1])
         starts = np.flatnonzero(new_entry)
         counts = np.diff(np.append(starts, features.size))
-        return members, rows[starts], features[starts].astype(np.int32), counts.astype(np.float32)
+        nnz_per_row = np.bincount(rows[starts], minlength=members.size)
+        return nnz_per_row, features[starts].astype(np.int32), counts.astype(np.float32)
 
     # numpy releases the GIL in its sampling and search kernels, so groups run in parallel threads; each group has
     # its own spawned generator, which keeps the result independent of the number of threads.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         pieces = list(pool.map(sample_group, groups, seeds))
-    nnz_per_cell = np.zeros(n_cells, dtype=np.int64)
-    for members, rows, _, _ in pieces:
-        nnz_per_cell[members] = np.bincount(rows, minlength=members.size)
-    indptr = np.concatenate([[0], np.cumsum(nnz_per_cell)])
-    indices = np.empty(indptr[-1], dtype=np.int32)
-    data = np.empty(indptr[-1], dtype=np.float32)
-    for members, rows, features, counts in pieces:
-        row_start = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=members.size))])
-        destination = indptr[members][rows] + (np.arange(rows.size) - row_start[rows])
-        indices[destination] = features
-        data[destination] = counts
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate([piece[0] for piece in pieces]))])
+    indices = np.concatenate([piece[1] for piece in pieces])
+    data = np.concatenate([piece[2] for piece in pieces])
     return sp.csr_matrix((data, indices, indptr), shape=(n_cells, n_features))
 
 
@@ -215,14 +209,17 @@ def simulate_paired(
     start = logg.info(f"simulating {n_cells} cells: {', '.join(modalities)}")
     rng = np.random.default_rng(seed)
     cell_type = rng.integers(0, n_cell_types, n_cells)
-    neighbour_type = (cell_type + 1) % n_cell_types
     state_bin = rng.integers(0, N_STATE_BINS, n_cells)
+    batch = rng.integers(0, n_batches, n_cells)
+    # Sorting cells by (type, state, batch) lets the samplers treat each group as one contiguous block of rows.
+    order = np.lexsort((batch, state_bin, cell_type))
+    cell_type, state_bin, batch = cell_type[order], state_bin[order], batch[order]
+    neighbour_type = (cell_type + 1) % n_cell_types
     # Halving the trajectory keeps each cell nearer its own type than the neighbouring one.
     state = state_bin / (N_STATE_BINS - 1) * 0.5
-    batch = rng.integers(0, n_batches, n_cells)
     depth = rng.lognormal(0.0, 0.35, n_cells) * rng.lognormal(0.0, 0.2, n_batches)[batch]
     paired = rng.random(n_cells) < paired_fraction
-    cell_names = np.array([f"cell_{i}" for i in range(n_cells)], dtype=object)
+    cell_names = np.array([f"cell_{i}" for i in rng.permutation(n_cells)], dtype=object)
     obs_base = pd.DataFrame(
         {
             "batch": pd.Categorical([f"batch{b}" for b in batch]),
