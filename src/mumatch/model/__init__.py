@@ -1,5 +1,6 @@
 """scvi-tools-style model classes (``CLIP``, ``CLUE``; each lands with its issue)."""
 
 from ._clip import CLIP
+from ._clue import CLUE
 
-__all__: list[str] = ["CLIP"]
+__all__: list[str] = ["CLIP", "CLUE"]

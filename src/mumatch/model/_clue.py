@@ -1,0 +1,422 @@
+"""``mm.model.CLUE``: the cross-linked unified embedding of K modalities, scvi-tools-style.
+
+The registration, Lightning training, history and save/load come from :mod:`mumatch.model._base` (one registration
+per modality, paired cells found by shared obs names). What is CLUE's own lives here: the count layers and
+likelihoods of every modality, the table of cells (each cell of the transductive MuData with the modalities that
+measured it), and the competition's hyperparameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as lp
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from mudata import MuData
+from scanpy import logging as logg
+
+from .._layout import MISSING_BATCH, batch_labels
+from .._validate import check_counts, check_int, check_layer, check_mods, check_mudata, check_positive
+from ..module._clue import CLUEModule
+from ..nn._likelihoods import LIKELIHOODS
+from ._base import MuDataModel, ShuffledBatches, TrainingPlan, modality_inputs
+
+# The CLUE team's configurations for the NeurIPS 2021 matching task (published with their submission and used by
+# scglue's SCCLUEModel; see /work/shared/PEERS.md): latent width per modality, encoder (x2u), decoder (u2x) and
+# discriminator (du) layers, dropout, and loss weights. Their lam_data/lam_align/lam_cross/lam_cos are our
+# lam_self/lam_adversarial/lam_cross/lam_mse (MSE to the cell's mean embedding stands in for their cosine term).
+CITE_CONFIG: dict[str, Any] = {
+    "n_latent": 20,
+    "n_hidden": 512,
+    "n_layers": 2,
+    "n_hidden_decoder": 128,
+    "n_layers_decoder": 1,
+    "n_hidden_discriminator": 128,
+    "n_layers_discriminator": 2,
+    "dropout": 0.2,
+    "lam_self": 1.0,
+    "lam_kl": 1.0,
+    "lam_adversarial": 2.0,
+    "lam_cross": 2.0,
+    "lam_mse": 1.0,
+}
+MULTIOME_CONFIG: dict[str, Any] = {
+    "n_latent": 50,
+    "n_hidden": 512,
+    "n_layers": 2,
+    "n_hidden_decoder": 256,
+    "n_layers_decoder": 1,
+    "n_hidden_discriminator": 256,
+    "n_layers_discriminator": 1,
+    "dropout": 0.2,
+    "lam_self": 1.0,
+    "lam_kl": 0.3,
+    "lam_adversarial": 0.02,
+    "lam_cross": 1.0,
+    "lam_mse": 0.02,
+}
+CONFIGS = {"cite": CITE_CONFIG, "multiome": MULTIOME_CONFIG}
+# Optimiser and minibatch defaults of scglue's trainers (Adam, learning rate 2e-3, 128 cells per minibatch).
+DEFAULT_LR = 2e-3
+DEFAULT_BATCH_SIZE = 128
+# Early stopping: scglue stops after a long plateau; 30 epochs of patience on a 10 % validation split works on the
+# starters and on pbmc10k_cite (docs/benchmarks.md).
+DEFAULT_PATIENCE = 30
+DEFAULT_VALIDATION_FRACTION = 0.1
+# About 40,000 gradient steps at most, about what scglue's automatic schedule runs on small data (PEERS.md), capped
+# at 1,000 epochs; early stopping usually ends far earlier.
+MAX_STEPS = 40_000
+MAX_EPOCHS_CAP = 1000
+# Feature types (var['feature_types'], as in the competition's files) whose counts are peaks.
+PEAK_FEATURE_TYPES = ("ATAC", "Peaks", "peaks")
+
+
+def _is_peaks(mdata: MuData, mod: str) -> bool:
+    adata = mdata[mod]
+    if "feature_types" in adata.var and adata.n_vars:
+        return str(adata.var["feature_types"].iloc[0]) in PEAK_FEATURE_TYPES
+    return mod.lower() in ("atac", "peaks", "chromatin")
+
+
+class CellTable(torch.utils.data.Dataset):
+    """Every cell of the transductive MuData with the modalities that measured it, indexed by arrays of rows.
+
+    A cell is one obs name: a paired cell appears in several modalities, an unpaired one in one. ``table[rows]``
+    returns the minibatch the module's ``loss`` takes: ``(reps, counts, observed, batch)``, where the rows of a
+    modality a cell lacks are zeros and ``observed`` says which are real (never mistaken for measured zeros).
+    """
+
+    def __init__(
+        self,
+        names: pd.Index,
+        positions: np.ndarray,
+        reps: Sequence[np.ndarray],
+        counts: Sequence[sp.csr_matrix],
+        batch_codes: np.ndarray,
+        n_batch: int,
+    ):
+        self.names, self.positions = names, positions
+        self.reps = [torch.as_tensor(rep) for rep in reps]
+        self.counts = counts
+        self.batch_codes = torch.as_tensor(batch_codes)
+        self.n_batch = n_batch
+
+    def __len__(self) -> int:
+        return self.positions.shape[0]
+
+    def __getitem__(
+        self, rows: np.ndarray
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        positions = self.positions[rows]
+        observed = torch.as_tensor(positions >= 0)
+        reps, counts = [], []
+        for j, (rep, matrix) in enumerate(zip(self.reps, self.counts, strict=True)):
+            present = np.flatnonzero(positions[:, j] >= 0)
+            source = positions[present, j]
+            rep_rows = rep.new_zeros((rows.size, rep.shape[1]))
+            rep_rows[present] = rep[source]
+            count_rows = torch.zeros((rows.size, matrix.shape[1]))
+            count_rows[present] = torch.as_tensor(matrix[source].toarray())
+            reps.append(rep_rows)
+            counts.append(count_rows)
+        codes = self.batch_codes[rows]
+        batch = torch.zeros((rows.size, len(self.reps), self.n_batch + 1))
+        batch.scatter_(2, (codes.clamp_min(-1) % (self.n_batch + 1))[:, :, None].long(), 1.0)
+        # Code -1 (unknown batch) lands in the last, dropped column: an all-zero one-hot row.
+        return reps, counts, observed, batch[:, :, : self.n_batch]
+
+
+class CLUE(MuDataModel):
+    """Cross-linked unified embedding (CLUE) of K modalities, trained on a transductive MuData.
+
+    Each modality gets a latent subspace; a K × K matrix of encoders maps each modality's representation (LSI/PCA) to
+    every subspace, and count decoders reconstruct ``layers['counts']``. Paired cells (same obs name in several
+    modalities) train the self, cross, MSE and adversarial terms; unpaired cells their self and adversarial terms
+    (see :mod:`mumatch.module._clue`). The embedding of a cell is the concatenation of its K subspaces' posterior
+    means computed from the modality it was measured in, so cells of different modalities can be matched.
+
+    Parameters
+    ----------
+    mdata
+        MuData set up with :meth:`setup_mudata`.
+    config
+        Which of the CLUE competition configurations supplies the defaults: ``"cite"``, ``"multiome"``, or
+        ``"auto"`` (multiome when a modality holds peaks, else cite).
+    random_state
+        Seed of the weight initialisation.
+    **hyperparameters
+        Overrides of the configuration: ``n_latent``, ``n_hidden``, ``n_layers``, ``n_hidden_decoder``,
+        ``n_layers_decoder``, ``n_hidden_discriminator``, ``n_layers_discriminator``, ``dropout``, ``lam_self``,
+        ``lam_cross``, ``lam_mse``, ``lam_kl``, ``lam_adversarial`` (see :class:`~mumatch.module._clue.CLUEModule`).
+
+    Examples
+    --------
+    >>> import mumatch as mm
+    >>> mm.model.CLUE.setup_mudata(mdata, ["rna", "atac"], rep_key="X_lsi_harmony")  # doctest: +SKIP
+    >>> model = mm.model.CLUE(mdata)  # doctest: +SKIP
+    >>> model.train()  # doctest: +SKIP
+    >>> mdata["rna"].obsm["X_clue"] = model.get_latent_representation(modality="rna")  # doctest: +SKIP
+    """
+
+    _module_cls = CLUEModule
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        mods: Sequence[str] | None = None,
+        *,
+        rep_key: str | Mapping[str, str] = "X_lsi_harmony",
+        layer: str | None = "counts",
+        batch_key: str | None = "batch",
+        likelihood: str | Mapping[str, str] | None = None,
+    ) -> None:
+        """Register the modalities, their inputs, count layers and likelihoods (in ``mdata.uns['_mumatch_setup']``).
+
+        Parameters
+        ----------
+        mdata
+            Transductive MuData: paired cells share an obs name across modalities.
+        mods
+            The modalities to embed (at least two; default all).
+        rep_key
+            ``.obsm`` key of every modality's input representation (one for all, or one per modality), e.g.
+            ``"X_lsi_harmony"`` from :func:`mumatch.pp.lsi_harmony`.
+        layer
+            Layer with raw counts (``None``: ``.X``); every modality must have it.
+        batch_key
+            Column of ``.obs`` with the batch, given to the decoders (cells without a label get none); ``None``
+            for no batch.
+        likelihood
+            Count likelihood, ``"nb"`` or ``"bernoulli"`` (on binarised counts), for all modalities or per
+            modality. Default: negative binomial for RNA and ADT, Bernoulli for peaks (``feature_types`` ATAC).
+        """
+        check_mudata(mdata)
+        mods = check_mods(mdata, mods)
+        if len(mods) < 2:
+            raise ValueError(f"CLUE embeds at least two modalities, got mods={mods}; pass two or more")
+        if isinstance(likelihood, str) or likelihood is None:
+            likelihoods = {mod: likelihood or ("bernoulli" if _is_peaks(mdata, mod) else "nb") for mod in mods}
+        else:
+            likelihoods = {mod: likelihood.get(mod) or ("bernoulli" if _is_peaks(mdata, mod) else "nb") for mod in mods}
+        for mod, name in likelihoods.items():
+            if name not in LIKELIHOODS:
+                raise ValueError(f"likelihood={name!r} for '{mod}' is not supported; choose one of {list(LIKELIHOODS)}")
+        for mod in mods:
+            where = f"mdata['{mod}'].layers['{layer}']" if layer is not None else f"mdata['{mod}'].X"
+            check_counts(check_layer(mdata, mod, layer), where, "layer")
+        all_names = pd.Index(np.concatenate([mdata[mod].obs_names.to_numpy() for mod in mods]))
+        if not all_names.duplicated().any():
+            raise ValueError(
+                f"no cell is measured in two of {mods} (no shared obs names): CLUE learns the cross-modal links from "
+                "paired cells; give paired cells the same obs name in every modality"
+            )
+        levels: list[str] = []
+        for mod in mods:
+            labels = batch_labels(mdata, mod, batch_key)
+            if labels is not None:
+                levels += [level for level in pd.unique(labels) if level != MISSING_BATCH and level not in levels]
+        cls._register(
+            mdata, mods, rep_key, batch_key, layer=layer, likelihoods=likelihoods, batch_levels=sorted(levels)
+        )
+
+    def __init__(
+        self,
+        mdata: MuData,
+        *,
+        config: Literal["auto", "cite", "multiome"] = "auto",
+        random_state: int = 0,
+        **hyperparameters: Any,
+    ):
+        super().__init__(mdata)
+        setup = self.setup_args
+        mods = setup["mods"]
+        if config == "auto":
+            config = (
+                "multiome"
+                if any(setup["likelihoods"][mod] == "bernoulli" or _is_peaks(mdata, mod) for mod in mods)
+                else "cite"
+            )
+        if config not in CONFIGS:
+            raise ValueError(f"config={config!r} is unknown; choose 'auto' or one of {list(CONFIGS)}")
+        unknown = set(hyperparameters) - set(CITE_CONFIG)
+        if unknown:
+            raise TypeError(f"unknown hyperparameters {sorted(unknown)}; choose from {sorted(CITE_CONFIG)}")
+        params = {**CONFIGS[config], **hyperparameters}
+        for name in ("n_latent", "n_hidden", "n_layers", "n_hidden_decoder", "n_layers_decoder"):
+            check_int(params[name], name)
+        for name in ("lam_self", "lam_cross", "lam_mse", "lam_kl", "lam_adversarial"):
+            if not np.isfinite(params[name]) or params[name] < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {params[name]!r}")
+        if not 0 <= params["dropout"] < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {params['dropout']!r}")
+        n_features = [mdata[mod].n_vars for mod in mods]
+        with torch.random.fork_rng():
+            torch.manual_seed(random_state)
+            self.module = CLUEModule(
+                [self.registrations[mod].n_input for mod in mods],
+                n_features,
+                [setup["likelihoods"][mod] for mod in mods],
+                len(setup["batch_levels"]),
+                **params,
+            )
+        self._init_params(config=config, random_state=random_state, **hyperparameters)
+
+    # ----- data ---------------------------------------------------------------------------------------------------
+    def _cell_table(self, mdata: MuData) -> CellTable:
+        """Every cell of the registered modalities of ``mdata``, with its inputs, counts and batch."""
+        mods = self.setup_args["mods"]
+        names = pd.Index(pd.unique(np.concatenate([mdata[mod].obs_names.to_numpy() for mod in mods])))
+        positions = np.stack([mdata[mod].obs_names.get_indexer(names) for mod in mods], axis=1)
+        reps = [modality_inputs(mdata, self.registrations[mod]) for mod in mods]
+        counts = [sp.csr_matrix(check_layer(mdata, mod, self.setup_args["layer"]), dtype=np.float32) for mod in mods]
+        levels = {level: code for code, level in enumerate(self.setup_args["batch_levels"])}
+        batch_codes = np.full(positions.shape, -1, dtype=np.int64)
+        for j, mod in enumerate(mods):
+            labels = batch_labels(mdata, mod, self.setup_args["batch_key"])
+            if labels is None:
+                continue
+            codes = labels.map(levels).fillna(-1).to_numpy(dtype=np.int64)
+            present = positions[:, j] >= 0
+            batch_codes[present, j] = codes[positions[present, j]]
+        return CellTable(names, positions, reps, counts, batch_codes, len(levels))
+
+    # ----- training -----------------------------------------------------------------------------------------------
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        lr: float = DEFAULT_LR,
+        weight_decay: float = 0.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        early_stopping: bool = True,
+        patience: int = DEFAULT_PATIENCE,
+        validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+        random_state: int = 0,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        progress_bar: bool = True,
+        **trainer_kwargs: Any,
+    ) -> None:
+        """Train on every cell of the registered MuData (transductive), with early stopping on held-out cells.
+
+        Parameters
+        ----------
+        max_epochs
+            Epochs over all cells; default about 40,000 minibatches (capped at 1,000 epochs), usually cut short by
+            early stopping.
+        lr, weight_decay
+            Adam's learning rate and weight decay.
+        batch_size
+            Cells per minibatch.
+        early_stopping
+            Stop when the validation loss has not improved for ``patience`` epochs; the best weights are restored.
+        patience
+            Epochs without improvement before stopping.
+        validation_fraction
+            Fraction of the cells (paired and unpaired, drawn with ``random_state``) held out for validation; 0
+            trains on all cells without early stopping.
+        random_state
+            Seed of the split, the minibatch order and the sampling noise.
+        accelerator, devices, progress_bar, **trainer_kwargs
+            Passed to ``lightning.Trainer``.
+        """
+        check_int(batch_size, "batch_size", minimum=2)
+        check_int(patience, "patience")
+        check_int(max_epochs, "max_epochs", allow_none=True)
+        check_positive(lr, "lr")
+        if not 0 <= validation_fraction < 1:
+            raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction!r}")
+        table = self._cell_table(self.mdata)
+        mods = self.setup_args["mods"]
+        for j, rep in enumerate(table.reps):
+            self.module.set_input_scaling(j, rep.mean(0), rep.std(0))
+        n_cells = len(table)
+        order = np.random.default_rng(random_state).permutation(n_cells)
+        n_validation = int(round(validation_fraction * n_cells))
+        validation_rows, train_rows = np.sort(order[:n_validation]), np.sort(order[n_validation:])
+        if max_epochs is None:
+            steps_per_epoch = max(1, int(np.ceil(train_rows.size / batch_size)))
+            max_epochs = int(min(MAX_EPOCHS_CAP, max(1, MAX_STEPS // steps_per_epoch)))
+        start = logg.info(
+            f"training CLUE on {n_cells} cells of {mods} ({int(((table.positions >= 0).sum(1) >= 2).sum())} measured "
+            f"in several modalities), at most {max_epochs} epochs"
+        )
+        lp.seed_everything(random_state, verbose=False)
+        train_loader = _loader(table, train_rows, batch_size, shuffle=True, seed=random_state)
+        validation_loader = (
+            _loader(table, validation_rows, batch_size, shuffle=False, seed=random_state) if n_validation else None
+        )
+        plan = TrainingPlan(self.module, lr=lr, weight_decay=weight_decay)
+        self._fit(
+            plan,
+            train_loader,
+            validation_loader,
+            max_epochs=max_epochs,
+            early_stopping=early_stopping and validation_loader is not None,
+            patience=patience,
+            accelerator=accelerator,
+            devices=devices,
+            progress_bar=progress_bar,
+            **trainer_kwargs,
+        )
+        self.train_info.update({"n_cells": n_cells, "n_validation": n_validation, "max_epochs": max_epochs})
+        logg.info("    finished", time=start, deep=f"after {self.train_info['epochs']} epochs")
+
+    # ----- inference ----------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def get_latent_representation(
+        self, mdata: MuData | None = None, modality: str | None = None, *, batch_size: int = 4096
+    ) -> np.ndarray:
+        """The embedding of every cell of one modality, computed from that modality alone.
+
+        Parameters
+        ----------
+        mdata
+            Data to embed (default: the registered MuData); its representation must come from the same
+            preprocessing as the training data.
+        modality
+            The modality whose cells to embed (default: the first registered one).
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        ``(mdata[modality].n_obs, K * n_latent)`` float32: the posterior means of all K subspaces, concatenated.
+        """
+        mdata = self._check_query(mdata)
+        mods = self.setup_args["mods"]
+        modality = modality or mods[0]
+        if modality not in mods:
+            raise KeyError(f"modality={modality!r} is not one of the model's modalities {mods}")
+        inputs = torch.as_tensor(modality_inputs(mdata, self.registrations[modality]))
+        self.module.eval()
+        index = mods.index(modality)
+        pieces = [
+            self.module.embed(index, inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)
+        ]
+        embedding = torch.cat(pieces).numpy() if pieces else np.zeros((0, self.module.n_mods * self.module.n_latent))
+        return embedding.astype(np.float32)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A subset of a :class:`CellTable` indexed by arrays of positions within the subset."""
+
+    def __init__(self, table: CellTable, rows: np.ndarray):
+        self.table, self.rows = table, rows
+
+    def __len__(self) -> int:
+        return self.rows.size
+
+    def __getitem__(self, positions: np.ndarray):
+        return self.table[self.rows[positions]]
+
+
+def _loader(table: CellTable, rows: np.ndarray, batch_size: int, *, shuffle: bool, seed: int):
+    """Minibatches of the cells ``rows`` of ``table`` (see :class:`~mumatch.model._base.ShuffledBatches`)."""
+    sampler = ShuffledBatches(rows.size, batch_size, shuffle=shuffle, seed=seed)
+    return torch.utils.data.DataLoader(_Rows(table, rows), sampler=sampler, batch_size=None)

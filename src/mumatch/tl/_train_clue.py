@@ -1,0 +1,116 @@
+"""``mm.tl.train_clue``: train a CLUE model on a transductive MuData and write every cell's embedding."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from mudata import MuData
+from scanpy import logging as logg
+
+from .._validate import check_mods, check_mudata
+from ..model._base import SETUP_KEY
+from ..model._clue import CLUE
+
+
+def train_clue(
+    mdata: MuData,
+    mods: Sequence[str] | None = None,
+    *,
+    use_rep: str | Mapping[str, str] = "X_lsi_harmony",
+    layer: str | None = "counts",
+    batch_key: str | None = "batch",
+    likelihood: str | Mapping[str, str] | None = None,
+    config: Literal["auto", "cite", "multiome"] = "auto",
+    model_kwargs: Mapping[str, Any] | None = None,
+    key_added: str = "X_clue",
+    random_state: int = 0,
+    **train_kwargs: Any,
+) -> CLUE:
+    """Train a cross-linked unified embedding (CLUE) and write the embedding of every cell of each modality.
+
+    Paired cells (same obs name in several modalities) teach the cross-modal links; every cell, paired or not, is
+    used in training (transductive), see :class:`mumatch.model.CLUE`.
+
+    Parameters
+    ----------
+    mdata
+        Transductive MuData with raw counts in ``layers[layer]`` and an input representation in ``.obsm[use_rep]``
+        of every modality (e.g. from :func:`mumatch.pp.lsi_harmony`).
+    mods
+        The modalities to embed, at least two (default: all).
+    use_rep
+        ``.obsm`` key of the encoders' input: one for all modalities or one per modality.
+    layer
+        Layer with raw counts (``None``: ``.X``).
+    batch_key
+        Column of ``.obs`` with the batch, given to the decoders (``None``: no batch).
+    likelihood
+        ``"nb"`` or ``"bernoulli"``, for all or per modality (default: NB for RNA/ADT, Bernoulli for peaks).
+    config
+        Competition configuration supplying the default hyperparameters (see :class:`mumatch.model.CLUE`).
+    model_kwargs
+        Further hyperparameters of :class:`mumatch.model.CLUE` (e.g. ``lam_cross=0`` for an ablation).
+    key_added
+        Key of the embedding in each modality's ``.obsm`` and of the parameters in ``mdata.uns``.
+    random_state
+        Seed of the initialisation, the validation split and the minibatches.
+    **train_kwargs
+        Passed to :meth:`mumatch.model.CLUE.train` (``max_epochs``, ``lr``, ``batch_size``, ``early_stopping``, ...).
+
+    Returns
+    -------
+    The trained model. Adds ``mdata[mod].obsm[key_added]`` (cells × ``K * n_latent``, float32) for every modality and
+    ``mdata.uns[key_added] = {"params": {...}, "train_info": {...}}``; records the setup in
+    ``mdata.uns['_mumatch_setup']``. On an error the MuData is left as it was.
+
+    Examples
+    --------
+    >>> import mumatch as mm
+    >>> mdata = mm.datasets.bmmc_starter("cite")  # doctest: +SKIP
+    >>> mm.pp.lsi_harmony(mdata)  # doctest: +SKIP
+    >>> model = mm.tl.train_clue(mdata, key_added="X_clue")  # doctest: +SKIP
+    >>> mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_clue")  # doctest: +SKIP
+    """
+    check_mudata(mdata)
+    mods = check_mods(mdata, mods)
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
+    previous_setup = copy.deepcopy(mdata.uns.get(SETUP_KEY))
+    start = logg.info(f"training CLUE on {', '.join(mods)}")
+    try:
+        CLUE.setup_mudata(mdata, mods, rep_key=use_rep, layer=layer, batch_key=batch_key, likelihood=likelihood)
+        model = CLUE(mdata, config=config, random_state=random_state, **dict(model_kwargs or {}))
+        model.train(random_state=random_state, **train_kwargs)
+        embeddings = {mod: model.get_latent_representation(mdata, mod) for mod in mods}
+    except BaseException:
+        if previous_setup is None:
+            mdata.uns.pop(SETUP_KEY, None)
+        else:
+            mdata.uns[SETUP_KEY] = previous_setup
+        raise
+    replaced = [mod for mod in mods if key_added in mdata[mod].obsm]
+    if replaced:
+        logg.warning(f"replacing .obsm['{key_added}'] of {replaced}")
+    for mod, embedding in embeddings.items():
+        mdata[mod].obsm[key_added] = embedding
+    mdata.uns[key_added] = {
+        "params": {
+            "mods": mods,
+            "use_rep": use_rep if isinstance(use_rep, str) else dict(use_rep),
+            "layer": layer,
+            "batch_key": batch_key,
+            "likelihood": model.setup_args["likelihoods"],
+            "random_state": random_state,
+            **model.init_params,
+            **{name: value for name, value in train_kwargs.items() if isinstance(value, int | float | str | bool)},
+        },
+        "train_info": {name: value for name, value in model.train_info.items() if value is not None},
+    }
+    logg.info(
+        "    finished",
+        time=start,
+        deep=f"added\n    .obsm['{key_added}'] of {mods}, the CLUE embedding\n    .uns['{key_added}'], its parameters",
+    )
+    return model

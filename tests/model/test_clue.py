@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import mudata
+import numpy as np
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+import torch
+from scipy import stats
+
+import mumatch as mm
+from mumatch.model._base import SETUP_KEY
+from mumatch.module._clue import CLUEModule
+from mumatch.nn._discriminator import ModalityDiscriminator, reverse_gradient
+from mumatch.nn._likelihoods import bernoulli_log_likelihood, count_log_likelihood, negative_binomial_log_likelihood
+from tests.helpers import assert_unchanged, snapshot
+
+# Small networks and few epochs keep every training test to a few seconds.
+TINY = {"n_latent": 4, "n_hidden": 16, "n_hidden_decoder": 16, "n_hidden_discriminator": 16}
+QUICK = {"max_epochs": 3, "batch_size": 64}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks run fastest on one thread; two threads spin-wait badly when the machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def add_pca(mdata: mudata.MuData, key: str = "X_pca", n_comps: int = 8) -> mudata.MuData:
+    """Log-normalised PCA of every modality's counts (the stand-in for lsi_harmony in these tests)."""
+    for adata in mdata.mod.values():
+        work = adata.copy()
+        sc.pp.normalize_total(work)
+        sc.pp.log1p(work)
+        sc.pp.pca(work, n_comps=n_comps)
+        adata.obsm[key] = work.obsm["X_pca"].astype(np.float32)
+    return mdata
+
+
+@pytest.fixture
+def small() -> mudata.MuData:
+    mdata = mm.datasets.simulate_paired(240, ("rna", "atac"), n_genes=60, n_peaks=120, seed=3)
+    return add_pca(mdata)
+
+
+@pytest.fixture
+def triple() -> mudata.MuData:
+    mdata = mm.datasets.simulate_paired(240, ("rna", "atac", "adt"), n_genes=60, n_peaks=120, n_proteins=12, seed=4)
+    return add_pca(mdata)
+
+
+def train_model(mdata, mods=None, seed=0, **model_kwargs):
+    mm.model.CLUE.setup_mudata(mdata, mods, rep_key="X_pca")
+    model = mm.model.CLUE(mdata, random_state=seed, **{**TINY, **model_kwargs})
+    model.train(random_state=seed, **QUICK)
+    return model
+
+
+# ----- building blocks ---------------------------------------------------------------------------------------------
+def test_negative_binomial_matches_scipy():
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, (5, 7)).astype(np.float32)
+    px_scale = rng.dirichlet(np.ones(7), 5).astype(np.float32)
+    library = np.array([[10.0], [50.0], [1.0], [200.0], [7.0]], dtype=np.float32)
+    log_theta = rng.normal(0, 1, 7).astype(np.float32)
+    ours = negative_binomial_log_likelihood(*map(torch.as_tensor, (counts, px_scale, library, log_theta)))
+    mean, theta = px_scale * library, np.exp(log_theta)
+    reference = stats.nbinom.logpmf(counts, theta, theta / (theta + mean)).sum(1)
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-4, atol=1e-3)
+
+
+def test_bernoulli_is_binarised_poisson():
+    counts = torch.tensor([[0.0, 1.0, 5.0]])
+    px_scale = torch.tensor([[0.2, 0.3, 0.5]])
+    library = torch.tensor([[4.0]])
+    rate = (px_scale * library).numpy()[0]
+    expected = -rate[0] + np.log1p(-np.exp(-rate[1])) + np.log1p(-np.exp(-rate[2]))
+    assert bernoulli_log_likelihood(counts, px_scale, library).item() == pytest.approx(expected, rel=1e-5)
+    # a count of 5 and a count of 1 are the same event (open peak)
+    assert bernoulli_log_likelihood(counts.clamp(max=1), px_scale, library).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="likelihood='poisson'"):
+        count_log_likelihood("poisson", counts, px_scale, library)
+    with pytest.raises(ValueError, match="log_theta"):
+        count_log_likelihood("nb", counts, px_scale, library)
+
+
+def test_gradient_reversal_and_discriminator():
+    inputs = torch.ones(3, requires_grad=True)
+    (reverse_gradient(inputs, 2.0) * torch.arange(3.0)).sum().backward()
+    np.testing.assert_allclose(inputs.grad.numpy(), [0.0, -2.0, -4.0])
+    with pytest.raises(ValueError, match="n_classes >= 2"):
+        ModalityDiscriminator(4, 1)
+
+
+def make_batch(n_input, n_features, observed):
+    generator = torch.Generator().manual_seed(0)
+    reps = [torch.randn(observed.shape[0], width, generator=generator) for width in n_input]
+    counts = [torch.poisson(torch.rand(observed.shape[0], width, generator=generator) * 3) for width in n_features]
+    batch = torch.zeros(observed.shape[0], len(n_input), 2)
+    batch[:, :, 0] = 1
+    return reps, counts, observed, batch
+
+
+def test_module_masks_missing_modalities():
+    n_input, n_features = [6, 5, 4], [20, 30, 8]
+    module = CLUEModule(n_input, n_features, ["nb", "bernoulli", "nb"], 2, **TINY).eval()
+    observed = torch.tensor([[True, False, False], [False, True, False], [False, False, True]]).repeat(4, 1)
+    reps, counts, observed, batch = make_batch(n_input, n_features, observed)
+    torch.manual_seed(0)
+    output = module.loss(reps, counts, observed, batch)
+    assert torch.isfinite(output.loss)
+    # cells measured in one modality only train no cross or MSE term
+    assert output.extra_metrics["cross"].item() == 0.0
+    assert output.extra_metrics["mse"].item() == 0.0
+    # what sits in the rows of a modality a cell lacks does not matter
+    other_reps = [rep + 100 * ~observed[:, [j]] for j, rep in enumerate(reps)]
+    other_counts = [count + 7 * ~observed[:, [j]] for j, count in enumerate(counts)]
+    torch.manual_seed(0)
+    assert module.loss(other_reps, other_counts, observed, batch).loss.item() == pytest.approx(output.loss.item())
+
+
+def test_module_paired_cells_train_every_term():
+    n_input, n_features = [6, 5], [20, 30]
+    module = CLUEModule(n_input, n_features, ["nb", "nb"], 2, **TINY)
+    output = module.loss(*make_batch(n_input, n_features, torch.ones(8, 2, dtype=torch.bool)))
+    for term in ("self", "kl", "cross", "mse", "adversarial"):
+        assert output.extra_metrics[term].item() > 0, term
+    output.loss.backward()
+    assert module.heads[0][1].weight.grad.abs().sum() > 0  # a cross-encoder learns
+    assert module.discriminator.classify.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="at least two modalities"):
+        CLUEModule([6], [20], ["nb"], 1)
+
+
+# ----- model: bad input ----------------------------------------------------------------------------------------------
+def test_setup_bad_inputs_leave_data_unchanged(small):
+    before = snapshot(small)
+    with pytest.raises(ValueError, match="at least two modalities"):
+        mm.model.CLUE.setup_mudata(small, ["rna"], rep_key="X_pca")
+    with pytest.raises(KeyError, match="layer='raw'"):
+        mm.model.CLUE.setup_mudata(small, rep_key="X_pca", layer="raw")
+    with pytest.raises(KeyError, match="X_lsi_harmony"):
+        mm.model.CLUE.setup_mudata(small)
+    with pytest.raises(ValueError, match="likelihood='gaussian'"):
+        mm.model.CLUE.setup_mudata(small, rep_key="X_pca", likelihood="gaussian")
+    assert_unchanged(before, small)
+    assert SETUP_KEY not in small.uns
+
+
+def test_setup_rejects_normalised_data_under_count_likelihood(small):
+    small["rna"].layers["counts"] = sp.csr_matrix(np.log1p(small["rna"].layers["counts"].toarray()))
+    before = snapshot(small)
+    with pytest.raises(ValueError, match="non-integer values.*raw counts"):
+        mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    assert_unchanged(before, small)
+
+
+def test_setup_needs_paired_cells():
+    mdata = add_pca(mm.datasets.simulate_paired(120, ("rna", "adt"), n_genes=40, n_proteins=10, paired_fraction=0.0))
+    with pytest.raises(ValueError, match="no cell is measured in two"):
+        mm.model.CLUE.setup_mudata(mdata, rep_key="X_pca")
+
+
+def test_unknown_hyperparameter(small):
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    with pytest.raises(TypeError, match="unknown hyperparameters"):
+        mm.model.CLUE(small, n_latnet=3)
+    with pytest.raises(ValueError, match="lam_cross"):
+        mm.model.CLUE(small, lam_cross=-1.0)
+
+
+# ----- model: training and reliability --------------------------------------------------------------------------------
+def test_train_embeds_every_cell_of_each_modality(small):
+    model = train_model(small)
+    assert model.is_trained and "train_loss" in model.history and "validation_loss" in model.history
+    for mod in ("rna", "atac"):
+        embedding = model.get_latent_representation(modality=mod)
+        assert embedding.shape == (small[mod].n_obs, 2 * TINY["n_latent"])
+        assert embedding.dtype == np.float32 and np.isfinite(embedding).all()
+    assert model.setup_args["likelihoods"] == {"rna": "nb", "atac": "bernoulli"}
+    assert "CLUE(" in repr(model) and "trained" in repr(model)
+
+
+def test_seeded_determinism(small):
+    first = train_model(small, seed=5).get_latent_representation(modality="atac")
+    second = train_model(small, seed=5).get_latent_representation(modality="atac")
+    third = train_model(small, seed=6).get_latent_representation(modality="atac")
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(first, third)
+
+
+def test_save_load_round_trip(small, tmp_path):
+    model = train_model(small)
+    model.save(tmp_path / "clue")
+    loaded = mm.model.CLUE.load(tmp_path / "clue", small)
+    for mod in ("rna", "atac"):
+        np.testing.assert_array_equal(
+            model.get_latent_representation(modality=mod), loaded.get_latent_representation(modality=mod)
+        )
+    assert loaded.init_params == model.init_params and loaded.is_trained
+    narrower = small.copy()
+    narrower["rna"].obsm["X_pca"] = narrower["rna"].obsm["X_pca"][:, :5]
+    with pytest.raises(ValueError, match="has 5 columns but the model was built for 8"):
+        mm.model.CLUE.load(tmp_path / "clue", narrower)
+
+
+def test_nan_loss_is_detected(small, monkeypatch):
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    with torch.no_grad():
+        model.module.log_theta[0].fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        model.train(**QUICK)
+
+
+def test_three_modalities_with_partial_pairing(triple):
+    # Some training cells lose their ADT measurement: they are paired in RNA + ATAC only.
+    paired = triple["adt"].obs_names[triple["adt"].obs["split"] == "train"]
+    keep = ~triple["adt"].obs_names.isin(paired[:30])
+    triple.mod["adt"] = triple["adt"][keep].copy()
+    triple.update()
+    model = train_model(triple)
+    for mod in ("rna", "atac", "adt"):
+        embedding = model.get_latent_representation(modality=mod)
+        assert embedding.shape == (triple[mod].n_obs, 3 * TINY["n_latent"]) and np.isfinite(embedding).all()
+
+
+@pytest.mark.slow
+def test_clue_beats_random_on_simulated_data(simulated):
+    add_pca(simulated, n_comps=20)
+    mm.model.CLUE.setup_mudata(simulated, rep_key="X_pca")
+    model = mm.model.CLUE(simulated)
+    model.train(max_epochs=60)
+    for mod in ("rna", "atac"):
+        simulated[mod].obsm["X_clue"] = model.get_latent_representation(modality=mod)
+    assert mm.metrics.foscttm(simulated, key="X_clue", mod1="rna", mod2="atac") < 0.3
