@@ -386,6 +386,7 @@ class MuDataModel:
         }
         trainer_options.update(trainer_kwargs)
         trainer = lp.Trainer(callbacks=callbacks, **trainer_options)
+        plan.module.train()
         trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=validation_loader)
         self.module = plan.module.cpu().eval()
         self.history = history.frames()

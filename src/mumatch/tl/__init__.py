@@ -1,3 +1,5 @@
 """Tools: training the shared embeddings and matching cells across modalities."""
 
-__all__: list[str] = []
+from ._train import train_clip
+
+__all__: list[str] = ["train_clip"]

@@ -1,0 +1,160 @@
+"""``train_clip``: train CLIP encoders (one model or an ensemble) and write every cell's embedding."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+from mudata import MuData
+from scanpy import logging as logg
+
+from .._layout import batch_labels, paired_positions
+from .._validate import check_int, check_mod, check_mudata, check_rep
+from ..model import CLIP
+
+
+def _ensemble_members(
+    mdata: MuData, mod1: str, mod2: str, ensemble: Literal["batch"] | int | None, batch_key: str | None
+) -> list[dict[str, Any]]:
+    """The (validation, seed offset) of each member: one per held-out training batch, or ``n`` seeds."""
+    if ensemble is None:
+        return [{"validation": "auto", "seed_offset": 0}]
+    if isinstance(ensemble, str):
+        if ensemble != "batch":
+            raise ValueError(f"ensemble={ensemble!r}; choose 'batch', an integer number of models or None")
+        labels = batch_labels(mdata, mod1, batch_key)
+        levels = (
+            [] if labels is None else list(dict.fromkeys(labels.to_numpy()[paired_positions(mdata, mod1, mod2)[0]]))
+        )
+        if len(levels) < 2:
+            # One training batch: nothing to hold out, a single model validated on a random fraction.
+            return [{"validation": "auto", "seed_offset": 0}]
+        return [{"validation": [level], "seed_offset": 0} for level in levels]
+    check_int(ensemble, "ensemble")
+    return [{"validation": "auto", "seed_offset": offset} for offset in range(ensemble)]
+
+
+def train_clip(
+    mdata: MuData,
+    mod1: str = "rna",
+    mod2: str = "atac",
+    *,
+    use_rep: str | Mapping[str, str] = "X_lsi_harmony",
+    batch_key: str | None = "batch",
+    ensemble: Literal["batch"] | int | None = "batch",
+    key_added: str = "X_clip",
+    random_state: int = 0,
+    model_kwargs: Mapping[str, Any] | None = None,
+    **train_kwargs: Any,
+) -> list[CLIP]:
+    """Train CLIP encoders on the paired cells and embed every cell of both modalities.
+
+    With ``ensemble="batch"`` one model is trained per held-out training batch (MatchCLOT's recipe) and the members'
+    embeddings are combined; with one training batch a single model is validated on a seeded random 20 %.
+
+    The members' spaces are not aligned with each other, so they are combined by concatenation scaled by
+    ``1/√n_models``: the cosine similarity of two combined embeddings is then the mean of the members' cosine
+    similarities (MatchCLOT sums its folds' similarity matrices), and every row keeps unit norm.
+
+    Parameters
+    ----------
+    mdata
+        Transductive MuData; paired cells share an obs name in both modalities.
+    mod1, mod2
+        The two modalities.
+    use_rep
+        Each modality's input representation in ``.obsm`` (one key, or ``{mod: key}``).
+    batch_key
+        Column of ``.obs`` with the batch (held out for validation / per ensemble member).
+    ensemble
+        ``"batch"``: one model per held-out training batch; an integer ``n``: ``n`` models with seeds
+        ``random_state + i``; ``None``: one model.
+    key_added
+        Where the embedding goes.
+    random_state
+        Seed of initialisation, validation split, minibatches and dropout.
+    model_kwargs
+        Arguments of :class:`~mumatch.model.CLIP` (``n_latent``, ``n_hidden``, ...).
+    **train_kwargs
+        Arguments of :meth:`CLIP.train <mumatch.model.CLIP.train>` (``max_epochs``, ``lr``, ...).
+
+    Returns
+    -------
+    The trained model(s). Adds ``mdata[mod1].obsm[key_added]`` and ``mdata[mod2].obsm[key_added]``: the L2-normalised
+    embedding of every cell of each modality (float32), and ``mdata.uns[key_added]`` with ``params`` and, per model,
+    its training summary. ``mdata.uns['_mumatch_setup']['CLIP']`` records the registration.
+
+    Examples
+    --------
+    >>> import mumatch as mm
+    >>> mdata = mm.datasets.bmmc_starter("multiome")
+    >>> mm.pp.lsi_harmony(mdata)
+    >>> models = mm.tl.train_clip(mdata, "rna", "atac")
+    >>> mdata["rna"].obsm["X_clip"].shape
+    (500, 128)
+    """
+    check_mudata(mdata)
+    check_mod(mdata, mod1, "mod1")
+    check_mod(mdata, mod2, "mod2")
+    if mod1 == mod2:
+        raise ValueError(f"mod1 and mod2 must differ, both are {mod1!r}")
+    rep_keys = {mod1: use_rep, mod2: use_rep} if isinstance(use_rep, str) else dict(use_rep)
+    for mod in (mod1, mod2):
+        if mod not in rep_keys:
+            raise KeyError(f"use_rep names no representation for '{mod}'; give {{'{mod}': key, ...}}")
+        check_rep(mdata, mod, rep_keys[mod], "use_rep")
+    if "validation" in train_kwargs and ensemble is not None:
+        raise ValueError("validation= is chosen per ensemble member; pass ensemble=None to set it yourself")
+    members = _ensemble_members(mdata, mod1, mod2, ensemble, batch_key)
+    start = logg.info(f"training {len(members)} CLIP model(s) on '{mod1}' and '{mod2}'")
+
+    setup_before = mdata.uns.get("_mumatch_setup")
+    try:
+        CLIP.setup_mudata(mdata, mod1=mod1, mod2=mod2, rep_key=rep_keys, batch_key=batch_key)
+        models = []
+        for member in members:
+            model = CLIP(mdata, **dict(model_kwargs or {}), random_state=random_state + member["seed_offset"])
+            options = {"validation": member["validation"], **train_kwargs}
+            model.train(random_state=random_state + member["seed_offset"], **options)
+            models.append(model)
+    except BaseException:
+        if setup_before is None:
+            mdata.uns.pop("_mumatch_setup", None)
+        else:
+            mdata.uns["_mumatch_setup"] = setup_before
+        raise
+
+    embeddings = {}
+    for mod in (mod1, mod2):
+        parts = [model.get_latent_representation(mdata, mod) for model in models]
+        embeddings[mod] = (np.concatenate(parts, axis=1) / np.sqrt(len(parts))).astype(np.float32)
+
+    for mod in (mod1, mod2):
+        if key_added in mdata[mod].obsm:
+            logg.warning(f"overwriting mdata['{mod}'].obsm['{key_added}']")
+        mdata[mod].obsm[key_added] = embeddings[mod]
+    mdata.uns[key_added] = {
+        "params": {
+            "mod1": mod1,
+            "mod2": mod2,
+            "use_rep": rep_keys,
+            "batch_key": batch_key if batch_key is not None else "",
+            "ensemble": ensemble if ensemble is not None else "none",
+            "random_state": random_state,
+            "n_models": len(models),
+        },
+        "models": {
+            str(position): {name: value for name, value in model.train_info.items() if value is not None}
+            for position, model in enumerate(models)
+        },
+    }
+    logg.info(
+        "    finished",
+        time=start,
+        deep=(
+            f"added\n    '{key_added}', the CLIP embedding (mdata['{mod1}'].obsm, mdata['{mod2}'].obsm)\n"
+            f"    '{key_added}', parameters and training summary (mdata.uns)"
+        ),
+    )
+    return models

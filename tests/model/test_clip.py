@@ -1,0 +1,207 @@
+import json
+import logging
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from mudata import MuData
+
+import mumatch as mm
+from mumatch._layout import paired_positions
+from tests.helpers import assert_unchanged, snapshot
+
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", module="lightning")
+
+FAST = {"max_epochs": 4, "progress_bar": False, "batch_size": 128}
+TINY = {"n_latent": 8, "n_hidden": 16, "n_layers": 1}
+
+
+def add_pca(mdata, key="X_pca", n_comps=12):
+    """PCA of log-normalised counts per modality (a stand-in for lsi_harmony in these tests)."""
+    for adata in mdata.mod.values():
+        counts = sp.csr_matrix(adata.layers["counts"], dtype=np.float64)
+        totals = np.maximum(np.asarray(counts.sum(axis=1)).ravel(), 1.0)
+        logged = np.log1p(sp.diags(1e4 / totals) @ counts).toarray()
+        logged -= logged.mean(axis=0)
+        left, singular, _ = np.linalg.svd(logged, full_matrices=False)
+        adata.obsm[key] = (left[:, :n_comps] * singular[:n_comps]).astype(np.float32)
+    return mdata
+
+
+@pytest.fixture(scope="module")
+def _small():
+    mdata = mm.datasets.simulate_paired(240, ("rna", "atac"), n_batches=2, n_genes=120, n_peaks=200, seed=3)
+    return add_pca(mdata)
+
+
+@pytest.fixture
+def small(_small):
+    return _small.copy()
+
+
+def make_model(mdata, **kwargs):
+    mm.model.CLIP.setup_mudata(mdata, mod1="rna", mod2="atac", rep_key="X_pca")
+    return mm.model.CLIP(mdata, **{**TINY, **kwargs})
+
+
+def test_train_embeds_every_cell_with_unit_norm(small):
+    model = make_model(small)
+    assert not model.is_trained
+    model.train(**FAST)
+    assert model.is_trained
+    for mod in ("rna", "atac"):
+        latent = model.get_latent_representation(small, mod)
+        assert latent.shape == (small[mod].n_obs, 8)
+        assert latent.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(latent, axis=1), 1.0, rtol=1e-5)
+    assert set(model.history) >= {"train_loss", "validation_loss"}
+    assert len(model.history["train_loss"]) == model.train_info["epochs"]
+    assert "trained" in repr(model) and "X_pca" in repr(model)
+
+
+def test_validation_auto_holds_out_first_batch(small):
+    model = make_model(small)
+    model.train(**FAST)
+    assert model.train_info["validation"].startswith("held-out batches")
+    model.train(validation=0.25, **FAST)
+    assert model.train_info["validation"] == "random 25% of paired cells"
+    with pytest.raises(ValueError, match="hold no paired cell"):
+        model.train(validation="no-such-batch", **FAST)
+
+
+def test_training_aligns_paired_cells(small):
+    model = make_model(small)
+    model.train(max_epochs=30, progress_bar=False, early_stopping=False, validation=None, lr=1e-2)
+    positions = paired_positions(small, "rna", "atac")
+    z1 = model.get_latent_representation(small, "rna")[positions[0]]
+    z2 = model.get_latent_representation(small, "atac")[positions[1]]
+    assert mm.metrics.foscttm(z1, z2) < 0.2  # 0.5 is random
+
+
+def test_same_seed_same_embedding(small):
+    latents = []
+    for _ in range(2):
+        model = make_model(small, random_state=7)
+        model.train(random_state=7, **FAST)
+        latents.append(model.get_latent_representation(small, "atac"))
+    np.testing.assert_array_equal(latents[0], latents[1])
+    other = make_model(small, random_state=8)
+    other.train(random_state=8, **FAST)
+    assert not np.array_equal(latents[0], other.get_latent_representation(small, "atac"))
+
+
+def test_save_load_round_trip(small, tmp_path):
+    model = make_model(small)
+    model.train(**FAST)
+    model.save(tmp_path / "clip")
+    metadata = json.loads((tmp_path / "clip" / "model.json").read_text())
+    assert metadata["class"] == "CLIP" and metadata["setup_args"]["mods"] == ["rna", "atac"]
+    torch.load(tmp_path / "clip" / "model.pt", weights_only=True)  # a plain state_dict, no pickled objects
+    with pytest.raises(FileExistsError):
+        model.save(tmp_path / "clip")
+    loaded = mm.model.CLIP.load(tmp_path / "clip", small.copy())
+    assert loaded.is_trained
+    for mod in ("rna", "atac"):
+        np.testing.assert_array_equal(
+            loaded.get_latent_representation(small, mod), model.get_latent_representation(small, mod)
+        )
+    assert loaded.history["train_loss"].equals(model.history["train_loss"])
+
+
+def test_query_mudata_is_embedded(small):
+    model = make_model(small)
+    model.train(**FAST)
+    query = small[:, :].copy()
+    query.mod["rna"] = small["rna"][:10].copy()
+    latent = model.get_latent_representation(query, "rna")
+    np.testing.assert_allclose(latent, model.get_latent_representation(small, "rna")[:10], rtol=1e-6)
+
+
+def test_load_onto_other_rep_width_raises(small, tmp_path):
+    model = make_model(small)
+    model.save(tmp_path / "clip")
+    other = add_pca(small.copy(), n_comps=6)
+    before = snapshot(other)
+    with pytest.raises(ValueError, match="has 6 columns but the model was built for 12"):
+        mm.model.CLIP.load(tmp_path / "clip", other)
+    assert_unchanged(before, other)
+    with pytest.raises(ValueError, match="columns"):
+        model.get_latent_representation(other, "rna")
+
+
+def test_no_paired_cells_raises(small):
+    atac = small["atac"].copy()
+    atac.obs_names = [f"atac-only-{i}" for i in range(atac.n_obs)]
+    small = MuData({"rna": small["rna"].copy(), "atac": atac})
+    before = snapshot(small)
+    with pytest.raises(ValueError, match="shares an obs name"):
+        mm.model.CLIP.setup_mudata(small, mod1="rna", mod2="atac", rep_key="X_pca")
+    assert_unchanged(before, small)
+
+
+def test_missing_rep_and_bad_modalities_raise(small):
+    del small["atac"].obsm["X_pca"]
+    before = snapshot(small)
+    with pytest.raises(KeyError, match="'X_pca' not found in mdata\\['atac'\\].obsm"):
+        mm.model.CLIP.setup_mudata(small, mod1="rna", mod2="atac", rep_key="X_pca")
+    with pytest.raises(KeyError, match="mod2='adt' is not a modality"):
+        mm.model.CLIP.setup_mudata(small, mod1="rna", mod2="adt", rep_key="X_pca")
+    with pytest.raises(ValueError, match="not set up for CLIP"):
+        mm.model.CLIP(small)
+    assert_unchanged(before, small)
+
+
+def test_wrong_modality_in_latent_raises(small):
+    model = make_model(small)
+    with pytest.raises(ValueError, match="modality='adt' is not one of"):
+        model.get_latent_representation(small, "adt")
+
+
+def test_nan_loss_stops_with_explanation(small):
+    model = make_model(small)
+    with pytest.raises(FloatingPointError, match="loss became nan.*lower lr"):
+        model.train(lr=1e30, **FAST)  # the first step sends the weights to infinity
+
+
+def test_bad_hyperparameters_raise(small):
+    with pytest.raises(ValueError, match="n_latent"):
+        make_model(small, n_latent=0)
+    with pytest.raises(ValueError, match="dropout"):
+        make_model(small, dropout=1.5)
+    model = make_model(small)
+    with pytest.raises(ValueError, match="lr"):
+        model.train(lr=-1.0, **FAST)
+
+
+def test_defaults_follow_matchclot(cite, multiome):
+    for mdata, mod2, n_latent, temperature in ((cite, "adt", 256, 4.0), (multiome, "atac", 128, 2.74)):
+        add_pca(mdata)
+        mm.model.CLIP.setup_mudata(mdata, mod1="rna", mod2=mod2, rep_key="X_pca")
+        model = mm.model.CLIP(mdata)
+        assert model.init_params["n_latent"] == n_latent
+        assert model.init_params["temperature_init"] == temperature
+        # Few paired cells: hidden layers are capped (MatchCLOT's go up to 4096).
+        assert max(max(widths) for widths in model.init_params["n_hidden"].values()) <= 512
+
+
+@pytest.mark.slow
+def test_ddp_spawn_on_two_cpu_processes(small):
+    model = make_model(small)
+    model.train(
+        max_epochs=30,
+        progress_bar=False,
+        early_stopping=False,
+        validation=None,
+        lr=3e-3,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+    )
+    positions = paired_positions(small, "rna", "atac")
+    z1 = model.get_latent_representation(small, "rna")[positions[0]]
+    z2 = model.get_latent_representation(small, "atac")[positions[1]]
+    assert model.is_trained
+    assert mm.metrics.foscttm(z1, z2) < 0.3

@@ -1,0 +1,75 @@
+import logging
+import warnings
+
+import numpy as np
+import pytest
+
+import mumatch as mm
+from tests.helpers import assert_unchanged, snapshot
+from tests.model.test_clip import TINY, add_pca
+
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", module="lightning")
+
+FAST = {"max_epochs": 3, "progress_bar": False, "batch_size": 128}
+
+
+@pytest.fixture(scope="module")
+def _three_batches():
+    mdata = mm.datasets.simulate_paired(240, ("rna", "atac"), n_batches=3, n_genes=120, n_peaks=200, seed=4)
+    return add_pca(mdata)
+
+
+@pytest.fixture
+def three_batches(_three_batches):
+    return _three_batches.copy()
+
+
+def test_one_model_per_held_out_batch(three_batches):
+    models = mm.tl.train_clip(
+        three_batches, "rna", "atac", use_rep="X_pca", ensemble="batch", model_kwargs=TINY, **FAST
+    )
+    assert len(models) == 3
+    held_out = sorted(model.train_info["validation"] for model in models)
+    assert held_out == sorted(f"held-out batches ['{level}']" for level in ("batch0", "batch1", "batch2"))
+    for mod in ("rna", "atac"):
+        embedding = three_batches[mod].obsm["X_clip"]
+        assert embedding.shape == (three_batches[mod].n_obs, 3 * TINY["n_latent"])
+        np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, rtol=1e-5)
+    record = three_batches.uns["X_clip"]
+    assert record["params"]["n_models"] == 3 and record["params"]["use_rep"] == {"rna": "X_pca", "atac": "X_pca"}
+
+
+def test_ensemble_similarity_is_mean_of_members(three_batches):
+    models = mm.tl.train_clip(
+        three_batches, "rna", "atac", use_rep="X_pca", ensemble=2, key_added="ens", model_kwargs=TINY, **FAST
+    )
+    rna, atac = three_batches["rna"].obsm["ens"], three_batches["atac"].obsm["ens"]
+    members = [
+        model.get_latent_representation(three_batches, "rna") @ model.get_latent_representation(three_batches, "atac").T
+        for model in models
+    ]
+    np.testing.assert_allclose(rna @ atac.T, np.mean(members, axis=0), atol=1e-5)
+
+
+def test_single_model_with_one_batch(cite):
+    add_pca(cite)
+    models = mm.tl.train_clip(cite, "rna", "adt", use_rep="X_pca", ensemble="batch", model_kwargs=TINY, **FAST)
+    assert len(models) == 1
+    assert models[0].train_info["validation"] == "random 20% of paired cells"
+    assert cite["adt"].obsm["X_clip"].shape == (cite["adt"].n_obs, TINY["n_latent"])
+
+
+def test_bad_inputs_leave_data_unchanged(three_batches):
+    before = snapshot(three_batches)
+    with pytest.raises(KeyError, match="use_rep='X_lsi_harmony' not found"):
+        mm.tl.train_clip(three_batches, "rna", "atac", **FAST)
+    with pytest.raises(KeyError, match="mod2='adt' is not a modality"):
+        mm.tl.train_clip(three_batches, "rna", "adt", use_rep="X_pca", **FAST)
+    with pytest.raises(ValueError, match="must differ"):
+        mm.tl.train_clip(three_batches, "rna", "rna", use_rep="X_pca", **FAST)
+    with pytest.raises(ValueError, match="ensemble='fold'"):
+        mm.tl.train_clip(three_batches, "rna", "atac", use_rep="X_pca", ensemble="fold", **FAST)
+    with pytest.raises(FloatingPointError):
+        mm.tl.train_clip(three_batches, "rna", "atac", use_rep="X_pca", ensemble=None, lr=1e30, **FAST)
+    assert_unchanged(before, three_batches)
