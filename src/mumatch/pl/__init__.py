@@ -1,3 +1,9 @@
-"""Plots of matchings, embeddings, confidences, scores and training curves (each lands with its issue)."""
+"""Plots of matchings, embeddings, confidences, scores and training curves."""
 
-__all__: list[str] = []
+from ._confidence import confidence
+from ._embedding import joint_embedding
+from ._plan import plan
+from ._scores import scores
+from ._training import training
+
+__all__: list[str] = ["confidence", "joint_embedding", "plan", "scores", "training"]

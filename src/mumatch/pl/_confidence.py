@@ -1,0 +1,125 @@
+"""How sure the matcher is about each cell: the distribution of per-cell match confidence per group."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from mudata import MuData
+
+from .._validate import check_mods, check_mudata, check_obs_key
+from ._utils import as_labels, category_colors, finish, ordered_categories
+
+VALUES = ("confidence", "entropy")
+
+
+def confidence(
+    mdata: MuData,
+    key: str = "match",
+    *,
+    groupby: str | None = "cell_type",
+    mods: Sequence[str] | None = None,
+    value: Literal["confidence", "entropy"] = "confidence",
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+) -> Axes | None:
+    """Violin plot of the per-cell match confidence in each group, one colour per modality.
+
+    :func:`mumatch.tl.match_ot` writes, for every matched cell, ``mdata[mod].obs[f"{key}_confidence"]`` (its largest
+    plan weight after normalising the cell's row or column to 1) and ``f"{key}_entropy"``. Groups of cells the matcher
+    is unsure about (low confidence, high entropy) are those whose partners are hard to tell apart.
+
+    Parameters
+    ----------
+    mdata
+        MuData with the per-cell columns written by the matcher.
+    key
+        The plan's key (``key_added`` of the matcher).
+    groupby
+        Column of the modalities' ``.obs`` to group by (e.g. ``"cell_type"``); ``None``: one group per modality.
+    mods
+        Modalities to show (default: those that have the column).
+    value
+        ``"confidence"`` or ``"entropy"``.
+    ax
+        Axes to draw into (default: a new figure).
+    show
+        Show the figure (default: ``scanpy.settings.autoshow``); a shown figure returns None.
+    save
+        Path to write the figure to (format from the extension).
+
+    Returns
+    -------
+    The Axes, unless shown.
+
+    Examples
+    --------
+    >>> import mumatch as mm
+    >>> mm.tl.match_ot(mdata, "rna", "atac", use_rep="X_clip")  # doctest: +SKIP
+    >>> mm.pl.confidence(mdata, "match", groupby="cell_type")  # doctest: +SKIP
+    """
+    check_mudata(mdata)
+    if value not in VALUES:
+        raise ValueError(f"value={value!r}; choose one of {list(VALUES)}")
+    column = f"{key}_{value}"
+    if mods is None:
+        mods = [mod for mod in mdata.mod if column in mdata[mod].obs]
+        if not mods:
+            raise KeyError(
+                f"no modality has obs[{column!r}]; run mm.tl.match_ot(..., key_added={key!r}) first or pass the key"
+            )
+    mods = check_mods(mdata, mods)
+    for mod in mods:
+        check_obs_key(mdata, mod, column, "key")
+        if groupby is not None:
+            check_obs_key(mdata, mod, groupby, "groupby")
+
+    frames = []
+    for mod in mods:
+        obs = mdata[mod].obs
+        matched = obs[column].notna().to_numpy()
+        groups = as_labels(obs[groupby]) if groupby is not None else pd.Series(mod, index=obs.index).to_numpy()
+        frames.append(pd.DataFrame({"modality": mod, "group": groups[matched], value: obs[column][matched].to_numpy()}))
+    data = pd.concat(frames, ignore_index=True)
+    if data.empty:
+        raise ValueError(f"obs[{column!r}] is missing (NaN) for every cell of {mods}; no cell was matched")
+    if groupby is not None:
+        order = ordered_categories(*(mdata[mod].obs[groupby] for mod in mods))
+        order += [label for label in pd.unique(data["group"]) if label not in order]
+    else:
+        order = list(mods)
+    order = [label for label in order if label in set(data["group"])]
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, max(2.5, 0.32 * len(order) + 1)))
+    palette = category_colors(list(mods))
+    sns.violinplot(
+        data=data,
+        x=value,
+        y="group",
+        hue="modality",
+        order=order,
+        hue_order=list(mods),
+        palette=palette,
+        cut=0,
+        density_norm="width",
+        inner="quart",
+        linewidth=0.6,
+        ax=ax,
+    )
+    counts = data.groupby("group").size()
+    ax.set_yticks(range(len(order)), [f"{label} ({counts[label]})" for label in order])
+    ax.set_ylabel(groupby or "")
+    ax.set_xlabel(f"match {value} ({key})")
+    ax.grid(False)
+    if groupby is not None:
+        ax.legend(title="", loc="best", fontsize="small", frameon=False)
+    elif ax.get_legend() is not None:
+        ax.get_legend().remove()
+    return finish(ax, show, save)

@@ -1,0 +1,203 @@
+"""Both modalities' cells in the shared embedding: one UMAP of the stacked cells, coloured by modality or any label."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from matplotlib.axes import Axes
+from mudata import MuData
+from scanpy import logging as logg
+
+from .._validate import check_int, check_mods, check_mudata, check_rep
+from ._utils import finish
+
+MODALITY = "modality"
+
+
+def _stack(mdata: MuData, mods: list[str], basis: str) -> np.ndarray:
+    """The embeddings of every cell of ``mods``, one modality after the other."""
+    blocks = [check_rep(mdata, mod, basis, "basis") for mod in mods]
+    widths = {mod: block.shape[1] for mod, block in zip(mods, blocks, strict=True)}
+    if len(set(widths.values())) != 1:
+        raise ValueError(
+            f"basis={basis!r} has different widths per modality ({widths}); a joint embedding needs one shared space"
+        )
+    return np.concatenate(blocks).astype(np.float32)
+
+
+def _obs_column(mdata: MuData, mods: list[str], key: str) -> pd.Series:
+    """One obs column over the stacked cells; cells of a modality without it get NaN."""
+    parts = []
+    for mod in mods:
+        obs = mdata[mod].obs
+        parts.append(obs[key].reset_index(drop=True) if key in obs else pd.Series(np.nan, index=range(obs.shape[0])))
+    values = pd.concat(parts, ignore_index=True)
+    if any(key in mdata[mod].obs and not pd.api.types.is_numeric_dtype(mdata[mod].obs[key]) for mod in mods):
+        labels = values.astype(object).where(values.notna(), None)
+        present = [str(label) for label in pd.unique(labels.dropna())]
+        ordered = []
+        for mod in mods:
+            column = mdata[mod].obs.get(key)
+            if column is not None and isinstance(column.dtype, pd.CategoricalDtype):
+                ordered += [str(c) for c in column.cat.categories if str(c) in present and str(c) not in ordered]
+        ordered += sorted(label for label in present if label not in ordered)
+        return pd.Series(pd.Categorical(labels.map(lambda label: None if label is None else str(label)), ordered))
+    return values.astype(float)
+
+
+def _fingerprint(stacked: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(stacked).tobytes(), digest_size=16).hexdigest()
+
+
+def _cached(mdata: MuData, mods: list[str], key_added: str, params: dict[str, Any]) -> bool:
+    stored = mdata.uns.get(key_added)
+    if not isinstance(stored, dict) or "params" not in stored:
+        return False
+    same_params = {name: _plain(value) for name, value in stored["params"].items()} == params
+    shapes_fit = all(
+        key_added in mdata[mod].obsm and mdata[mod].obsm[key_added].shape == (mdata[mod].n_obs, 2) for mod in mods
+    )
+    return same_params and shapes_fit
+
+
+def _plain(value: Any) -> Any:
+    """Values read back from ``.uns`` (numpy arrays, numpy scalars) as the plain Python values they were written as."""
+    if isinstance(value, np.ndarray):
+        return [_plain(item) for item in value.tolist()]
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def joint_embedding(
+    mdata: MuData,
+    basis: str = "X_clip",
+    *,
+    mods: Sequence[str] | None = None,
+    color: str | Sequence[str] | None = (MODALITY, "cell_type"),
+    n_neighbors: int = 15,
+    min_dist: float = 0.5,
+    random_state: int = 0,
+    key_added: str | None = None,
+    recompute: bool = False,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> Axes | list[Axes] | None:
+    """UMAP of every cell of several modalities in their shared embedding, coloured by modality and by labels.
+
+    The modalities' embeddings ``.obsm[basis]`` are stacked (a paired cell appears once per modality), a neighbour
+    graph and a UMAP are computed on them with scanpy, and the result is drawn with :func:`scanpy.pl.embedding`. Well
+    mixed modalities with cell types that stay apart is what a good shared embedding looks like.
+
+    The UMAP is cached: adds ``mdata[mod].obsm[key_added]`` (the 2-d coordinates of the modality's cells) and
+    ``mdata.uns[key_added]['params']`` (with a fingerprint of the embedding); a later call with the same parameters
+    and the same embedding reuses it.
+
+    Parameters
+    ----------
+    mdata
+        MuData whose modalities hold the shared embedding in ``.obsm[basis]``.
+    basis
+        The shared embedding (e.g. ``"X_clip"`` from :func:`mumatch.tl.train_clip`); the same width in every modality.
+    mods
+        Modalities to show (default: every modality that has ``basis``).
+    color
+        What to colour by, one panel each: ``"modality"`` or columns of the modalities' ``.obs`` (categorical or
+        numeric, e.g. ``"cell_type"``, ``"split"``, ``"match_confidence"``); cells of a modality without the column are
+        grey.
+    n_neighbors, min_dist, random_state
+        Passed to :func:`scanpy.pp.neighbors` and :func:`scanpy.tl.umap`.
+    key_added
+        Where the UMAP is cached (default: ``f"{basis}_umap"``).
+    recompute
+        Recompute the UMAP even when a cached one fits.
+    ax
+        Axes to draw into (only with one colour).
+    show
+        Show the figure (default: ``scanpy.settings.autoshow``); a shown figure returns None.
+    save
+        Path to write the figure to (format from the extension).
+    **kwargs
+        Passed to :func:`scanpy.pl.embedding` (``size``, ``palette``, ``legend_loc``, ...).
+
+    Returns
+    -------
+    The Axes (a list with several colours), unless shown.
+
+    Examples
+    --------
+    >>> import mumatch as mm
+    >>> mdata = mm.datasets.bmmc_starter("multiome")
+    >>> mm.pp.lsi_harmony(mdata)  # doctest: +SKIP
+    >>> mm.tl.train_clip(mdata, "rna", "atac")  # doctest: +SKIP
+    >>> mm.pl.joint_embedding(mdata, "X_clip", color=["modality", "cell_type"])  # doctest: +SKIP
+    """
+    check_mudata(mdata)
+    if mods is None:
+        mods = [mod for mod in mdata.mod if basis in mdata[mod].obsm]
+        if not mods:
+            raise KeyError(
+                f"basis={basis!r} is in no modality's .obsm; compute a shared embedding first, e.g. mm.tl.train_clip"
+            )
+    mods = check_mods(mdata, mods)
+    colors = [color] if isinstance(color, str) else list(color or [])
+    for key in colors:
+        if key != MODALITY and not any(key in mdata[mod].obs for mod in mods):
+            raise KeyError(f"color={key!r} is not a column of .obs in any of {mods}; use '{MODALITY}' or an obs column")
+    if ax is not None and len(colors) > 1:
+        raise ValueError(f"ax= draws one panel but color= asks for {len(colors)}; pass one colour or ax=None")
+    check_int(n_neighbors, "n_neighbors", minimum=2)
+    stacked = _stack(mdata, mods, basis)
+    if stacked.shape[0] <= n_neighbors:
+        raise ValueError(f"{stacked.shape[0]} cells are too few for n_neighbors={n_neighbors}")
+    key_added = key_added or f"{basis}_umap"
+    params = {
+        "basis": basis,
+        "mods": list(mods),
+        "n_neighbors": n_neighbors,
+        "min_dist": float(min_dist),
+        "random_state": random_state,
+        "fingerprint": _fingerprint(stacked),
+    }
+
+    modality = pd.Categorical(np.repeat(mods, [mdata[mod].n_obs for mod in mods]), categories=list(mods))
+    names = np.concatenate([(f"{mod}:" + mdata[mod].obs_names).to_numpy() for mod in mods])
+    obs = pd.DataFrame({MODALITY: modality}, index=pd.Index(names, dtype=str))
+    for key in colors:
+        if key != MODALITY:
+            obs[key] = _obs_column(mdata, mods, key).to_numpy()
+    cells = ad.AnnData(X=stacked, obs=obs)
+
+    if not recompute and _cached(mdata, mods, key_added, params):
+        cells.obsm["X_umap"] = np.concatenate([np.asarray(mdata[mod].obsm[key_added]) for mod in mods])
+    else:
+        start = logg.info(f"computing a UMAP of {basis!r} over {', '.join(mods)}")
+        sc.pp.neighbors(cells, n_neighbors=n_neighbors, use_rep="X", random_state=random_state)
+        sc.tl.umap(cells, min_dist=min_dist, random_state=random_state)
+        coordinates = cells.obsm["X_umap"].astype(np.float32)
+        offsets = np.cumsum([0] + [mdata[mod].n_obs for mod in mods])
+        for position, mod in enumerate(mods):
+            mdata[mod].obsm[key_added] = coordinates[offsets[position] : offsets[position + 1]]
+        mdata.uns[key_added] = {"params": params}
+        logg.info(
+            "    finished",
+            time=start,
+            deep=f"added\n    .obsm['{key_added}'] in {', '.join(mods)}, the UMAP coordinates\n"
+            f"    .uns['{key_added}'], its parameters",
+        )
+    # Drawn in random order, so that no modality hides the other under it.
+    cells = cells[np.random.default_rng(random_state).permutation(cells.n_obs)].copy()
+    options = {"frameon": False, **kwargs}
+    axes = sc.pl.embedding(cells, "umap", color=colors or None, ax=ax, show=False, **options)
+    return finish(axes, show, save)

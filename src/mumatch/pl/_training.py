@@ -1,0 +1,150 @@
+"""Training curves from a model's ``history`` (train and validation losses per epoch)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+
+from ._utils import finish
+
+STAGES = (("train_", "train"), ("validation_", "validation"), ("val_", "validation"))
+SUFFIXES = (("_train", "train"), ("_validation", "validation"))
+STEP_SUFFIXES = ("_epoch", "_step")
+
+
+def split_metric_name(name: str) -> tuple[str, str]:
+    """The ``(stage, metric)`` of a history key.
+
+    ``"train_loss"`` → ``("train", "loss")``, ``"elbo_validation"`` → ``("validation", "elbo")``; keys of neither
+    stage (e.g. ``"temperature"``) have stage ``""``.
+    """
+    for suffix in STEP_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    for prefix, stage in STAGES:
+        if name.startswith(prefix):
+            return stage, name[len(prefix) :]
+    for suffix, stage in SUFFIXES:
+        if name.endswith(suffix):
+            return stage, name[: -len(suffix)]
+    return "", name
+
+
+def _histories(model: Any) -> list[tuple[str, Mapping[str, pd.DataFrame], dict]]:
+    """(label, history, train_info) of one model, of each model of an ensemble, or of a history dict."""
+    if isinstance(model, Mapping):
+        return [("", model, {})]
+    if isinstance(model, Sequence) and not isinstance(model, str):
+        if not model:
+            raise ValueError("'model' is an empty sequence; pass a trained model or a list of them")
+        return [(f"model {position}", *_histories(item)[0][1:]) for position, item in enumerate(model)]
+    if not hasattr(model, "history"):
+        raise TypeError(f"'model' must have a .history (a trained mumatch or scvi-tools model), got {type(model)}")
+    return [("", model.history, getattr(model, "train_info", {}) or {})]
+
+
+def _series(frame: pd.DataFrame | pd.Series, name: str) -> pd.Series:
+    if isinstance(frame, pd.Series):
+        return frame.astype(float)
+    column = name if name in frame.columns else frame.columns[0]
+    return frame[column].astype(float)
+
+
+def training(
+    model: Any,
+    *,
+    metrics: str | Sequence[str] | None = None,
+    log_y: bool = False,
+    ncols: int = 3,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | os.PathLike | None = None,
+) -> Axes | list[Axes] | None:
+    """Loss curves per epoch from ``model.history``: one panel per metric, train solid and validation dashed.
+
+    Works with mumatch's models (:class:`mumatch.model.CLIP`, :class:`mumatch.model.CLUE`) and scvi-tools' (their
+    ``history`` is a dict of one-column DataFrames indexed by epoch, with keys such as ``train_loss`` /
+    ``validation_loss`` or ``elbo_train`` / ``elbo_validation``). The best validation epoch, when the model
+    records it in ``train_info['best_epoch']``, is marked with a dotted line.
+
+    Parameters
+    ----------
+    model
+        A trained model, a list of models (an ensemble, one curve each) or a history dict itself.
+    metrics
+        Metric names to show without the stage (e.g. ``"loss"``; default: all).
+    log_y
+        Logarithmic y axis.
+    ncols
+        Panels per row.
+    ax
+        Axes to draw into (only with one metric).
+    show
+        Show the figure (default: ``scanpy.settings.autoshow``); a shown figure returns None.
+    save
+        Path to write the figure to (format from the extension).
+
+    Returns
+    -------
+    The Axes (a list with several metrics), unless shown.
+
+    Examples
+    --------
+    >>> import mumatch as mm
+    >>> model = mm.tl.train_clip(mdata, "rna", "atac")  # doctest: +SKIP
+    >>> mm.pl.training(model, metrics="loss")  # doctest: +SKIP
+    """
+    histories = _histories(model)
+    curves: dict[str, list[tuple[str, str, pd.Series]]] = {}
+    for label, history, _ in histories:
+        for name, frame in history.items():
+            stage, metric = split_metric_name(str(name))
+            series = _series(frame, name).dropna()
+            if not series.empty:
+                curves.setdefault(metric, []).append((label, stage, series))
+    if not curves:
+        raise ValueError("the model has no training history; train it first (model.train(...))")
+    if metrics is not None:
+        wanted = [metrics] if isinstance(metrics, str) else list(metrics)
+        unknown = [name for name in wanted if name not in curves]
+        if unknown:
+            raise KeyError(f"metrics {unknown} are not in the history; it has {list(curves)}")
+        curves = {name: curves[name] for name in wanted}
+    if ax is not None and len(curves) > 1:
+        raise ValueError(f"ax= draws one panel but the history has {len(curves)} metrics; pass metrics= or ax=None")
+
+    if ax is None:
+        n_cols = min(ncols, len(curves))
+        n_rows = int(np.ceil(len(curves) / n_cols))
+        figure, grid = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 2.9 * n_rows), squeeze=False)
+        for extra in grid.ravel()[len(curves) :]:
+            extra.remove()
+        axes = list(grid.ravel()[: len(curves)])
+        figure.subplots_adjust(wspace=0.35, hspace=0.55)
+    else:
+        axes = [ax]
+    labels = [label for label, _, _ in histories]
+    colors = {label: plt.get_cmap("tab10")(position % 10) for position, label in enumerate(labels)}
+    styles = {"train": "-", "validation": "--", "": "-"}
+    for panel, (metric, lines) in zip(axes, curves.items(), strict=True):
+        for label, stage, series in lines:
+            name = " ".join(part for part in (label, stage) if part) or metric
+            panel.plot(series.index, series.to_numpy(), styles[stage], color=colors[label], linewidth=1.2, label=name)
+        for label, _, info in histories:
+            if info.get("best_epoch") is not None:
+                panel.axvline(info["best_epoch"], color=colors[label], linestyle=":", linewidth=0.8)
+        if log_y:
+            panel.set_yscale("log")
+        panel.set_title(metric)
+        panel.set_xlabel("epoch")
+        panel.spines[["top", "right"]].set_visible(False)
+        panel.grid(False)
+        if len(lines) > 1:
+            panel.legend(fontsize="x-small", frameon=False)
+    return finish(axes[0] if len(axes) == 1 else axes, show, save)

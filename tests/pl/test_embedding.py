@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+
+import mumatch as mm
+from tests.helpers import assert_unchanged, snapshot
+from tests.pl.conftest import assert_drawn
+
+
+def _cache_umap(mdata, basis="X_shared"):
+    """Store coordinates as joint_embedding would, so that plotting tests skip the UMAP itself."""
+    from mumatch.pl._embedding import _fingerprint, _stack
+
+    stacked = _stack(mdata, ["rna", "atac"], basis)
+    params = {
+        "basis": basis,
+        "mods": ["rna", "atac"],
+        "n_neighbors": 15,
+        "min_dist": 0.5,
+        "random_state": 0,
+        "fingerprint": _fingerprint(stacked),
+    }
+    for mod in ("rna", "atac"):
+        mdata[mod].obsm[f"{basis}_umap"] = mdata[mod].obsm[basis][:, :2].copy()
+    mdata.uns[f"{basis}_umap"] = {"params": params}
+
+
+def test_joint_embedding_computes_and_caches_umap(matched, tmp_path):
+    axes = mm.pl.joint_embedding(matched, "X_shared", show=False)
+    assert [ax.get_title() for ax in axes] == ["modality", "cell_type"]
+    assert_drawn(axes[0].get_figure(), tmp_path)
+    first = matched["rna"].obsm["X_shared_umap"].copy()
+    assert first.shape == (matched["rna"].n_obs, 2)
+    assert np.isfinite(first).all()
+    assert matched.uns["X_shared_umap"]["params"]["mods"] == ["rna", "atac"]
+    # A paired cell's two views lie close in the shared space, hence in the UMAP.
+    paired = matched["atac"].obs_names.get_indexer(matched["rna"].obs_names[:221])
+    gap = np.linalg.norm(first[:221] - matched["atac"].obsm["X_shared_umap"][paired], axis=1)
+    spread = np.linalg.norm(first - first.mean(0), axis=1).mean()
+    assert np.median(gap) < spread
+
+
+def test_joint_embedding_reuses_cache_until_embedding_changes(matched, monkeypatch):
+    _cache_umap(matched)
+    calls = []
+    monkeypatch.setattr("scanpy.tl.umap", lambda *args, **kwargs: calls.append(1))
+    mm.pl.joint_embedding(matched, "X_shared", color="cell_type", show=False)
+    assert not calls
+    matched["rna"].obsm["X_shared"] = matched["rna"].obsm["X_shared"][::-1].copy()
+    with pytest.raises(KeyError):  # the patched umap wrote nothing: proof that it was called
+        mm.pl.joint_embedding(matched, "X_shared", color="cell_type", show=False)
+    assert calls
+
+
+def test_joint_embedding_numeric_and_partial_columns(matched, tmp_path):
+    _cache_umap(matched)
+    matched["rna"].obs["only_rna"] = "x"
+    axes = mm.pl.joint_embedding(matched, "X_shared", color=["match_confidence", "only_rna", "split"], show=False)
+    assert len(axes) == 3
+    path = tmp_path / "joint.png"
+    mm.pl.joint_embedding(matched, "X_shared", color="modality", save=path, show=False)
+    assert path.stat().st_size > 5_000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"basis": "X_missing"}, KeyError, "train_clip"),
+        ({"color": "not_a_column"}, KeyError, "color"),
+        ({"mods": ["rna", "adt"]}, KeyError, "mods"),
+        ({"n_neighbors": 1}, ValueError, "n_neighbors"),
+    ],
+)
+def test_joint_embedding_bad_input(matched, kwargs, error, message):
+    before = snapshot(matched)
+    with pytest.raises(error, match=message):
+        mm.pl.joint_embedding(matched, **{"basis": "X_shared", **kwargs}, show=False)
+    assert_unchanged(before, matched)
+
+
+def test_joint_embedding_rejects_different_widths(matched):
+    matched["atac"].obsm["X_shared"] = matched["atac"].obsm["X_shared"][:, :8]
+    before = snapshot(matched)
+    with pytest.raises(ValueError, match="different widths"):
+        mm.pl.joint_embedding(matched, "X_shared", show=False)
+    assert_unchanged(before, matched)
+
+
+def test_joint_embedding_rejects_ax_with_several_colors(matched):
+    import matplotlib.pyplot as plt
+
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match="one panel"):
+        mm.pl.joint_embedding(matched, "X_shared", ax=ax, show=False)

@@ -1,0 +1,58 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+import mumatch as mm
+from tests.pl.conftest import assert_drawn
+
+
+@pytest.fixture
+def table() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = [
+        {"method": method, "dataset": dataset, "seed": seed, "match score": rng.random(), "FOSCTTM": rng.random()}
+        for method in ("mumatch", "MatchCLOT")
+        for dataset in ("cite", "multiome")
+        for seed in range(3)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_scores_panel_per_metric_with_error_bars(table, tmp_path):
+    axes = mm.pl.scores(table, show=False)
+    assert [ax.get_title() for ax in axes] == ["match score", "FOSCTTM (lower is better)"]
+    assert_drawn(axes[0].get_figure(), tmp_path)
+    bars = [patch for patch in axes[0].patches if patch.get_height() > 0]
+    assert len(bars) == 4  # 2 methods × 2 data sets
+    mean = table.query("method == 'mumatch' and dataset == 'cite'")["match score"].mean()
+    assert any(np.isclose(bar.get_height(), mean) for bar in bars)
+    assert len(axes[0].lines) >= 4  # standard-deviation error bars over the seeds
+
+
+def test_scores_of_a_score_table_indexed_by_method(table, tmp_path):
+    summary = table.groupby("method")[["match score"]].mean()
+    ax = mm.pl.scores(summary, save=tmp_path / "s.png", show=False)
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["MatchCLOT", "mumatch"]
+    assert (tmp_path / "s.png").stat().st_size > 2_000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"metrics": "top-1"}, KeyError, "top-1"),
+        ({"metrics": "dataset"}, ValueError, "not numeric"),
+        ({"method_key": "tool"}, KeyError, "method_key"),
+    ],
+)
+def test_scores_bad_input(table, kwargs, error, message):
+    before = table.copy()
+    with pytest.raises(error, match=message):
+        mm.pl.scores(table, show=False, **kwargs)
+    pd.testing.assert_frame_equal(table, before)
+
+
+def test_scores_rejects_non_tables():
+    with pytest.raises(TypeError, match="DataFrame"):
+        mm.pl.scores({"a": 1}, show=False)
+    with pytest.raises(ValueError, match="empty"):
+        mm.pl.scores(pd.DataFrame(), show=False)

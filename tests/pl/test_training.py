@@ -1,0 +1,64 @@
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mumatch as mm
+from mumatch.pl._training import split_metric_name
+from tests.pl.conftest import assert_drawn
+
+
+def _history(scale: float = 1.0) -> dict[str, pd.DataFrame]:
+    epochs = pd.Index(np.arange(20), name="epoch")
+    values = {
+        "train_loss": scale * (1 + np.exp(-epochs / 5)),
+        "validation_loss": scale * (1.1 + np.exp(-epochs / 6)),
+        "temperature": np.linspace(1, 2, 20),
+    }
+    return {name: pd.DataFrame({name: value}, index=epochs) for name, value in values.items()}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("train_loss", ("train", "loss")),
+        ("validation_loss", ("validation", "loss")),
+        ("train_loss_epoch", ("train", "loss")),
+        ("elbo_validation", ("validation", "elbo")),
+        ("reconstruction_loss_train", ("train", "reconstruction_loss")),
+        ("temperature", ("", "temperature")),
+    ],
+)
+def test_split_metric_name(name, expected):
+    assert split_metric_name(name) == expected
+
+
+def test_training_curves(tmp_path):
+    model = SimpleNamespace(history=_history(), train_info={"best_epoch": 12})
+    axes = mm.pl.training(model, show=False)
+    assert [ax.get_title() for ax in axes] == ["loss", "temperature"]
+    assert_drawn(axes[0].get_figure(), tmp_path)
+    styles = sorted(line.get_linestyle() for line in axes[0].lines if np.size(line.get_xdata()) == 20)
+    assert styles == ["-", "--"]
+    assert any(line.get_linestyle() == ":" for line in axes[0].lines)  # best epoch
+
+
+def test_training_ensemble_and_history_dict(tmp_path):
+    models = [SimpleNamespace(history=_history(scale), train_info={}) for scale in (1.0, 2.0)]
+    ax = mm.pl.training(models, metrics="loss", log_y=True, save=tmp_path / "t.png", show=False)
+    assert len(ax.lines) == 4
+    assert ax.get_yscale() == "log"
+    assert [text.get_text() for text in ax.get_legend().get_texts()][0] == "model 0 train"
+    assert mm.pl.training(_history(), metrics=["temperature"], show=False).get_title() == "temperature"
+
+
+def test_training_bad_input():
+    with pytest.raises(ValueError, match="train it first"):
+        mm.pl.training(SimpleNamespace(history={}), show=False)
+    with pytest.raises(KeyError, match="not in the history"):
+        mm.pl.training(_history(), metrics="accuracy", show=False)
+    with pytest.raises(TypeError, match="history"):
+        mm.pl.training(object(), show=False)
+    with pytest.raises(ValueError, match="empty"):
+        mm.pl.training([], show=False)
