@@ -1,3 +1,5 @@
-"""Preprocessing: per-modality embeddings that the models take as input (``lsi_harmony`` lands with its issue)."""
+"""Preprocessing: per-modality embeddings that the models take as input."""
 
-__all__: list[str] = []
+from ._lsi_harmony import lsi_harmony, lsi_harmony_transform
+
+__all__: list[str] = ["lsi_harmony", "lsi_harmony_transform"]

@@ -1,0 +1,138 @@
+"""Truncated SVD of a large sparse matrix and the projections built on it (no AnnData in sight)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+# Randomized SVD (Halko, Martinsson & Tropp 2011). Oversampling as scikit-learn's randomized_svd; two power
+# iterations instead of TruncatedSVD's five: each iteration costs two passes over the sparse matrix (the whole cost at
+# atlas scale), and the leading components, the ones a downstream encoder relies on, have converged by then
+# (benchmarks/bench_lsi_harmony.py reports the agreement with five iterations).
+N_OVERSAMPLES = 10
+N_POWER_ITERATIONS = 2
+THREADED_NNZ = 1 << 20  # below this many non-zeros a sparse product is faster than starting threads
+
+
+def _n_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _row_blocks(matrix: sp.csr_matrix, n_blocks: int) -> list[tuple[slice, sp.csr_matrix]]:
+    """Consecutive row blocks of similar numbers of non-zeros, as CSR views on the matrix's own arrays."""
+    n_rows = matrix.shape[0]
+    targets = np.linspace(0, matrix.nnz, n_blocks + 1)
+    bounds = np.unique(np.concatenate([[0], np.searchsorted(matrix.indptr, targets[1:-1]), [n_rows]]))
+    blocks = []
+    for first, last in zip(bounds[:-1], bounds[1:], strict=True):
+        begin, end = matrix.indptr[first], matrix.indptr[last]
+        indptr = matrix.indptr[first : last + 1] - begin
+        block = sp.csr_matrix(
+            (matrix.data[begin:end], matrix.indices[begin:end], indptr), shape=(last - first, matrix.shape[1])
+        )
+        blocks.append((slice(first, last), block))
+    return blocks
+
+
+def matmul(matrix: sp.csr_matrix, dense: np.ndarray) -> np.ndarray:
+    """``matrix @ dense`` with one thread per row block (scipy's sparse kernels release the GIL)."""
+    if matrix.nnz < THREADED_NNZ:
+        return matrix @ dense
+    out = np.empty((matrix.shape[0], dense.shape[1]), dtype=np.result_type(matrix.dtype, dense.dtype))
+    blocks = _row_blocks(matrix, _n_threads())
+
+    def multiply(item: tuple[slice, sp.csr_matrix]) -> None:
+        rows, block = item
+        out[rows] = block @ dense
+
+    with ThreadPoolExecutor(max_workers=len(blocks)) as pool:
+        list(pool.map(multiply, blocks))
+    return out
+
+
+def rmatmul(matrix: sp.csr_matrix, dense: np.ndarray) -> np.ndarray:
+    """``matrix.T @ dense`` as a sum over row blocks, one thread each, without materialising the transpose."""
+    if matrix.nnz < THREADED_NNZ:
+        return matrix.T @ dense
+    blocks = _row_blocks(matrix, _n_threads())
+
+    def multiply(item: tuple[slice, sp.csr_matrix]) -> np.ndarray:
+        rows, block = item
+        return block.T @ dense[rows]
+
+    with ThreadPoolExecutor(max_workers=len(blocks)) as pool:
+        parts = list(pool.map(multiply, blocks))
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return total
+
+
+def _orthonormal(matrix: np.ndarray) -> np.ndarray:
+    return scipy.linalg.qr(matrix, mode="economic", overwrite_a=True, check_finite=False)[0]
+
+
+def randomized_svd(
+    matrix: sp.csr_matrix,
+    n_comps: int,
+    *,
+    n_iter: int = N_POWER_ITERATIONS,
+    n_oversamples: int = N_OVERSAMPLES,
+    random_state: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Leading singular values and right singular vectors of a sparse matrix, in the matrix's float precision.
+
+    Parameters
+    ----------
+    matrix
+        Cells × features, CSR (float32 keeps every dense block in float32).
+    n_comps
+        Number of components, at most ``min(matrix.shape)``.
+    n_iter
+        Power iterations (each is two passes over ``matrix``).
+    n_oversamples
+        Extra random directions beyond ``n_comps``.
+    random_state
+        Seed of the random test matrix.
+
+    Returns
+    -------
+    ``(singular_values, components)``: ``(n_comps,)`` in decreasing order and ``(n_comps, n_features)``, with the
+    sign of each component fixed so that its largest loading is positive (deterministic output).
+    """
+    size = min(n_comps + n_oversamples, min(matrix.shape))
+    rng = np.random.default_rng(random_state)
+    test_matrix = rng.standard_normal((matrix.shape[1], size), dtype=np.float32).astype(matrix.dtype, copy=False)
+    # The sparse products run in our own threads (one per row block); BLAS stays single-threaded meanwhile. A
+    # multi-threaded OpenBLAS QR of a (cells × ~260) block was measured 15× slower (100× on small blocks) than a
+    # single thread on a loaded 2-core machine, where its threads wait on each other.
+    with threadpool_limits(limits=1, user_api="blas"):
+        basis = _orthonormal(matmul(matrix, test_matrix))
+        for _ in range(n_iter):
+            basis = _orthonormal(matmul(matrix, _orthonormal(rmatmul(matrix, basis))))
+        small = rmatmul(matrix, basis).T  # basis.T @ matrix: size × features
+        _, singular_values, components = scipy.linalg.svd(
+            small, full_matrices=False, overwrite_a=True, check_finite=False, lapack_driver="gesdd"
+        )
+    singular_values, components = singular_values[:n_comps], components[:n_comps]
+    largest = np.abs(components).argmax(axis=1)
+    signs = np.sign(components[np.arange(components.shape[0]), largest])
+    components *= np.where(signs == 0, 1, signs).astype(components.dtype)[:, None]
+    return singular_values, components
+
+
+def standardize_rows(embedding: np.ndarray) -> np.ndarray:
+    """Centre and scale each row to unit standard deviation (ddof=1), in place; constant rows become zeros."""
+    embedding -= embedding.mean(axis=1, keepdims=True)
+    scale = embedding.std(axis=1, ddof=1, keepdims=True) if embedding.shape[1] > 1 else np.ones_like(embedding[:, :1])
+    scale[~(scale > 0)] = 1
+    embedding /= scale
+    return embedding

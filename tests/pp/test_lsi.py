@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from mumatch.pp import _lsi
+from mumatch.pp._lsi import matmul, randomized_svd, rmatmul, standardize_rows
+from mumatch.pp._normalize import SCALE_FACTOR, clr, inverse_document_frequency, tfidf_log1p
+
+counts_matrices = st.tuples(st.integers(1, 12), st.integers(1, 15)).flatmap(
+    lambda shape: arrays(np.int64, shape, elements=st.integers(0, 6))
+)
+
+
+@given(counts_matrices)
+@settings(max_examples=60, deadline=None)
+def test_tfidf_log1p_matches_dense_reference(dense_counts):
+    counts = sp.csr_matrix(dense_counts.astype(np.float32))
+    idf = inverse_document_frequency(counts)
+    totals = dense_counts.sum(axis=0)
+    expected_idf = np.where(totals > 0, dense_counts.shape[0] / np.maximum(totals, 1), 0)
+    np.testing.assert_allclose(idf, expected_idf, rtol=1e-6)
+    # Seurat v3 TF-IDF spelled out: tf = counts / cell total, times idf, L1 normalised, log1p(x * 1e4).
+    cell_totals = dense_counts.sum(axis=1, keepdims=True)
+    tf = dense_counts / np.maximum(cell_totals, 1)
+    weighted = tf * expected_idf
+    row_sums = weighted.sum(axis=1, keepdims=True)
+    normalised = np.divide(weighted, row_sums, out=np.zeros_like(weighted), where=row_sums > 0)
+    expected = np.log1p(normalised * SCALE_FACTOR)
+    result = tfidf_log1p(counts, idf)
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(result.toarray(), expected, rtol=1e-5, atol=1e-5)
+    if counts.nnz:
+        assert np.shares_memory(result.indices, counts.indices)  # the index arrays are shared, not copied
+
+
+@given(arrays(np.int64, (8, 5), elements=st.integers(0, 20)))
+@settings(max_examples=30, deadline=None)
+def test_clr_is_per_cell_log_ratio(dense_counts):
+    result = clr(sp.csr_matrix(dense_counts.astype(np.float32)))
+    log_mean = np.log1p(dense_counts).mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(result, np.log1p(dense_counts / np.exp(log_mean)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_randomized_svd_recovers_a_low_rank_matrix(seed):
+    rng = np.random.default_rng(seed)
+    left, right = rng.normal(size=(300, 6)), rng.normal(size=(6, 80))
+    matrix = sp.csr_matrix((left * np.array([50, 30, 20, 10, 5, 2])) @ right, dtype=np.float32)
+    singular_values, components = randomized_svd(matrix, 6, random_state=seed)
+    exact = np.linalg.svd(matrix.toarray(), compute_uv=False)[:6]
+    np.testing.assert_allclose(singular_values, exact, rtol=1e-4)
+    assert components.dtype == np.float32
+    np.testing.assert_allclose(components @ components.T, np.eye(6), atol=1e-4)
+    # Deterministic signs: the largest loading of each component is positive.
+    assert (components[np.arange(6), np.abs(components).argmax(axis=1)] > 0).all()
+
+
+def test_embedding_permutes_with_the_cells():
+    rng = np.random.default_rng(0)
+    matrix = sp.random(200, 120, density=0.1, format="csr", dtype=np.float32, random_state=rng)
+    order = rng.permutation(200)
+    _, components = randomized_svd(matrix, 8)
+    _, permuted_components = randomized_svd(matrix[order], 8)
+    np.testing.assert_allclose(np.abs(components @ permuted_components.T).diagonal()[:4], 1, atol=1e-3)
+
+
+def test_threaded_products_match_direct_ones(monkeypatch):
+    monkeypatch.setattr(_lsi, "THREADED_NNZ", 0)
+    monkeypatch.setattr(_lsi, "_n_threads", lambda: 3)
+    rng = np.random.default_rng(0)
+    matrix = sp.random(101, 57, density=0.2, format="lil", dtype=np.float32, random_state=rng)
+    matrix[10:20] = 0  # empty rows inside a block
+    matrix = sp.csr_matrix(matrix)
+    dense = rng.normal(size=(57, 4)).astype(np.float32)
+    np.testing.assert_allclose(matmul(matrix, dense), matrix.toarray() @ dense, rtol=1e-5, atol=1e-5)
+    other = rng.normal(size=(101, 4)).astype(np.float32)
+    np.testing.assert_allclose(rmatmul(matrix, other), matrix.toarray().T @ other, rtol=1e-5, atol=1e-5)
+
+
+@given(arrays(np.float32, (6, 4), elements=st.floats(-100, 100, width=32)))
+@settings(max_examples=50, deadline=None)
+def test_standardize_rows(values):
+    result = standardize_rows(values.copy())
+    assert np.isfinite(result).all()
+    np.testing.assert_allclose(result.mean(axis=1), 0, atol=1e-4)
+    spread = values.std(axis=1)
+    varying = spread > 1e-3 * (np.abs(values).max(axis=1) + 1)
+    np.testing.assert_allclose(result[varying].std(axis=1, ddof=1), 1, rtol=1e-3)

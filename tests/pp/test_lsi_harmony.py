@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+
+import mumatch as mm
+from tests.helpers import assert_unchanged, snapshot
+
+KEY = "X_lsi_harmony"
+
+
+@pytest.fixture(scope="module")
+def embedded_starters() -> dict:
+    """Both bundled starters after lsi_harmony with its defaults (computed once for the module)."""
+    result = {}
+    for task in ("cite", "multiome"):
+        mdata = mm.datasets.bmmc_starter(task)
+        mm.pp.lsi_harmony(mdata)
+        result[task] = mdata
+    return result
+
+
+@pytest.fixture
+def small():
+    """Small simulated RNA + ATAC + ADT with two batches."""
+    return mm.datasets.simulate_paired(
+        300, ("rna", "atac", "adt"), n_batches=2, n_genes=200, n_peaks=400, n_proteins=20, seed=3
+    )
+
+
+@pytest.mark.parametrize("task", ["cite", "multiome"])
+def test_starters_every_cell_embedded_and_cell_types_separate(embedded_starters, task):
+    mdata = embedded_starters[task]
+    for mod, adata in mdata.mod.items():
+        for key in (KEY, f"{KEY}_uncorrected"):
+            embedding = adata.obsm[key]
+            assert embedding.shape[0] == adata.n_obs
+            assert embedding.dtype == np.float32
+            assert np.isfinite(embedding).all()
+        train = (adata.obs["split"] == "train").to_numpy()
+        labels = adata.obs["cell_type"].astype(str).to_numpy()[train]
+        chance = np.unique(labels, return_counts=True)[1].max() / labels.size
+        accuracy = cross_val_score(KNeighborsClassifier(15), adata.obsm[KEY][train], labels, cv=5).mean()
+        assert accuracy > 1.8 * chance, f"{task}/{mod}: kNN accuracy {accuracy:.2f}, chance {chance:.2f}"
+
+
+def test_starters_default_sizes_and_harmony_decisions(embedded_starters):
+    cite, multiome = embedded_starters["cite"], embedded_starters["multiome"]
+    assert multiome["rna"].obsm[KEY].shape[1] == 192
+    assert multiome["atac"].obsm[KEY].shape[1] == 256
+    assert cite["adt"].obsm[KEY].shape[1] == cite["adt"].n_vars  # CLR of every protein
+    assert multiome["atac"].uns[KEY]["n_dropped_components"] == 1
+    assert multiome["rna"].uns[KEY]["n_dropped_components"] == 0
+    assert cite["adt"].uns[KEY]["params"]["method"] == "clr"
+    for mdata, mod2 in ((cite, "adt"), (multiome, "atac")):
+        # The starters' test cells of mod2 have no batch: Harmony is skipped there, applied to RNA.
+        assert mdata["rna"].uns[KEY]["harmony"]["applied"]
+        assert not np.allclose(mdata["rna"].obsm[KEY], mdata["rna"].obsm[f"{KEY}_uncorrected"])
+        assert not mdata[mod2].uns[KEY]["harmony"]["applied"]
+        assert "no 'batch' label" in mdata[mod2].uns[KEY]["harmony"]["reason"]
+        np.testing.assert_array_equal(mdata[mod2].obsm[KEY], mdata[mod2].obsm[f"{KEY}_uncorrected"])
+
+
+@pytest.mark.parametrize("task", ["cite", "multiome"])
+def test_projecting_the_reference_reproduces_its_uncorrected_embedding(embedded_starters, task):
+    reference = embedded_starters[task]
+    query = mm.datasets.bmmc_starter(task)
+    assert mm.pp.lsi_harmony_transform(query, reference) is None
+    for mod in reference.mod:
+        np.testing.assert_allclose(
+            query[mod].obsm[f"{KEY}_uncorrected"], reference[mod].obsm[f"{KEY}_uncorrected"], atol=1e-5
+        )
+        assert query[mod].uns[KEY]["params"]["reference_key"] == KEY
+
+
+def test_projection_matches_features_by_name(small):
+    mm.pp.lsi_harmony(small, harmony=False)
+    order = np.random.default_rng(0).permutation(small["atac"].n_vars)
+    query = mm.datasets.simulate_paired(
+        300, ("rna", "atac", "adt"), n_batches=2, n_genes=200, n_peaks=400, n_proteins=20, seed=3
+    )
+    shuffled = query["atac"][:, order].copy()
+    query.mod["atac"] = shuffled
+    mm.pp.lsi_harmony_transform(query, small, mods=["atac"], harmony=False)
+    np.testing.assert_allclose(query["atac"].obsm[KEY], small["atac"].obsm[KEY], atol=1e-5)
+
+
+def test_projection_with_missing_features_counts_them_as_zeros(small):
+    mm.pp.lsi_harmony(small, harmony=False)
+    query = small["rna"][:, 20:].copy()  # drops 20 reference genes
+    query_mdata = mm.datasets.simulate_paired(10, ("rna", "adt"), n_genes=5, n_proteins=5)
+    query_mdata.mod["rna"] = query
+    mm.pp.lsi_harmony_transform(query_mdata, small, mods=["rna"], harmony=False)
+    assert query_mdata["rna"].obsm[KEY].shape == small["rna"].obsm[KEY].shape
+    assert np.isfinite(query_mdata["rna"].obsm[KEY]).all()
+    assert "20 of 200 reference features are missing" in query_mdata["rna"].uns[KEY]["notes"][0]
+
+
+def test_adt_pca_when_fewer_components_than_proteins(small):
+    mm.pp.lsi_harmony(small, mods=["adt"], n_comps=5, harmony=False)
+    assert small["adt"].obsm[KEY].shape == (small["adt"].n_obs, 5)
+    assert small["adt"].uns[KEY]["params"]["method"] == "clr_pca"
+    query = small.copy()
+    mm.pp.lsi_harmony_transform(query, small, mods=["adt"], harmony=False, key_added="projected")
+    np.testing.assert_allclose(query["adt"].obsm["projected"], small["adt"].obsm[KEY], atol=1e-5)
+
+
+def test_harmony_reduces_batch_separation():
+    mdata = mm.datasets.simulate_paired(800, ("rna", "atac"), n_batches=2, n_genes=300, n_peaks=600, batch_effect=1.0)
+    mm.pp.lsi_harmony(mdata, mods=["rna"], n_comps=20)
+    adata = mdata["rna"]
+    batches = adata.obs["batch"].astype(str).to_numpy()
+
+    def batch_accuracy(key: str) -> float:
+        return cross_val_score(KNeighborsClassifier(15), adata.obsm[key], batches, cv=3).mean()
+
+    assert adata.uns[KEY]["harmony"] == {"applied": True, "reason": "2 batches in 'batch'", "n_batches": 2}
+    assert batch_accuracy(KEY) < batch_accuracy(f"{KEY}_uncorrected") - 0.1
+
+
+def test_copy_semantics(small):
+    before = snapshot(small)
+    result = mm.pp.lsi_harmony(small, n_comps=10, copy=True)
+    assert result is not small
+    assert_unchanged(before, small)
+    assert KEY in result["rna"].obsm and KEY in result["atac"].obsm and KEY in result["adt"].obsm
+    assert mm.pp.lsi_harmony(small, n_comps=10, copy=False) is None
+    np.testing.assert_array_equal(small["atac"].obsm[KEY], result["atac"].obsm[KEY])  # deterministic
+    query = mm.datasets.bmmc_starter("cite")
+    with pytest.raises(KeyError, match="no fitted projection"):
+        mm.pp.lsi_harmony_transform(query, query)
+
+
+def test_mods_subset_and_key_added(small):
+    mm.pp.lsi_harmony(small, mods=["rna"], n_comps={"rna": 7}, key_added="X_mine", batch_key=None)
+    assert small["rna"].obsm["X_mine"].shape[1] == 7
+    assert "X_mine" not in small["atac"].obsm
+    assert small["rna"].uns["X_mine"]["harmony"] == {"applied": False, "reason": "batch_key=None"}
+
+
+def test_all_zero_cells_and_features_stay_finite(small):
+    for mod in ("rna", "atac", "adt"):
+        counts = small[mod].layers["counts"].tolil()
+        counts[:5] = 0
+        counts[:, :3] = 0
+        small[mod].layers["counts"] = counts.tocsr()
+    mm.pp.lsi_harmony(small, n_comps=10)
+    for mod in ("rna", "atac", "adt"):
+        assert np.isfinite(small[mod].obsm[KEY]).all()
+        assert np.isfinite(small[mod].obsm[f"{KEY}_uncorrected"]).all()
+    for mod in ("rna", "atac"):  # an empty cell has no LSI signal (ADT's PCA centres it away from zero)
+        np.testing.assert_array_equal(small[mod].obsm[f"{KEY}_uncorrected"][:5], 0)
+    assert np.isfinite(small["atac"].uns[KEY]["idf"]).all()
+
+
+def test_too_many_components_are_clamped_with_a_warning(small):
+    mm.pp.lsi_harmony(small, mods=["rna", "atac"], n_comps=10_000, harmony=False)
+    assert small["rna"].obsm[KEY].shape[1] == min(small["rna"].shape) - 1
+    assert small["atac"].obsm[KEY].shape[1] == min(small["atac"].shape) - 2  # one more computed, then dropped
+    assert "more than its data allow" in small["rna"].uns[KEY]["notes"][0]
+
+
+def test_dense_counts_and_highly_variable_features(small):
+    small["rna"].layers["counts"] = small["rna"].layers["counts"].toarray()
+    small["rna"].var["highly_variable"] = np.arange(small["rna"].n_vars) < 50
+    mm.pp.lsi_harmony(small, mods=["rna"], n_comps=10)
+    assert small["rna"].uns[KEY]["feature_names"].size == 50
+    assert small["rna"].uns[KEY]["params"]["use_highly_variable"]
+
+
+def _set_layer(mdata, mod, values):
+    mdata[mod].layers["counts"] = values
+
+
+@pytest.mark.parametrize(
+    ("prepare", "kwargs", "error", "match"),
+    [
+        (lambda m: _set_layer(m, "rna", m["rna"].layers["counts"] * 0.5), {}, ValueError, "layer="),
+        (lambda m: _set_layer(m, "atac", -m["atac"].layers["counts"]), {}, ValueError, "negative"),
+        (None, {"layer": "raw"}, KeyError, "layer='raw'"),
+        (None, {"mods": ["protein"]}, KeyError, "not a modality"),
+        (None, {"batch_key": "donor"}, KeyError, "batch_key='donor'"),
+        (None, {"n_comps": 0}, ValueError, "n_comps"),
+        (None, {"n_comps": {"rna": 10, "other": 5}}, KeyError, "other"),
+        (None, {"use_highly_variable": True}, KeyError, "highly_variable"),
+        (None, {"key_added": ""}, ValueError, "key_added"),
+    ],
+)
+def test_bad_input_raises_and_leaves_mudata_unchanged(small, prepare, kwargs, error, match):
+    if prepare is not None:
+        prepare(small)
+    before = snapshot(small)
+    with pytest.raises(error, match=match):
+        mm.pp.lsi_harmony(small, **kwargs)
+    assert_unchanged(before, small)
+    for adata in small.mod.values():
+        assert KEY not in adata.obsm and KEY not in adata.uns
+
+
+def test_bad_input_to_transform(small):
+    with pytest.raises(TypeError, match="mudata.MuData"):
+        mm.pp.lsi_harmony(small["rna"])
+    reference = small.copy()
+    mm.pp.lsi_harmony(reference, mods=["rna"], n_comps=5, harmony=False)
+    before = snapshot(small)
+    with pytest.raises(KeyError, match="no fitted projection"):
+        mm.pp.lsi_harmony_transform(small, reference, mods=["atac"])
+    other = mm.datasets.simulate_paired(50, ("rna", "adt"), n_genes=30, n_proteins=5)
+    other["rna"].var_names = [f"x{i}" for i in range(30)]
+    with pytest.raises(ValueError, match="shares no feature"):
+        mm.pp.lsi_harmony_transform(other, reference, mods=["rna"])
+    assert_unchanged(before, small)
