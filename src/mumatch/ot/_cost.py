@@ -1,0 +1,187 @@
+"""Costs between two point clouds, kept as embeddings and evaluated in row tiles.
+
+Every supported cost is affine in the inner products of the (prepared) embeddings,
+
+``C[i, j] = offset + row[i] + col[j] - scale * <x_i, y_j>``,
+
+so that a tile of rows of the cost costs one matrix product and the N × M matrix never needs to exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+Cost = Literal["cosine", "sqeuclidean"]
+COSTS: tuple[str, ...] = ("cosine", "sqeuclidean")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Default budget for N × M work arrays (the dense kernel, or one row tile): large enough for a dense 10k × 10k
+# float32 kernel (400 MB), small enough to stay far below the memory of a dense float64 solver.
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+
+
+@dataclass
+class PointCloudCost:
+    """A cost between two point clouds, evaluated tile by tile.
+
+    Attributes
+    ----------
+    x, y
+        The prepared embeddings (rows are unit vectors for the cosine cost).
+    kind
+        ``"cosine"`` or ``"sqeuclidean"``.
+    offset, scale
+        The affine constants of the cost (see the module docstring).
+    row, col
+        Per-point terms (zero for the cosine cost).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    kind: str
+    offset: float
+    scale: float
+    row: torch.Tensor
+    col: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(N, M)``."""
+        return self.x.shape[0], self.y.shape[0]
+
+    def neg_cost_tile(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``-C[start:stop, :]`` written into ``out`` (allocated when None)."""
+        out = torch.matmul(self.x[start:stop], self.y.T, out=out)
+        out.mul_(self.scale)
+        out.sub_(self.col[None, :])
+        out.sub_((self.row[start:stop] + self.offset)[:, None])
+        return out
+
+    def params(self) -> dict[str, float | str]:
+        """What is needed, with the embeddings, to rebuild the cost exactly."""
+        return {"kind": self.kind, "offset": float(self.offset), "scale": float(self.scale)}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` picks CUDA when available, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch finds no CUDA device; pass device='auto' or 'cpu'")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"`` (default) or ``"float64"``."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def check_points(x: object, y: object) -> tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]:
+    """Raise a ValueError unless ``x`` and ``y`` are finite 2-d arrays of the same width with at least one row."""
+    checked = []
+    for name, values in (("x", x), ("y", y)):
+        if not isinstance(values, torch.Tensor):
+            values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2:
+            raise ValueError(f"'{name}' must be a 2-d array (points × dimensions), got shape {tuple(values.shape)}")
+        if values.shape[0] == 0:
+            raise ValueError(f"'{name}' has no points")
+        finite = torch.isfinite(values).all().item() if isinstance(values, torch.Tensor) else np.isfinite(values).all()
+        if not finite:
+            raise ValueError(f"'{name}' contains NaN or infinite values; clean or recompute the embedding")
+        checked.append(values)
+    if checked[0].shape[1] != checked[1].shape[1]:
+        raise ValueError(
+            f"'x' and 'y' must have the same number of dimensions for a {COSTS} cost, got "
+            f"{checked[0].shape[1]} and {checked[1].shape[1]}; embed both modalities in one space first"
+        )
+    return checked[0], checked[1]
+
+
+def tile_rows(n_cols: int, itemsize: int, memory_budget: int, n_buffers: int = 2) -> int:
+    """How many rows of an ``n_cols``-wide array fit ``n_buffers`` times in the memory budget."""
+    return int(max(1, min(memory_budget // max(1, n_buffers * n_cols * itemsize), 2**31 - 1)))
+
+
+def prepare_cost(
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    cost: str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    params: dict | None = None,
+) -> PointCloudCost:
+    """Build the cost between ``x`` and ``y`` rescaled to [0, 1].
+
+    ``"cosine"`` follows MatchCLOT's ``OT_matching``: with the cosine distance ``d = 1 - cos``, the cost is
+    ``(d - min d + 1) / (max d - min d + 1)`` (shift so that the smallest entry is 1, then divide by the largest),
+    which lies in (0, 1] and keeps epsilon comparable with MatchCLOT's ``reg=0.01``. ``"sqeuclidean"`` is the squared
+    Euclidean distance divided by its largest entry. The extremes are found in one tiled pass over the products;
+    ``params`` (from :meth:`PointCloudCost.params`) skips that pass and reproduces a stored cost exactly.
+    """
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+    x = torch.as_tensor(x).to(device=device, dtype=dtype)
+    y = torch.as_tensor(y).to(device=device, dtype=dtype)
+    zeros_x = torch.zeros(x.shape[0], dtype=dtype, device=device)
+    zeros_y = torch.zeros(y.shape[0], dtype=dtype, device=device)
+    if cost == "cosine":
+        # Zero vectors (e.g. cells with no counts) have no direction: they get cosine 0 with everything.
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+        y = y / y.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+        geometry = PointCloudCost(x, y, cost, 0.0, 1.0, zeros_x, zeros_y)  # -C = <x, y> until rescaled
+        if params is None:
+            low, high = _tile_extremes(geometry, memory_budget)  # extremes of the cosine similarity
+            span = high - low + 1.0
+            params = {"offset": (1.0 + high) / span, "scale": 1.0 / span}
+    else:
+        sq_x = (x * x).sum(1)
+        sq_y = (y * y).sum(1)
+        geometry = PointCloudCost(x, y, cost, 0.0, 2.0, sq_x, sq_y)
+        if params is None:
+            low, _ = _tile_extremes(geometry, memory_budget)  # -max of the squared distance
+            largest = max(-low, 0.0)
+            largest = largest if largest > 0 else 1.0
+            params = {"offset": 0.0, "scale": 2.0 / largest}
+        norm = 2.0 / params["scale"]
+        geometry.row = sq_x / norm
+        geometry.col = sq_y / norm
+    geometry.offset = float(params["offset"])
+    geometry.scale = float(params["scale"])
+    return geometry
+
+
+def _tile_extremes(geometry: PointCloudCost, memory_budget: int) -> tuple[float, float]:
+    """Smallest and largest entry of ``-C`` (before rescaling), one row tile at a time."""
+    n_rows, n_cols = geometry.shape
+    step = tile_rows(n_cols, geometry.x.element_size(), memory_budget, n_buffers=1)
+    buffer = None
+    low, high = np.inf, -np.inf
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        buffer = _buffer(buffer, stop - start, n_cols, geometry.x)
+        tile = geometry.neg_cost_tile(start, stop, out=buffer)
+        low = min(low, tile.min().item())
+        high = max(high, tile.max().item())
+    return low, high
+
+
+def _buffer(buffer: torch.Tensor | None, n_rows: int, n_cols: int, like: torch.Tensor) -> torch.Tensor:
+    """A ``n_rows × n_cols`` work array, reusing ``buffer``'s memory when it is large enough."""
+    if buffer is None or buffer.numel() < n_rows * n_cols:
+        return torch.empty((n_rows, n_cols), dtype=like.dtype, device=like.device)
+    return buffer.view(-1)[: n_rows * n_cols].view(n_rows, n_cols)

@@ -1,0 +1,398 @@
+"""Entropic optimal transport between two point clouds: a stabilised, memory-bounded Sinkhorn solver.
+
+Two regimes, chosen by the memory budget:
+
+- **dense**: the stabilised kernel ``K = exp((f ⊕ g - C) / ε)`` is stored once and iterated on with two matrix-vector
+  products per iteration (``u = a / K v``, ``v = b / Kᵀ u``). When the scalings ``u, v`` leave ``[e^-L, e^L]`` they
+  are absorbed into the potentials ``f, g`` and the kernel is rebuilt (Schmitzer 2019, "Stabilized sparse scaling
+  algorithms for entropy regularized transport problems", SIAM J. Sci. Comput. 41(3)). An iteration is a pass over
+  memory, no ``exp``: tens of times faster than a log-domain iteration, which evaluates an ``exp`` per entry.
+- **tiled**: when ``N × M`` does not fit the budget, every iteration recomputes the cost in row tiles from the
+  embeddings (one matrix product per tile), updates ``f`` exactly with a row logsumexp and accumulates the column
+  sums of the plan in the same pass, so one pass over the tiles is one full Sinkhorn iteration and nothing
+  ``N × M`` is ever stored.
+
+A kernel rebuild is itself one exact log-domain row update, so every row of the kernel holds its row's mass and no
+division by zero can occur; epsilon-scaling (annealing epsilon geometrically from a value where the kernel's
+exponents fit the floating-point range) keeps columns from underflowing at small epsilon.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ._cost import (
+    DEFAULT_MEMORY_BUDGET,
+    PointCloudCost,
+    _buffer,
+    check_points,
+    prepare_cost,
+    resolve_device,
+    resolve_dtype,
+    tile_rows,
+)
+
+# Largest |log| of a scaling before it is absorbed into the potentials: e^30 keeps every product of kernel entries
+# (≤ 1) and scalings far inside float32's range (e^88), e^200 does the same for float64.
+ABSORB_LOG_BOUND = {torch.float32: 30.0, torch.float64: 200.0}
+# Largest kernel exponent (cost range / epsilon) the first epsilon-scaling stage may have: exp(-50) is a normal
+# float32, exp(-500) a normal float64, so no row or column of the first kernel underflows to zero.
+EXPONENT_LIMIT = {torch.float32: 50.0, torch.float64: 500.0}
+# Epsilon is divided by 4 at each scaling stage (Schmitzer 2019 uses factors of 2 to 4).
+EPSILON_DECAY = 0.25
+# Intermediate stages stop at this marginal error (or at the final tolerance when that is looser).
+STAGE_TOL = 1e-2
+
+
+@dataclass
+class SinkhornResult:
+    """Dual potentials and diagnostics of an entropic OT solve.
+
+    The plan is ``P[i, j] = exp((f[i] + g[j] - C[i, j]) / epsilon)``, with ``C`` the rescaled cost described by
+    ``cost`` (see :func:`mumatch.ot.plan_tile` and :func:`mumatch.ot.sparsify_plan`).
+
+    Attributes
+    ----------
+    f, g
+        Dual potentials of the rows (N,) and columns (M,), float64.
+    epsilon
+        The entropic regularisation reached.
+    tau
+        KL relaxation of the marginals, ``None`` for balanced OT.
+    cost
+        Kind and affine constants of the rescaled cost.
+    n_iter
+        Sinkhorn iterations, all stages together.
+    marginal_error
+        L1 error of the row and column marginals (balanced) or L1 change of the marginals in the last iteration
+        (unbalanced).
+    converged
+        Whether ``marginal_error <= tol``.
+    time_s
+        Wall time of the solve.
+    mode
+        ``"dense"`` or ``"tiled"``.
+    n_rebuilds
+        Kernel rebuilds (absorptions and stage changes) in dense mode; passes over the tiles in tiled mode.
+    epsilon_schedule
+        The epsilon of every stage.
+    """
+
+    f: np.ndarray
+    g: np.ndarray
+    epsilon: float
+    tau: float | None
+    cost: dict
+    n_iter: int
+    marginal_error: float
+    converged: bool
+    time_s: float
+    mode: str
+    n_rebuilds: int
+    epsilon_schedule: list[float] = field(default_factory=list)
+
+    def diagnostics(self) -> dict:
+        """Scalar diagnostics, ready for ``.uns``."""
+        return {
+            "n_iter": int(self.n_iter),
+            "marginal_error": float(self.marginal_error),
+            "converged": bool(self.converged),
+            "time_s": float(self.time_s),
+            "mode": self.mode,
+            "n_rebuilds": int(self.n_rebuilds),
+            "epsilon_schedule": np.asarray(self.epsilon_schedule, dtype=np.float64),
+        }
+
+
+def epsilon_schedule(epsilon: float, cost_range: float, dtype: torch.dtype, epsilon_start: float | None) -> list[float]:
+    """Stages of epsilon-scaling, ending at ``epsilon``.
+
+    The first stage is ``epsilon_start`` or, by default, the smallest epsilon at which the kernel's exponents
+    ``cost_range / epsilon`` stay within :data:`EXPONENT_LIMIT`; epsilon is then divided by 4 per stage. Stages less
+    than 1.5 × ``epsilon`` are dropped, so that a problem that is already safe runs one stage.
+    """
+    start = epsilon_start if epsilon_start is not None else cost_range / EXPONENT_LIMIT[dtype]
+    stages = []
+    current = start
+    while current > 1.5 * epsilon:
+        stages.append(current)
+        current *= EPSILON_DECAY
+    return [*stages, epsilon]
+
+
+def sinkhorn(
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    *,
+    epsilon: float = 0.01,
+    cost: str = "cosine",
+    a: np.ndarray | None = None,
+    b: np.ndarray | None = None,
+    tau: float | None = None,
+    tol: float = 1e-3,
+    max_iter: int = 1000,
+    epsilon_start: float | None = None,
+    mode: str = "auto",
+    dtype: str = "float32",
+    device: str = "auto",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> SinkhornResult:
+    """Entropic optimal transport between two point clouds.
+
+    Solves ``min_P <P, C> + epsilon * KL(P | a ⊗ b)`` with marginals ``a`` and ``b`` (or, with ``tau``, marginals
+    relaxed by ``tau * KL``), for the cost ``C`` between ``x`` and ``y`` rescaled to [0, 1].
+
+    Parameters
+    ----------
+    x
+        First point cloud, ``N × d``.
+    y
+        Second point cloud, ``M × d``.
+    epsilon
+        Entropic regularisation (on the [0, 1] cost); must be > 0. 0.01 is MatchCLOT's ``reg``.
+    cost
+        ``"cosine"`` (``1 - cos`` rescaled as MatchCLOT does: shifted so that its minimum is 1, then divided by its
+        maximum) or ``"sqeuclidean"`` (divided by its maximum).
+    a, b
+        Marginals (positive, summing to 1); uniform by default.
+    tau
+        Strength of the KL relaxation of the marginals (unbalanced OT); ``None`` enforces them (balanced).
+    tol
+        Stop when the L1 marginal error (balanced) or the L1 change of the marginals (unbalanced) is ≤ ``tol``.
+    max_iter
+        Most Sinkhorn iterations, all stages together.
+    epsilon_start
+        First epsilon of the epsilon-scaling schedule; ``None`` picks the smallest safe one (see
+        :func:`epsilon_schedule`), which means no scaling at MatchCLOT's epsilon.
+    mode
+        ``"dense"`` stores the ``N × M`` kernel, ``"tiled"`` never does, ``"auto"`` stores it when it fits
+        ``memory_budget``.
+    dtype
+        ``"float32"`` (default) or ``"float64"``.
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    memory_budget
+        Bytes for ``N × M`` work arrays: the dense kernel, or one row tile.
+
+    Returns
+    -------
+    The potentials and diagnostics, see :class:`SinkhornResult`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import mumatch as mm
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(100, 8))
+    >>> result = mm.ot.sinkhorn(x, x + 0.1 * rng.normal(size=x.shape), epsilon=0.01)
+    >>> result.converged
+    True
+    """
+    x, y = check_points(x, y)
+    _check_positive(epsilon, "epsilon")
+    _check_positive(tol, "tol")
+    _check_positive(tau, "tau", allow_none=True)
+    _check_positive(epsilon_start, "epsilon_start", allow_none=True)
+    _check_positive(memory_budget, "memory_budget")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int | np.integer) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if mode not in ("auto", "dense", "tiled"):
+        raise ValueError(f"mode must be 'auto', 'dense' or 'tiled', got {mode!r}")
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    n_rows, n_cols = x.shape[0], y.shape[0]
+    log_a = _log_marginal(a, n_rows, "a", torch_dtype, torch_device)
+    log_b = _log_marginal(b, n_cols, "b", torch_dtype, torch_device)
+
+    start_time = time.perf_counter()
+    with torch.no_grad():
+        geometry = prepare_cost(x, y, cost, dtype=torch_dtype, device=torch_device, memory_budget=memory_budget)
+        cost_range = 1.0 - geometry.scale if cost == "cosine" else 1.0  # the cosine cost lies in [scale, 1]
+        schedule = epsilon_schedule(epsilon, cost_range, torch_dtype, epsilon_start)
+        itemsize = torch.finfo(torch_dtype).bits // 8
+        dense = mode == "dense" or (mode == "auto" and n_rows * n_cols * itemsize <= memory_budget)
+        solver = _DenseSolver if dense else _TiledSolver
+        state = solver(geometry, log_a, log_b, tau, memory_budget).run(schedule, tol, max_iter)
+    f, g, n_iter, error, n_rebuilds = state
+    return SinkhornResult(
+        f=f.double().cpu().numpy(),
+        g=g.double().cpu().numpy(),
+        epsilon=float(epsilon),
+        tau=None if tau is None else float(tau),
+        cost=geometry.params(),
+        n_iter=n_iter,
+        marginal_error=error,
+        converged=bool(error <= tol),
+        time_s=time.perf_counter() - start_time,
+        mode="dense" if dense else "tiled",
+        n_rebuilds=n_rebuilds,
+        epsilon_schedule=schedule,
+    )
+
+
+class _Solver:
+    """What the dense and the tiled solvers share: marginals, relaxation and the tiled log-domain row pass."""
+
+    def __init__(
+        self,
+        geometry: PointCloudCost,
+        log_a: torch.Tensor,
+        log_b: torch.Tensor,
+        tau: float | None,
+        memory_budget: int,
+    ) -> None:
+        self.geometry = geometry
+        self.log_a = log_a
+        self.log_b = log_b
+        self.a = log_a.exp()
+        self.b = log_b.exp()
+        self.tau = tau
+        self.memory_budget = memory_budget
+        self.dtype = geometry.x.dtype
+        self.tiny = torch.finfo(self.dtype).tiny
+        self.buffer: torch.Tensor | None = None
+
+    def exponent(self, epsilon: float) -> float:
+        """The exponent of the scaling updates: 1 when balanced, ``tau / (tau + epsilon)`` when relaxed."""
+        return 1.0 if self.tau is None else self.tau / (self.tau + epsilon)
+
+    def row_pass(
+        self, f: torch.Tensor, g: torch.Tensor, epsilon: float, store: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact log-domain row update of ``f`` and the column sums of the resulting plan, one row tile at a time.
+
+        With ``store``, the stabilised kernel ``exp((f + g - C) / epsilon)`` of the updated ``f`` is written into it.
+        """
+        n_rows, n_cols = self.geometry.shape
+        lam = self.exponent(epsilon)
+        step = tile_rows(n_cols, self.geometry.x.element_size(), self.memory_budget, n_buffers=1)
+        f_new = torch.empty_like(f)
+        column_sums = torch.zeros(n_cols, dtype=torch.float64, device=f.device)
+        g_scaled = g / epsilon
+        for start in range(0, n_rows, step):
+            stop = min(start + step, n_rows)
+            if store is not None:
+                tile = store[start:stop]
+            else:
+                self.buffer = _buffer(self.buffer, stop - start, n_cols, self.geometry.x)
+                tile = self.buffer
+            self.geometry.neg_cost_tile(start, stop, out=tile)
+            tile.div_(epsilon).add_(g_scaled[None, :])
+            row_max = tile.amax(dim=1)
+            tile.sub_(row_max[:, None]).exp_()
+            log_sums = row_max + tile.sum(dim=1).log()
+            f_tile = lam * epsilon * (self.log_a[start:stop] - log_sums)
+            f_new[start:stop] = f_tile
+            # exp(row_max + f / epsilon) turns exp((g - C) / epsilon - row_max) into the stabilised kernel.
+            row_scale = torch.exp(row_max + f_tile / epsilon)
+            column_sums += torch.mv(tile.T, row_scale).double()
+            if store is not None:
+                tile.mul_(row_scale[:, None])
+        return f_new, column_sums
+
+
+class _TiledSolver(_Solver):
+    """One pass over the row tiles per iteration; nothing ``N × M`` is kept."""
+
+    def run(self, schedule: list[float], tol: float, max_iter: int) -> tuple:
+        """Run every stage; return ``(f, g, n_iter, error, n_passes)``."""
+        n_rows, n_cols = self.geometry.shape
+        f = torch.zeros(n_rows, dtype=self.dtype, device=self.geometry.x.device)
+        g = torch.zeros(n_cols, dtype=self.dtype, device=self.geometry.x.device)
+        n_iter, error, previous = 0, math.inf, None
+        log_b64 = self.log_b.double()
+        for stage, epsilon in enumerate(schedule):
+            stage_tol = tol if stage == len(schedule) - 1 else max(tol, STAGE_TOL)
+            lam = self.exponent(epsilon)
+            while n_iter < max_iter:
+                f, column_sums = self.row_pass(f, g, epsilon)
+                n_iter += 1
+                if self.tau is None:
+                    error = (column_sums - self.b.double()).abs().sum().item()
+                else:
+                    error = math.inf if previous is None else (column_sums - previous).abs().sum().item()
+                    previous = column_sums
+                if error <= stage_tol:
+                    break
+                log_sums = column_sums.clamp_min(1e-300).log()
+                g = (lam * (epsilon * (log_b64 - log_sums) + g.double())).to(self.dtype)
+        return f, g, n_iter, error, n_iter
+
+
+class _DenseSolver(_Solver):
+    """The stabilised kernel is stored; iterations are matrix-vector products."""
+
+    def run(self, schedule: list[float], tol: float, max_iter: int) -> tuple:
+        """Run every stage; return ``(f, g, n_iter, error, n_rebuilds)``."""
+        n_rows, n_cols = self.geometry.shape
+        device = self.geometry.x.device
+        kernel = torch.empty((n_rows, n_cols), dtype=self.dtype, device=device)
+        f = torch.zeros(n_rows, dtype=self.dtype, device=device)
+        g = torch.zeros(n_cols, dtype=self.dtype, device=device)
+        bound = ABSORB_LOG_BOUND[self.dtype]
+        n_iter, n_rebuilds, error = 0, 0, math.inf
+        for stage, epsilon in enumerate(schedule):
+            stage_tol = tol if stage == len(schedule) - 1 else max(tol, STAGE_TOL)
+            lam = self.exponent(epsilon)
+            f, column_sums = self.row_pass(f, g, epsilon, store=kernel)
+            n_rebuilds += 1
+            kernel_t_u = column_sums.to(self.dtype)
+            u = torch.ones(n_rows, dtype=self.dtype, device=device)
+            previous = None
+            while n_iter < max_iter:
+                # With potentials absorbed, the relaxed update is (b / Kᵀu)^λ · exp((λ - 1) g / ε) (λ = 1: balanced).
+                log_v = lam * (self.log_b - kernel_t_u.clamp_min(self.tiny).log()) + (lam - 1.0) * g / epsilon
+                v = log_v.exp()
+                kernel_v = torch.mv(kernel, v)
+                n_iter += 1
+                row_sums = u * kernel_v
+                if self.tau is None:
+                    error = (row_sums - self.a).abs().sum().item()
+                else:
+                    error = math.inf if previous is None else (row_sums - previous).abs().sum().item()
+                    previous = row_sums
+                if error <= stage_tol or n_iter >= max_iter:
+                    break
+                log_u = lam * (self.log_a - kernel_v.clamp_min(self.tiny).log()) + (lam - 1.0) * f / epsilon
+                u = log_u.exp()
+                if max(log_u.abs().max().item(), log_v.abs().max().item()) > bound:
+                    f, g = f + epsilon * log_u, g + epsilon * log_v
+                    f, column_sums = self.row_pass(f, g, epsilon, store=kernel)
+                    n_rebuilds += 1
+                    kernel_t_u = column_sums.to(self.dtype)
+                    u = torch.ones_like(u)
+                    continue
+                kernel_t_u = torch.mv(kernel.T, u)
+            f, g = f + epsilon * u.log(), g + epsilon * v.log()
+        del kernel
+        return f, g, n_iter, error, n_rebuilds
+
+
+def _check_positive(value: float | None, argument: str, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"{argument} must be a finite number > 0, got {value!r}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{argument} must be a finite number > 0, got {value!r}")
+
+
+def _log_marginal(
+    weights: np.ndarray | None, size: int, argument: str, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The log of a marginal (uniform when None), checked to be positive and to sum to 1."""
+    if weights is None:
+        return torch.full((size,), -math.log(size), dtype=dtype, device=device)
+    values = np.asarray(weights, dtype=np.float64)
+    if values.shape != (size,):
+        raise ValueError(f"'{argument}' must have one weight per point ({size}), got shape {values.shape}")
+    if not np.isfinite(values).all() or (values <= 0).any():
+        raise ValueError(f"'{argument}' must hold finite weights > 0")
+    if not np.isclose(values.sum(), 1.0, rtol=1e-6):
+        raise ValueError(f"'{argument}' must sum to 1, got {values.sum()!r}; divide it by its sum")
+    return torch.as_tensor(np.log(values), dtype=dtype, device=device)

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mumatch as mm
+
+from .test_sinkhorn import clouds
+
+FAST = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def solved(n_rows=40, n_cols=30, seed=0, **kwargs):
+    x, y = clouds(n_rows, n_cols, 6, seed)
+    result = mm.ot.sinkhorn(x, y, device="cpu", **kwargs)
+    return x, y, result
+
+
+@FAST
+@given(top_k=st.integers(1, 40), seed=st.integers(0, 1000))
+def test_top_k_rows_are_normalised(top_k, seed):
+    x, y, result = solved(seed=seed)
+    sparse = mm.ot.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, top_k=top_k, device="cpu")
+    plan = sparse.plan
+    assert sp.isspmatrix_csr(plan) and plan.dtype == np.float32
+    assert (np.diff(plan.indptr) == min(top_k, 30)).all()
+    np.testing.assert_allclose(plan.sum(1).A1, 1, rtol=1e-5)
+    full = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost)
+    # The kept entries are each row's largest.
+    for row in range(0, 40, 7):
+        kept = plan.indices[plan.indptr[row] : plan.indptr[row + 1]]
+        threshold = np.sort(full[row])[::-1][min(top_k, 30) - 1]
+        assert (full[row, kept] >= threshold * (1 - 1e-4)).all()
+
+
+def test_default_keeps_the_row_mass():
+    x, y, result = solved(60, 80, seed=1, epsilon=0.05)
+    sparse = mm.ot.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, device="cpu")
+    assert (sparse.row_mass_kept >= 0.999 - 1e-6).all()
+    full = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost)
+    counts = np.diff(sparse.plan.indptr)
+    # The smallest such set: one entry fewer would hold less than 99.9 %.
+    for row in range(60):
+        ordered = np.sort(full[row])[::-1] / full[row].sum()
+        assert ordered[: counts[row] - 1].sum() < 0.999 + 1e-6
+    capped = mm.ot.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, max_per_row=3, device="cpu")
+    assert np.diff(capped.plan.indptr).max() <= 3
+
+
+def test_confidence_and_entropy_match_the_full_plan():
+    x, y, result = solved(50, 50, seed=2, dtype="float64", tol=1e-8, max_iter=5000)
+    sparse = mm.ot.sparsify_plan(
+        x, y, result.f, result.g, result.epsilon, result.cost, dtype="float64", device="cpu", memory_budget=10 * 50 * 8
+    )
+    full = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost)
+    rows = full / full.sum(1, keepdims=True)
+    cols = full / full.sum(0, keepdims=True)
+    np.testing.assert_allclose(sparse.row_confidence, rows.max(1), rtol=1e-6)
+    np.testing.assert_allclose(sparse.col_confidence, cols.max(0), rtol=1e-6)
+    entropy = lambda p, axis: -(p * np.log(np.where(p > 0, p, 1))).sum(axis)
+    np.testing.assert_allclose(sparse.row_entropy, entropy(rows, 1), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(sparse.col_entropy, entropy(cols, 0), rtol=1e-5, atol=1e-8)
+
+
+def test_tiles_do_not_change_the_sparse_plan():
+    x, y, result = solved(70, 40, seed=3)
+    args = (x, y, result.f, result.g, result.epsilon, result.cost)
+    one = mm.ot.sparsify_plan(*args, device="cpu")
+    many = mm.ot.sparsify_plan(*args, device="cpu", memory_budget=3 * 40 * 4 * 3)
+    np.testing.assert_allclose(one.plan.toarray(), many.plan.toarray(), atol=1e-5)  # float32 GEMM rounding
+    np.testing.assert_allclose(one.col_entropy, many.col_entropy, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"top_k": 0}, "top_k"), ({"top_k": 2.5}, "top_k"), ({"mass": 0.0}, "mass"), ({"max_per_row": 0}, "max_per_row")],
+)
+def test_bad_sparsify_arguments(kwargs, message):
+    x, y, result = solved()
+    with pytest.raises(ValueError, match=message):
+        mm.ot.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, **kwargs)
+
+
+def test_exact_matching_is_the_assignment():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8))
+    perm = rng.permutation(30)
+    y = x[perm] + 0.01 * rng.normal(size=x.shape)
+    sparse = mm.ot.exact_matching(x, y)
+    assert sparse.plan.nnz == 30
+    np.testing.assert_array_equal(perm[sparse.plan.argmax(1).A1], np.arange(30))
+    np.testing.assert_array_equal(sparse.row_confidence, 1.0)
+    np.testing.assert_array_equal(sparse.row_entropy, 0.0)
+
+
+def test_exact_matching_unequal_sizes_and_limit():
+    x, y = clouds(12, 8, 4, 0)
+    sparse = mm.ot.exact_matching(x, y)
+    assert sparse.plan.nnz == 8
+    assert np.isnan(sparse.row_confidence).sum() == 4
+    with pytest.raises(ValueError, match="max_size"):
+        mm.ot.exact_matching(x, y, max_size=10)
+
+
+def test_mutual_knn():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8))
+    sparse = mm.ot.mutual_knn(x, x + 0.01 * rng.normal(size=x.shape), n_neighbors=3)
+    np.testing.assert_array_equal(sparse.plan.argmax(1).A1, np.arange(40))
+    x, y = clouds(50, 35, 4, 1)
+    sparse = mm.ot.mutual_knn(x, y, n_neighbors=5)
+    assert (np.diff(sparse.plan.indptr) >= 1).all()  # every row is matched
+    np.testing.assert_allclose(sparse.plan.sum(1).A1, 1, rtol=1e-6)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        mm.ot.mutual_knn(x, y, n_neighbors=0)
+
+
+def test_plan_tile_rows():
+    x, y, result = solved()
+    full = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost)
+    part = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost, rows=slice(5, 9))
+    np.testing.assert_allclose(part, full[5:9])

@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mumatch as mm
+
+FAST = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def clouds(n_rows: int, n_cols: int, dim: int, seed: int, noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_rows, dim))
+    y = np.vstack([x, rng.normal(size=(max(0, n_cols - n_rows), dim))])[:n_cols]
+    y = y + noise * rng.normal(size=(n_cols, dim))
+    return x, y
+
+
+def matchclot_cost(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """MatchCLOT's OT_matching cost, written from its description: 1 - cos, min shifted to 1, divided by the max."""
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    yn = y / np.linalg.norm(y, axis=1, keepdims=True)
+    cost = 1.0 - xn @ yn.T
+    cost = cost - cost.min() + 1.0
+    return cost / cost.max()
+
+
+def brute_force_sinkhorn(cost: np.ndarray, epsilon: float, n_iter: int = 20000) -> np.ndarray:
+    """Textbook float64 log-domain Sinkhorn with uniform marginals."""
+    n_rows, n_cols = cost.shape
+    log_a, log_b = -np.log(n_rows), -np.log(n_cols)
+    f, g = np.zeros(n_rows), np.zeros(n_cols)
+    for _ in range(n_iter):
+        z = (g[None, :] - cost) / epsilon
+        f = epsilon * (log_a - np.logaddexp.reduce(z, axis=1))
+        z = (f[:, None] - cost) / epsilon
+        g = epsilon * (log_b - np.logaddexp.reduce(z, axis=0))
+        plan = np.exp((f[:, None] + g[None, :] - cost) / epsilon)
+        if np.abs(plan.sum(1) - 1 / n_rows).sum() < 1e-12:
+            break
+    return plan
+
+
+def full_plan(x, y, result) -> np.ndarray:
+    return mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost)
+
+
+@FAST
+@given(
+    n_rows=st.integers(2, 40),
+    n_cols=st.integers(2, 40),
+    dim=st.integers(2, 10),
+    seed=st.integers(0, 10_000),
+    epsilon=st.sampled_from([0.003, 0.01, 0.1]),
+    cost=st.sampled_from(["cosine", "sqeuclidean"]),
+)
+def test_marginals_within_tol(n_rows, n_cols, dim, seed, epsilon, cost):
+    x, y = clouds(n_rows, n_cols, dim, seed)
+    result = mm.ot.sinkhorn(x, y, epsilon=epsilon, cost=cost, tol=1e-3, max_iter=5000, device="cpu")
+    assert result.converged
+    plan = full_plan(x, y, result)
+    error = np.abs(plan.sum(1) - 1 / n_rows).sum() + np.abs(plan.sum(0) - 1 / n_cols).sum()
+    assert error <= 1e-3 + 1e-4  # float32 solve, float64 recomputation
+    assert np.isfinite(result.f).all() and np.isfinite(result.g).all()
+
+
+@FAST
+@given(n_cols=st.integers(2, 30), seed=st.integers(0, 10_000), mode=st.sampled_from(["dense", "tiled"]))
+def test_permuting_y_permutes_the_plan(n_cols, seed, mode):
+    x, y = clouds(25, n_cols, 6, seed)
+    perm = np.random.default_rng(seed).permutation(n_cols)
+    kwargs = {"epsilon": 0.05, "tol": 1e-6, "dtype": "float64", "mode": mode, "max_iter": 5000, "device": "cpu"}
+    plan = full_plan(x, y, mm.ot.sinkhorn(x, y, **kwargs))
+    plan_perm = full_plan(x, y[perm], mm.ot.sinkhorn(x, y[perm], **kwargs))
+    np.testing.assert_allclose(plan_perm, plan[:, perm], atol=1e-6 / 25)
+
+
+@FAST
+@given(n=st.integers(2, 50), seed=st.integers(0, 10_000), cost=st.sampled_from(["cosine", "sqeuclidean"]))
+def test_planted_identity_is_recovered(n, seed, cost):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 16))
+    y = x + 0.01 * rng.normal(size=x.shape)
+    result = mm.ot.sinkhorn(x, y, epsilon=0.01, cost=cost, device="cpu")
+    sparse = mm.ot.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, device="cpu")
+    np.testing.assert_array_equal(sparse.plan.argmax(axis=1).A1, np.arange(n))
+
+
+@FAST
+@given(n_rows=st.integers(2, 30), n_cols=st.integers(2, 30), seed=st.integers(0, 10_000))
+def test_agrees_with_brute_force_log_domain(n_rows, n_cols, seed):
+    x, y = clouds(n_rows, n_cols, 5, seed)
+    result = mm.ot.sinkhorn(x, y, epsilon=0.05, dtype="float64", tol=1e-10, max_iter=20000, device="cpu")
+    reference = brute_force_sinkhorn(matchclot_cost(x, y), 0.05)
+    np.testing.assert_allclose(full_plan(x, y, result), reference, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("tau", [None, 1.0])
+def test_tiled_equals_dense(dtype, tau):
+    x, y = clouds(120, 90, 8, 3)
+    tol = 1e-8 if dtype == "float64" else 1e-5
+    kwargs = {"epsilon": 0.03, "tol": tol, "dtype": dtype, "tau": tau, "max_iter": 5000, "device": "cpu"}
+    dense = mm.ot.sinkhorn(x, y, mode="dense", **kwargs)
+    # A budget of a few rows forces many tiles.
+    tiled = mm.ot.sinkhorn(x, y, mode="tiled", memory_budget=30 * 90 * 8, **kwargs)
+    assert dense.mode == "dense" and tiled.mode == "tiled"
+    atol = 1e-6 / 120 if dtype == "float64" else 1e-3 / 120  # both stop within tol, from either side
+    np.testing.assert_allclose(full_plan(x, y, tiled), full_plan(x, y, dense), atol=atol)
+
+
+def test_auto_mode_follows_the_memory_budget():
+    x, y = clouds(50, 40, 4, 0)
+    assert mm.ot.sinkhorn(x, y, device="cpu").mode == "dense"
+    assert mm.ot.sinkhorn(x, y, device="cpu", memory_budget=1000).mode == "tiled"
+
+
+@pytest.mark.parametrize("mode", ["dense", "tiled"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tiny_epsilon_stays_finite(mode, dtype):
+    x, y = clouds(60, 60, 8, 1)
+    result = mm.ot.sinkhorn(x, y, epsilon=1e-4, mode=mode, dtype=dtype, max_iter=3000, device="cpu")
+    assert np.isfinite(result.f).all() and np.isfinite(result.g).all()
+    assert np.isfinite(result.marginal_error)
+    assert len(result.epsilon_schedule) > 1  # annealed down to 1e-4
+    plan = full_plan(x, y, result)
+    assert np.isfinite(plan).all()
+    assert abs(plan.sum() - 1) < 0.05
+
+
+def test_unbalanced_relaxes_the_marginals():
+    x, y = clouds(40, 80, 6, 2)
+    balanced = mm.ot.sinkhorn(x, y, epsilon=0.05, dtype="float64", tol=1e-8, max_iter=5000, device="cpu")
+    loose = mm.ot.sinkhorn(x, y, epsilon=0.05, tau=0.01, dtype="float64", tol=1e-8, max_iter=5000, device="cpu")
+    strict = mm.ot.sinkhorn(x, y, epsilon=0.05, tau=1e4, dtype="float64", tol=1e-10, max_iter=5000, device="cpu")
+    assert loose.converged and loose.tau == 0.01
+    np.testing.assert_allclose(full_plan(x, y, strict), full_plan(x, y, balanced), atol=1e-5)
+    loose_cols = full_plan(x, y, loose).sum(0)
+    assert np.abs(loose_cols - 1 / 80).sum() > 1e-3  # columns are no longer forced to be uniform
+
+
+def test_custom_marginals():
+    x, y = clouds(30, 20, 4, 5)
+    a = np.linspace(1, 2, 30)
+    a /= a.sum()
+    result = mm.ot.sinkhorn(x, y, a=a, tol=1e-6, dtype="float64", max_iter=5000, device="cpu")
+    np.testing.assert_allclose(full_plan(x, y, result).sum(1), a, atol=1e-6)
+
+
+def test_result_diagnostics():
+    x, y = clouds(30, 30, 4, 0)
+    result = mm.ot.sinkhorn(x, y, device="cpu")
+    diagnostics = result.diagnostics()
+    assert diagnostics["n_iter"] == result.n_iter >= 1
+    assert diagnostics["marginal_error"] <= 1e-3
+    assert diagnostics["time_s"] > 0
+    assert result.f.shape == (30,) and result.f.dtype == np.float64
+    assert set(result.cost) == {"kind", "offset", "scale"}
+
+
+def test_accepts_torch_tensors():
+    x, y = clouds(20, 20, 4, 0)
+    result = mm.ot.sinkhorn(torch.as_tensor(x), torch.as_tensor(y, dtype=torch.float32), device="cpu")
+    assert result.converged
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epsilon": 0}, "epsilon"),
+        ({"epsilon": -1.0}, "epsilon"),
+        ({"epsilon": float("nan")}, "epsilon"),
+        ({"tol": 0}, "tol"),
+        ({"tau": -1.0}, "tau"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"cost": "l1"}, "cost"),
+        ({"mode": "sparse"}, "mode"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"device": "tpu"}, "device"),
+        ({"a": np.ones(3)}, "'a'"),
+        ({"b": np.full(10, 0.2)}, "'b'"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    x, y = clouds(10, 10, 3, 0)
+    with pytest.raises(ValueError, match=message):
+        mm.ot.sinkhorn(x, y, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_points(bad):
+    x, y = clouds(10, 10, 3, 0)
+    x_bad = x.copy()
+    x_bad[3, 1] = bad
+    with pytest.raises(ValueError, match="'x' contains NaN or infinite"):
+        mm.ot.sinkhorn(x_bad, y)
+    with pytest.raises(ValueError, match="'y' contains NaN or infinite"):
+        mm.ot.sinkhorn(y, x_bad)
+
+
+def test_width_mismatch_and_shapes():
+    x, y = clouds(10, 10, 3, 0)
+    with pytest.raises(ValueError, match="same number of dimensions"):
+        mm.ot.sinkhorn(x, y[:, :2])
+    with pytest.raises(ValueError, match="2-d"):
+        mm.ot.sinkhorn(x[0], y)
+    with pytest.raises(ValueError, match="no points"):
+        mm.ot.sinkhorn(x[:0], y)
+
+
+def test_cuda_when_missing_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    x, y = clouds(10, 10, 3, 0)
+    with pytest.raises(ValueError, match="CUDA"):
+        mm.ot.sinkhorn(x, y, device="cuda")
