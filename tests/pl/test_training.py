@@ -51,6 +51,8 @@ def test_training_ensemble_and_history_dict(tmp_path):
     assert ax.get_yscale() == "log"
     assert [text.get_text() for text in ax.get_legend().get_texts()][0] == "model 0 train"
     assert mm.pl.training(_history(), metrics=["temperature"], show=False).get_title() == "temperature"
+    single = mm.pl.training([models[0]], metrics="loss", show=False)
+    assert [text.get_text() for text in single.get_legend().get_texts()] == ["train", "validation"]
 
 
 def test_training_bad_input():

@@ -31,7 +31,7 @@ def confidence(
 ) -> Axes | None:
     """Violin plot of the per-cell match confidence in each group, one colour per modality.
 
-    :func:`mumatch.tl.match_ot` writes, for every matched cell, ``mdata[mod].obs[f"{key}_confidence"]`` (its largest
+    ``mumatch.tl.match_ot`` writes, for every matched cell, ``mdata[mod].obs[f"{key}_confidence"]`` (its largest
     plan weight after normalising the cell's row or column to 1) and ``f"{key}_entropy"``. Groups of cells the matcher
     is unsure about (low confidence, high entropy) are those whose partners are hard to tell apart.
 

@@ -122,7 +122,7 @@ def plan(
 
     Rows are the matched cells of ``mod1``, columns those of ``mod2``, both sorted by ``groupby`` (e.g. cell type) with
     a colour strip per axis, so that a good matching concentrates its mass in the diagonal blocks. Colours show the
-    plan's weights (each row of a plan from :func:`mumatch.tl.match_ot` sums to 1).
+    plan's weights (each row of a plan from ``mumatch.tl.match_ot`` sums to 1).
 
     Parameters
     ----------

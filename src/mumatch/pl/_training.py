@@ -43,6 +43,8 @@ def _histories(model: Any) -> list[tuple[str, Mapping[str, pd.DataFrame], dict]]
     if isinstance(model, Sequence) and not isinstance(model, str):
         if not model:
             raise ValueError("'model' is an empty sequence; pass a trained model or a list of them")
+        if len(model) == 1:
+            return _histories(model[0])
         return [(f"model {position}", *_histories(item)[0][1:]) for position, item in enumerate(model)]
     if not hasattr(model, "history"):
         raise TypeError(f"'model' must have a .history (a trained mumatch or scvi-tools model), got {type(model)}")
@@ -132,8 +134,9 @@ def training(
     labels = [label for label, _, _ in histories]
     colors = {label: plt.get_cmap("tab10")(position % 10) for position, label in enumerate(labels)}
     styles = {"train": "-", "validation": "--", "": "-"}
+    stage_order = {"train": 0, "validation": 1, "": 2}
     for panel, (metric, lines) in zip(axes, curves.items(), strict=True):
-        for label, stage, series in lines:
+        for label, stage, series in sorted(lines, key=lambda line: (labels.index(line[0]), stage_order[line[1]])):
             name = " ".join(part for part in (label, stage) if part) or metric
             panel.plot(series.index, series.to_numpy(), styles[stage], color=colors[label], linewidth=1.2, label=name)
         for label, _, info in histories:
