@@ -1,0 +1,349 @@
+"""``match_ot``: soft matches between the cells of two modalities by entropic optimal transport, batch by batch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+from mudata import MuData
+from scanpy import logging as logg
+
+from .. import ot
+from .._layout import batch_blocks, embed_block, unpaired_mask
+from .._validate import check_int, check_mod, check_mudata, check_positive, check_rep
+from ..ot._cost import COSTS, DEFAULT_MEMORY_BUDGET, resolve_device, resolve_dtype
+
+METHODS = ("sinkhorn", "exact", "knn")
+# MatchCLOT's entropic regularisation on its [0, 1] cosine cost.
+DEFAULT_EPSILON = 0.01
+DEFAULT_TOL = 1e-3
+DEFAULT_MAX_ITER = 1000
+
+Rep = str | Sequence[str]
+
+
+def _rep_keys(use_rep: Rep | Mapping[str, Rep], mod1: str, mod2: str) -> dict[str, list[str]]:
+    """The representation(s) of each modality: one key, a list of keys (an ensemble) or ``{mod: key(s)}``."""
+    per_mod = dict(use_rep) if isinstance(use_rep, Mapping) else {mod1: use_rep, mod2: use_rep}
+    keys = {}
+    for mod in (mod1, mod2):
+        if mod not in per_mod:
+            raise KeyError(f"use_rep names no representation for '{mod}'; give {{'{mod}': key, ...}}")
+        value = per_mod[mod]
+        names = [value] if isinstance(value, str) else list(value)
+        if not names or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"use_rep must be a key of .obsm, a list of keys or {{mod: key(s)}}, got {value!r}")
+        keys[mod] = names
+    if len(keys[mod1]) != len(keys[mod2]):
+        raise ValueError(
+            f"use_rep gives {len(keys[mod1])} representation(s) for '{mod1}' but {len(keys[mod2])} for '{mod2}'; "
+            "an ensemble pairs them one to one"
+        )
+    return keys
+
+
+def _embedding(mdata: MuData, mod1: str, mod2: str, keys: dict[str, list[str]], cost: str) -> dict[str, np.ndarray]:
+    """Each modality's embedding; an ensemble of representations becomes one concatenated embedding.
+
+    Every member is scaled by ``1/√n`` (and L2-normalised for the cosine cost) before concatenation, so that the
+    cosine similarity (squared distance) of the concatenation is the mean of the members' cosine similarities
+    (squared distances).
+    """
+    embeddings = {}
+    for index in range(len(keys[mod1])):
+        members = {mod: check_rep(mdata, mod, keys[mod][index], "use_rep") for mod in (mod1, mod2)}
+        if members[mod1].shape[1] != members[mod2].shape[1]:
+            raise ValueError(
+                f"use_rep: mdata['{mod1}'].obsm['{keys[mod1][index]}'] has {members[mod1].shape[1]} dimensions but "
+                f"mdata['{mod2}'].obsm['{keys[mod2][index]}'] has {members[mod2].shape[1]}; a {cost} cost needs one "
+                "shared space (e.g. mm.tl.train_clip's embedding)"
+            )
+        for mod, values in members.items():
+            values = values.astype(np.float64)
+            if cost == "cosine":
+                values = values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), np.finfo(float).tiny)
+            embeddings.setdefault(mod, []).append(values / np.sqrt(len(keys[mod1])))
+    return {mod: np.hstack(parts) for mod, parts in embeddings.items()}
+
+
+def _cell_masks(mdata: MuData, mod1: str, mod2: str, cells: str) -> dict[str, np.ndarray]:
+    """Which cells of each modality to match."""
+    if not isinstance(cells, str):
+        raise ValueError(f"cells must be 'unpaired', 'all' or a boolean .obs column, got {cells!r}")
+    if cells == "unpaired":
+        return {mod1: unpaired_mask(mdata, mod1, mod2), mod2: unpaired_mask(mdata, mod2, mod1)}
+    if cells == "all":
+        return {mod: np.ones(mdata[mod].n_obs, dtype=bool) for mod in (mod1, mod2)}
+    masks = {}
+    for mod in (mod1, mod2):
+        if cells not in mdata[mod].obs:
+            raise KeyError(
+                f"cells={cells!r} is neither 'unpaired', 'all' nor a column of mdata['{mod}'].obs; add a boolean "
+                "column or pass cells='unpaired'"
+            )
+        column = mdata[mod].obs[cells]
+        if column.dtype != bool:
+            raise ValueError(f"mdata['{mod}'].obs['{cells}'] must be boolean to select cells, got {column.dtype}")
+        masks[mod] = column.to_numpy()
+    return masks
+
+
+def _check_arguments(method, cost, epsilon, tau, top_k, max_iter, tol, n_neighbors, key_added, dtype, device) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+    check_positive(epsilon, "epsilon")
+    check_positive(tau, "tau", allow_none=True)
+    check_positive(tol, "tol")
+    check_int(top_k, "top_k", allow_none=True)
+    check_int(max_iter, "max_iter")
+    check_int(n_neighbors, "n_neighbors")
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
+    resolve_dtype(dtype)
+    resolve_device(device)
+
+
+def match_ot(
+    mdata: MuData,
+    mod1: str = "rna",
+    mod2: str = "atac",
+    use_rep: Rep | Mapping[str, Rep] = "X_clip",
+    *,
+    cells: Literal["unpaired", "all"] | str = "unpaired",
+    batch_key: str | None = "batch",
+    method: Literal["sinkhorn", "exact", "knn"] = "sinkhorn",
+    epsilon: float = DEFAULT_EPSILON,
+    cost: Literal["cosine", "sqeuclidean"] = "cosine",
+    tau: float | None = None,
+    top_k: int | None = None,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+    n_neighbors: int = 10,
+    dtype: Literal["float32", "float64"] = "float32",
+    device: str = "auto",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    key_added: str = "match",
+    copy: bool = False,
+) -> MuData | None:
+    """Match the cells of two modalities by entropic optimal transport on a shared embedding, batch by batch.
+
+    The selected cells of each modality are split into blocks, one per batch level present in both modalities (when
+    some selected cells lack a batch label, all cells form one block, with a logged warning). Each block is solved
+    by :func:`mumatch.ot.sinkhorn` between uniform marginals on the cost between the two embeddings (cosine by
+    default, rescaled to [0, 1] as MatchCLOT does), and its plan is sparsified row tile by row tile
+    (:func:`mumatch.ot.sparsify_plan`). A block with no cells on one side is skipped with a warning.
+
+    Parameters
+    ----------
+    mdata
+        Transductive MuData; paired cells share an obs name in both modalities.
+    mod1, mod2
+        The modalities of the plan's rows and columns.
+    use_rep
+        The embedding in each modality's ``.obsm``: one key, a list of keys (an ensemble: cosine similarities are
+        averaged over the members, as MatchCLOT sums its models' similarity matrices), or ``{mod: key(s)}``.
+    cells
+        ``"unpaired"``: the cells measured in one of the two modalities only (the test cells); ``"all"``; or the name
+        of a boolean column present in both modalities' ``.obs``.
+    batch_key
+        Column of ``.obs`` with the batch; ``None`` matches all selected cells in one block.
+    method
+        ``"sinkhorn"`` (entropic OT), ``"exact"`` (one-to-one assignment, :func:`mumatch.ot.exact_matching`) or
+        ``"knn"`` (mutual nearest neighbours, :func:`mumatch.ot.mutual_knn`).
+    epsilon
+        Entropic regularisation on the [0, 1] cost (> 0); also the temperature of the kNN weights.
+    cost
+        ``"cosine"`` or ``"sqeuclidean"``.
+    tau
+        KL relaxation of the marginals (unbalanced OT) for blocks with different cell numbers or compositions;
+        ``None``: balanced.
+    top_k
+        Entries kept per row of the plan; ``None`` keeps the largest entries holding 99.9 % of each row's mass, at
+        most 1000.
+    max_iter, tol
+        Sinkhorn stops after ``max_iter`` iterations or when the L1 marginal error is ≤ ``tol``.
+    n_neighbors
+        Neighbours searched on each side by ``method="knn"``.
+    dtype, device, memory_budget
+        Precision, device (``"auto"``: CUDA when available) and the bytes allowed for ``N × M`` work arrays (see
+        :func:`mumatch.ot.sinkhorn`).
+    key_added
+        Name of the outputs.
+    copy
+        Return a modified copy instead of working in place.
+
+    Returns
+    -------
+    ``None``, or the modified copy with ``copy=True``. Adds
+
+    - ``mdata.obsp[key_added]``: the plan, CSR over ``mdata.obs_names`` (rows: cells of ``mod1``, columns: cells of
+      ``mod2``), non-zero only within blocks, each matched row summing to 1;
+    - ``mdata.uns[key_added]``: ``params``, and ``blocks``: per block its name, sizes, status and diagnostics, and
+      for Sinkhorn the obs names of its cells (``cells1``, ``cells2``), the dual potentials ``f``, ``g`` and the
+      cost's constants, from which :func:`mumatch.ot.plan_tile` recomputes the full plan;
+    - ``mdata[mod].obs[f"{key_added}_confidence"]`` (largest weight of the cell's normalised row of the plan, or
+      column for ``mod2``) and ``mdata[mod].obs[f"{key_added}_entropy"]`` (its entropy, nats), NaN for cells that
+      were not matched.
+
+    Examples
+    --------
+    >>> import mumatch as mm
+    >>> mdata = mm.datasets.bmmc_starter("cite")
+    >>> mm.pp.lsi_harmony(mdata)
+    >>> mm.tl.train_clip(mdata, "rna", "adt")
+    >>> mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_clip")
+    >>> mm.metrics.match_score(mdata, key="match")  # doctest: +SKIP
+    """
+    check_mudata(mdata)
+    check_mod(mdata, mod1, "mod1")
+    check_mod(mdata, mod2, "mod2")
+    if mod1 == mod2:
+        raise ValueError(f"mod1 and mod2 must differ, both are {mod1!r}")
+    _check_arguments(method, cost, epsilon, tau, top_k, max_iter, tol, n_neighbors, key_added, dtype, device)
+    keys = _rep_keys(use_rep, mod1, mod2)
+    embeddings = _embedding(mdata, mod1, mod2, keys, cost)
+    masks = _cell_masks(mdata, mod1, mod2, cells)
+    if batch_key is not None and not isinstance(batch_key, str):
+        raise ValueError(f"batch_key must be a column name or None, got {batch_key!r}")
+    blocks, notes = batch_blocks(mdata, mod1, mod2, masks[mod1], masks[mod2], batch_key)
+    for note in notes:
+        logg.warning(note)
+
+    start = logg.info(f"matching '{mod1}' and '{mod2}' cells with {method} on {keys[mod1]} ({len(blocks)} block(s))")
+    plan = sp.csr_matrix((mdata.n_obs, mdata.n_obs), dtype=np.float32)
+    certainty = {
+        mod: {name: np.full(mdata[mod].n_obs, np.nan) for name in ("confidence", "entropy")} for mod in (mod1, mod2)
+    }
+    block_records = {}
+    for number, block in enumerate(blocks):
+        record = {"name": block.name, "n_cells1": int(block.index1.size), "n_cells2": int(block.index2.size)}
+        block_records[f"block{number}"] = record
+        if block.index1.size == 0 or block.index2.size == 0:
+            empty = mod1 if block.index1.size == 0 else mod2
+            logg.warning(f"block '{block.name}' has no selected cells of '{empty}': skipped")
+            record["status"] = f"skipped: no cells of '{empty}'"
+            continue
+        x = embeddings[mod1][block.index1]
+        y = embeddings[mod2][block.index2]
+        options = {"epsilon": epsilon, "cost": cost, "tau": tau, "top_k": top_k, "max_iter": max_iter, "tol": tol}
+        options.update({"n_neighbors": n_neighbors, "dtype": dtype, "device": device, "memory_budget": memory_budget})
+        sparse = _solve_block(x, y, method, record, **options)
+        if method == "sinkhorn":
+            record["cells1"] = mdata[mod1].obs_names[block.index1].to_numpy().astype(str)
+            record["cells2"] = mdata[mod2].obs_names[block.index2].to_numpy().astype(str)
+        record["status"] = "solved"
+        plan = plan + embed_block(mdata, mod1, mod2, sparse.plan, block.index1, block.index2)
+        certainty[mod1]["confidence"][block.index1] = sparse.row_confidence
+        certainty[mod1]["entropy"][block.index1] = sparse.row_entropy
+        certainty[mod2]["confidence"][block.index2] = sparse.col_confidence
+        certainty[mod2]["entropy"][block.index2] = sparse.col_entropy
+        solved = f"    block '{block.name}': {block.index1.size} × {block.index2.size} cells"
+        if "n_iter" in record:
+            solved += f", {record['n_iter']} iterations, marginal error {record['marginal_error']:.2g}"
+        logg.info(solved)
+
+    params = {
+        "mod1": mod1,
+        "mod2": mod2,
+        "use_rep": {mod: np.asarray(names, dtype=str) for mod, names in keys.items()},
+        "cells": cells,
+        "batch_key": batch_key,
+        "method": method,
+        "epsilon": float(epsilon),
+        "cost": cost,
+        "tau": tau,
+        "top_k": top_k,
+        "max_iter": int(max_iter),
+        "tol": float(tol),
+        "n_neighbors": int(n_neighbors),
+        "dtype": dtype,
+    }
+    uns = {"params": {name: value for name, value in params.items() if value is not None}, "blocks": block_records}
+    if notes:
+        uns["notes"] = np.asarray(notes, dtype=str)
+
+    target = mdata.copy() if copy else mdata
+    if key_added in target.obsp:
+        logg.warning(f"overwriting mdata.obsp['{key_added}']")
+    plan = sp.csr_matrix(plan, dtype=np.float32)
+    plan.sort_indices()
+    target.obsp[key_added] = plan
+    target.uns[key_added] = uns
+    for mod in (mod1, mod2):
+        for name, values in certainty[mod].items():
+            target[mod].obs[f"{key_added}_{name}"] = values
+    logg.info(
+        "    finished",
+        time=start,
+        deep=(
+            f"added\n    .obsp['{key_added}'], the plan (CSR over mdata.obs_names)\n"
+            f"    .uns['{key_added}'], parameters, per-block diagnostics and dual potentials\n"
+            f"    .obs['{key_added}_confidence'], .obs['{key_added}_entropy'] in '{mod1}' and '{mod2}'"
+        ),
+    )
+    return target if copy else None
+
+
+def _solve_block(
+    x: np.ndarray,
+    y: np.ndarray,
+    method: str,
+    record: dict,
+    *,
+    epsilon: float,
+    cost: str,
+    tau: float | None,
+    top_k: int | None,
+    max_iter: int,
+    tol: float,
+    n_neighbors: int,
+    dtype: str,
+    device: str,
+    memory_budget: int,
+) -> ot.SparsePlan:
+    """Solve one block with the chosen method; diagnostics go into ``record``."""
+    if method == "exact":
+        sparse = ot.exact_matching(x, y, cost=cost)
+    elif method == "knn":
+        sparse = ot.mutual_knn(
+            x, y, n_neighbors=n_neighbors, epsilon=epsilon, cost=cost, device=device, memory_budget=memory_budget
+        )
+    else:
+        result = ot.sinkhorn(
+            x,
+            y,
+            epsilon=epsilon,
+            cost=cost,
+            tau=tau,
+            tol=tol,
+            max_iter=max_iter,
+            dtype=dtype,
+            device=device,
+            memory_budget=memory_budget,
+        )
+        if not result.converged:
+            logg.warning(
+                f"Sinkhorn stopped after {result.n_iter} iterations with marginal error {result.marginal_error:.3g} "
+                f"> tol={tol}; raise max_iter or epsilon"
+            )
+        record.update(result.diagnostics())
+        record.update({"f": result.f, "g": result.g, "cost_kind": result.cost["kind"]})
+        record.update({"cost_offset": result.cost["offset"], "cost_scale": result.cost["scale"]})
+        sparse = ot.sparsify_plan(
+            x,
+            y,
+            result.f,
+            result.g,
+            result.epsilon,
+            result.cost,
+            top_k=top_k,
+            dtype=dtype,
+            device=device,
+            memory_budget=memory_budget,
+        )
+        record["min_row_mass_kept"] = float(sparse.row_mass_kept.min())
+    return sparse

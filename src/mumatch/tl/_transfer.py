@@ -1,0 +1,115 @@
+"""``transfer_labels``: carry labels across a matching plan by a plan-weighted vote."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from mudata import MuData
+from scanpy import logging as logg
+
+from .._layout import obs_positions
+from .._validate import check_mod, check_mudata, check_obs_key
+
+
+def transfer_labels(
+    mdata: MuData,
+    key: str = "match",
+    *,
+    label_key: str,
+    source_mod: str,
+    target_mod: str,
+    key_added: str | None = None,
+    copy: bool = False,
+) -> MuData | None:
+    """Predict a label of each target cell by the plan-weighted vote of the source cells it is matched with.
+
+    For a target cell ``t``, the probability of label ``c`` is ``Σ_s P[t, s] [label(s) = c] / Σ_s P[t, s]`` over the
+    source cells ``s`` with a label (``P`` is the plan, read along rows or columns as the modalities require); the
+    prediction is the most probable label.
+
+    Parameters
+    ----------
+    mdata
+        MuData with a plan in ``mdata.obsp[key]`` (e.g. from :func:`mumatch.tl.match_ot`).
+    key
+        The plan's key in ``mdata.obsp``.
+    label_key
+        Column of ``mdata[source_mod].obs`` with the labels to transfer (missing labels are ignored).
+    source_mod, target_mod
+        Modality that carries the labels and modality that receives them.
+    key_added
+        Name of the predicted column; default ``f"{label_key}_{key}"``.
+    copy
+        Return a modified copy instead of working in place.
+
+    Returns
+    -------
+    ``None``, or the modified copy with ``copy=True``. Adds ``mdata[target_mod].obs[key_added]`` (categorical
+    prediction) and ``mdata[target_mod].obs[f"{key_added}_probability"]`` (its vote share), both missing for target
+    cells without matched labelled source cells, and ``mdata.uns[key_added]['params']``.
+
+    Examples
+    --------
+    >>> import mumatch as mm
+    >>> mdata = mm.datasets.bmmc_starter("cite")
+    >>> mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_clip")  # doctest: +SKIP
+    >>> mm.tl.transfer_labels(mdata, label_key="cell_type", source_mod="rna", target_mod="adt")  # doctest: +SKIP
+    """
+    check_mudata(mdata)
+    check_mod(mdata, source_mod, "source_mod")
+    check_mod(mdata, target_mod, "target_mod")
+    if source_mod == target_mod:
+        raise ValueError(f"source_mod and target_mod must differ, both are {source_mod!r}")
+    if key not in mdata.obsp:
+        raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
+    check_obs_key(mdata, source_mod, label_key, "label_key")
+    key_added = key_added or f"{label_key}_{key}"
+    if not isinstance(key_added, str):
+        raise ValueError(f"key_added must be a string or None, got {key_added!r}")
+
+    start = logg.info(f"transferring '{label_key}' from '{source_mod}' to '{target_mod}' along .obsp['{key}']")
+    plan = sp.csr_matrix(mdata.obsp[key])
+    # The plan is stored in one direction (rows: mod1); P + Pᵀ reads it in both.
+    both = (plan + plan.T).tocsr()
+    weights = both[obs_positions(mdata, target_mod)][:, obs_positions(mdata, source_mod)].tocsr()
+    weights.data = np.maximum(weights.data, 0)
+    labels = mdata[source_mod].obs[label_key]
+    known = labels.notna().to_numpy()
+    categories = pd.Index(pd.unique(labels[known].astype(str)))
+    codes = np.full(labels.size, -1)
+    codes[known] = categories.get_indexer(labels[known].astype(str))
+    one_hot = sp.csr_matrix(
+        (np.ones(known.sum()), (np.flatnonzero(known), codes[known])), shape=(labels.size, max(categories.size, 1))
+    )
+    votes = np.asarray((weights @ one_hot).todense())
+    totals = votes.sum(axis=1)
+    matched = totals > 0
+    best = votes.argmax(axis=1)
+    probability = np.full(votes.shape[0], np.nan)
+    probability[matched] = votes[matched, best[matched]] / totals[matched]
+    predicted = pd.Categorical(
+        np.where(matched, categories.to_numpy(dtype=object)[np.minimum(best, categories.size - 1)], None)
+        if categories.size
+        else [None] * votes.shape[0],
+        categories=categories,
+    )
+
+    target = mdata.copy() if copy else mdata
+    for column in (key_added, f"{key_added}_probability"):
+        if column in target[target_mod].obs:
+            logg.warning(f"overwriting mdata['{target_mod}'].obs['{column}']")
+    target[target_mod].obs[key_added] = predicted
+    target[target_mod].obs[f"{key_added}_probability"] = probability
+    target.uns[key_added] = {
+        "params": {"key": key, "label_key": label_key, "source_mod": source_mod, "target_mod": target_mod}
+    }
+    logg.info(
+        "    finished",
+        time=start,
+        deep=(
+            f"added\n    mdata['{target_mod}'].obs['{key_added}'], the transferred labels (categorical)\n"
+            f"    mdata['{target_mod}'].obs['{key_added}_probability'], their vote share"
+        ),
+    )
+    return target if copy else None
