@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -98,6 +99,18 @@ def run_recipe(recipe: str, path: Path, workdir: Path, timeout: float) -> tuple[
     return json.loads(out.read_text()), ""
 
 
+def table(rows: list[dict]) -> pd.DataFrame:
+    """One row per (size, recipe), with the ratios of each recipe to ours at the same size."""
+    frame = pd.DataFrame(rows).sort_values(["cells", "order"]).drop(columns="order")
+    for _, group in frame.groupby("cells"):
+        ours = group[group["recipe"] == LABELS["ours"]]
+        if ours.empty or pd.isna(ours["wall time (s)"].iloc[0]):
+            continue
+        frame.loc[group.index, "time / ours"] = (group["wall time (s)"] / ours["wall time (s)"].iloc[0]).round(2)
+        frame.loc[group.index, "peak RSS / ours"] = (group["peak RSS (GB)"] / ours["peak RSS (GB)"].iloc[0]).round(2)
+    return frame
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
@@ -105,40 +118,39 @@ def main() -> None:
     parser.add_argument("--peer-max-cells", type=int, default=50_000, help="skip the peers on larger data")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed to one recipe run")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mumatch-bench-lsi"))
+    parser.add_argument(
+        "--summarize", action="store_true", help="only print the table of every result saved in --workdir"
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    rows = []
-    for n_cells in args.sizes:
-        path = args.workdir / f"sim_{n_cells}.h5mu"
-        if not path.exists():
-            start = time.perf_counter()
-            subprocess.run([str(PYTHON), "-c", SIMULATE.format(n=n_cells, path=str(path))], check=True, cwd=REPO)
-            print(f"simulated {n_cells} cells in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-        for recipe in args.recipes:
-            if recipe != "ours" and n_cells > args.peer_max_cells:
-                result, reason = None, f"skipped (> {args.peer_max_cells} cells)"
-            else:
-                result, reason = run_recipe(recipe, path, args.workdir, args.timeout)
-            row = {"cells": n_cells, "recipe": LABELS[recipe]}
-            if result is None:
-                row |= {"wall time (s)": None, "peak RSS (GB)": None, "RSS after reading (GB)": None, "note": reason}
-            else:
-                row |= {
-                    "wall time (s)": round(result["wall_time_s"], 1),
-                    "peak RSS (GB)": round(result["peak_rss_mb"] / 1024, 2),
-                    "RSS after reading (GB)": round(result["rss_after_read_mb"] / 1024, 2),
-                    "note": "",
-                }
-                (args.workdir / f"result_{n_cells}_{recipe}.json").write_text(json.dumps(result, indent=2))
-            rows.append(row)
-            print(row, file=sys.stderr, flush=True)
-        ours = next((r for r in rows if r["cells"] == n_cells and r["recipe"] == LABELS["ours"]), None)
-        for row in rows:
-            if row["cells"] == n_cells and ours and ours["wall time (s)"] and row["wall time (s)"]:
-                row["time vs ours"] = round(row["wall time (s)"] / ours["wall time (s)"], 2)
-                row["peak RSS vs ours"] = round(row["peak RSS (GB)"] / ours["peak RSS (GB)"], 2)
-    print(pd.DataFrame(rows).to_markdown(index=False))
+    if not args.summarize:
+        for n_cells in args.sizes:
+            path = args.workdir / f"sim_{n_cells}.h5mu"
+            if not path.exists():
+                start = time.perf_counter()
+                subprocess.run([str(PYTHON), "-c", SIMULATE.format(n=n_cells, path=str(path))], check=True, cwd=REPO)
+                print(f"simulated {n_cells} cells in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+            for recipe in args.recipes:
+                load = os.getloadavg()[0]
+                if recipe != "ours" and n_cells > args.peer_max_cells:
+                    result, reason = None, f"skipped (> {args.peer_max_cells} cells)"
+                else:
+                    result, reason = run_recipe(recipe, path, args.workdir, args.timeout)
+                row = {"cells": n_cells, "recipe": LABELS[recipe], "order": list(LABELS).index(recipe)}
+                if result is None:
+                    row |= {"wall time (s)": None, "peak RSS (GB)": None, "RSS after reading (GB)": None}
+                else:
+                    row |= {
+                        "wall time (s)": round(result["wall_time_s"], 1),
+                        "peak RSS (GB)": round(result["peak_rss_mb"] / 1024, 2),
+                        "RSS after reading (GB)": round(result["rss_after_read_mb"] / 1024, 2),
+                    }
+                row |= {"load average at start": round(load, 1), "note": reason}
+                (args.workdir / f"row_{n_cells}_{recipe}.json").write_text(json.dumps({"row": row, "raw": result}))
+                print(row, file=sys.stderr, flush=True)
+    rows = [json.loads(path.read_text())["row"] for path in sorted(args.workdir.glob("row_*.json"))]
+    print(table(rows).to_markdown(index=False))
 
 
 if __name__ == "__main__":
