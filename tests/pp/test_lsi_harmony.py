@@ -212,3 +212,15 @@ def test_bad_input_to_transform(small):
     with pytest.raises(ValueError, match="shares no feature"):
         mm.pp.lsi_harmony_transform(other, reference, mods=["rna"])
     assert_unchanged(before, small)
+
+
+def test_fitted_projection_survives_writing_and_reading(small, tmp_path):
+    import mudata
+
+    mm.pp.lsi_harmony(small, n_comps=8, batch_key=None)
+    small.write(tmp_path / "reference.h5mu")
+    reference = mudata.read_h5mu(tmp_path / "reference.h5mu")
+    query = small.copy()
+    mm.pp.lsi_harmony_transform(query, reference, batch_key=None, key_added="projected")
+    for mod in small.mod:
+        np.testing.assert_allclose(query[mod].obsm["projected"], small[mod].obsm[KEY], atol=1e-5)
