@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-test
 DOC_STAMP := $(VENV)/.installed-doc
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test test-all demo docs bench lint clean
+.PHONY: test test-all demo docs bench lint clean peers
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ demo: $(STAMP)
 
 docs: $(DOC_STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+# Benchmark-only peers (matchclot, scglue, POT, geomloss, ott-jax, ...) in .venv-peers, never in .venv.
+peers:
+	bash benchmarks/peers/setup_peers.sh
 
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_simulate.py
