@@ -1,0 +1,294 @@
+"""CLUE rows of the pipeline benchmark: mumatch's CLUE (+ OT or SNN matching, ablations, CLIP ensemble) vs scglue.
+
+    .venv/bin/python benchmarks/bench_clue.py --sets cite multiome pbmc10k --seeds 0 1 2 \
+        --variants full no_cross no_mse no_adversarial --out benchmarks/results/clue [--scglue DIR]
+
+Each (set, seed, variant) runs in its own process (peak RSS is that process's own) with one torch thread: on this
+shared 2-core machine a second thread spin-waits whenever other jobs run. A run does, on the transductive MuData:
+``mm.pp.lsi_harmony`` → ``mm.tl.train_clue`` (the variant's loss weights) → matching of the test cells by entropic OT
+(``mm.tl.match_ot`` when present, else POT's log-domain Sinkhorn on the cosine cost) and by shared-nearest-neighbour
+(SNN) matching → match score, top-1, top-5 (rows: test cells of mod1) and FOSCTTM (on the embedding). The ``full``
+variant also trains CLIP (``mm.tl.train_clip``, when present) and scores the ensemble that averages the cosine
+similarities of the CLIP and CLUE embeddings. scglue's results (JSON files from ``benchmarks/peers/scglue_clue.py``)
+in ``--scglue`` are tabulated beside ours. Prints a markdown table; one JSON per run is kept in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+SETS = {
+    "cite": "bundled BMMC CITE starter",
+    "multiome": "bundled BMMC multiome starter",
+    "pbmc10k": "pbmc10k_cite",
+}
+PEER_FOLDERS = {
+    "cite": "neurips2021_starter/cite",
+    "multiome": "neurips2021_starter/multiome",
+    "pbmc10k": "pbmc10k_cite",
+}
+VARIANTS = {
+    "full": {},
+    "no_cross": {"lam_cross": 0.0},
+    "no_mse": {"lam_mse": 0.0},
+    "no_adversarial": {"lam_adversarial": 0.0},
+}
+OT_EPSILON = 0.01  # entropic regularisation on the cosine cost (MatchCLOT's value)
+SNN_K = 1
+# Test-cell embeddings of every run, for matching them again without retraining.
+EMBEDDINGS = Path(
+    os.environ.get("CLUE_BENCH_EMBEDDINGS", "/tmp/clue_bench/embeddings")
+)  # the CLUE competition entry's SNN matching used one neighbour
+
+
+def load(name: str):
+    import mumatch as mm
+
+    if name in ("cite", "multiome"):
+        return mm.datasets.bmmc_starter(name)
+    return mm.datasets.read_neurips2021(DATA / PEER_FOLDERS[name])
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def sinkhorn_plan(similarity: np.ndarray, epsilon: float = OT_EPSILON) -> np.ndarray:
+    """Balanced entropic OT between the test cells on the cost 1 - similarity (POT, log domain)."""
+    import ot
+
+    cost = 1.0 - similarity
+    n1, n2 = cost.shape
+    return ot.sinkhorn(np.full(n1, 1 / n1), np.full(n2, 1 / n2), cost, epsilon, method="sinkhorn_log", numItermax=5000)
+
+
+def snn_plan(embedding1: np.ndarray, embedding2: np.ndarray, k: int = SNN_K) -> sp.csr_matrix:
+    """Shared-nearest-neighbour matching: Jaccard index of the k-NN sets (self included) in the joint embedding.
+
+    A cell of either modality has as neighbourhood itself and its ``k`` nearest cells (cosine) among both
+    modalities' test cells; a pair (i, j) across modalities scores the Jaccard index of their neighbourhoods. A row
+    with no shared neighbour falls back to its nearest cell of the other modality. Rows are normalised.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    joint = unit(np.vstack([embedding1, embedding2]))
+    n1, n_all = embedding1.shape[0], joint.shape[0]
+    neighbours = NearestNeighbors(n_neighbors=k + 1).fit(joint).kneighbors(joint, return_distance=False)
+    rows = np.repeat(np.arange(n_all), k + 1)
+    adjacency = sp.csr_matrix((np.ones(rows.size), (rows, neighbours.ravel())), shape=(n_all, n_all))
+    adjacency.data[:] = 1.0
+    shared = (adjacency[:n1] @ adjacency[n1:].T).tocsr()
+    shared.data = shared.data / (2 * (k + 1) - shared.data)
+    nearest = NearestNeighbors(n_neighbors=1).fit(unit(embedding2)).kneighbors(unit(embedding1), return_distance=False)
+    empty = np.flatnonzero(shared.getnnz(axis=1) == 0)
+    fallback = sp.csr_matrix((np.full(empty.size, 1e-6), (empty, nearest[empty, 0])), shape=shared.shape)
+    plan = (shared + fallback).tocsr()
+    return sp.diags(1.0 / np.asarray(plan.sum(axis=1)).ravel()) @ plan
+
+
+def scores(plan, truth: np.ndarray, similarity: np.ndarray) -> dict[str, float]:
+    """Match score, top-1/5 on the plan, FOSCTTM on the similarity (as the peer drivers score)."""
+    sys.path.insert(0, str(REPO / "benchmarks" / "peers"))
+    from _neurips import score
+
+    result = score(plan, truth, similarity=similarity)
+    return {name: float(result[name]) for name in ("match_score", "top1", "top5", "foscttm")}
+
+
+def run_one(name: str, seed: int, variant: str, max_epochs: int | None = None) -> dict:
+    """One run in this process: preprocessing, training, matching, scores."""
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    import mudata
+
+    mudata.set_options(pull_on_update=False)
+    import mumatch as mm
+    from mumatch._layout import extract_block, unpaired_mask
+
+    mdata = load(name)
+    mod1, mod2 = list(mdata.mod)[:2]
+    start = time.perf_counter()
+    mm.pp.lsi_harmony(mdata, random_state=seed)
+    preprocess_s = time.perf_counter() - start
+    start = time.perf_counter()
+    model = mm.tl.train_clue(
+        mdata, model_kwargs=VARIANTS[variant], random_state=seed, max_epochs=max_epochs, progress_bar=False
+    )
+    train_s = time.perf_counter() - start
+
+    index1 = np.flatnonzero(unpaired_mask(mdata, mod1, mod2))
+    index2 = np.flatnonzero(unpaired_mask(mdata, mod2, mod1))
+    truth_block = extract_block(mdata, mdata.obsp["match_true"], mod1, mod2, index1, index2)
+    truth = truth_block.indices
+    embeddings = {"CLUE": (mdata[mod1].obsm["X_clue"][index1], mdata[mod2].obsm["X_clue"][index2])}
+    timings = {"CLUE": train_s}
+    if variant == "full" and hasattr(mm.tl, "train_clip"):
+        start = time.perf_counter()
+        mm.tl.train_clip(mdata, mod1, mod2, random_state=seed)
+        timings["CLIP"] = time.perf_counter() - start
+        embeddings["CLIP"] = (mdata[mod1].obsm["X_clip"][index1], mdata[mod2].obsm["X_clip"][index2])
+    similarities = {key: unit(e1) @ unit(e2).T for key, (e1, e2) in embeddings.items()}
+    if "CLIP" in similarities:
+        similarities["CLIP + CLUE"] = (similarities["CLIP"] + similarities["CLUE"]) / 2
+        timings["CLIP + CLUE"] = timings["CLIP"] + timings["CLUE"]
+
+    rows = []
+    reps = {"CLUE": "X_clue", "CLIP": "X_clip", "CLIP + CLUE": ["X_clip", "X_clue"]}
+    if hasattr(mm.tl, "match_ot"):
+        for key in similarities:
+            start = time.perf_counter()
+            mm.tl.match_ot(mdata, mod1, mod2, use_rep=reps[key], key_added="plan")
+            match_s = time.perf_counter() - start
+            plan = extract_block(mdata, mdata.obsp["plan"], mod1, mod2, index1, index2)
+            rows.append(
+                {"embedding": key, "matching": "match_ot", "match_s": match_s, **scores(plan, truth, similarities[key])}
+            )
+    EMBEDDINGS.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        EMBEDDINGS / f"{name}_{variant}_{seed}.npz",
+        truth=truth,
+        **{f"{key}_{side}": part for key, pair in embeddings.items() for side, part in zip("12", pair, strict=True)},
+    )
+    for key, similarity in similarities.items():
+        start = time.perf_counter()
+        ot_plan = sinkhorn_plan(similarity)
+        ot_s = time.perf_counter() - start
+        rows.append(
+            {
+                "embedding": key,
+                "matching": f"OT (eps {OT_EPSILON})",
+                "match_s": ot_s,
+                **scores(ot_plan, truth, similarity),
+            }
+        )
+        if key == "CLUE":
+            start = time.perf_counter()
+            plan = snn_plan(*embeddings[key])
+            rows.append(
+                {
+                    "embedding": key,
+                    "matching": f"SNN (k={SNN_K})",
+                    "match_s": time.perf_counter() - start,
+                    **scores(plan, truth, similarity),
+                }
+            )
+    for row in rows:
+        row["train_s"] = timings[row["embedding"]]
+    return {
+        "set": name,
+        "seed": seed,
+        "variant": variant,
+        "preprocess_s": preprocess_s,
+        "epochs": model.train_info["epochs"],
+        "max_epochs": model.train_info["max_epochs"],
+        "rows": rows,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "n_test": int(index1.size),
+    }
+
+
+def scglue_rows(folder: Path) -> list[dict]:
+    rows = []
+    for path in sorted(folder.glob("scglue_*.json")):
+        result = json.loads(path.read_text())
+        data = str(result["data"])
+        name = next((key for key, sub in PEER_FOLDERS.items() if data.rstrip("/").endswith(sub)), data)
+        rows.append(
+            {
+                "set": name,
+                "method": f"scglue CLUE (schedule x{result['schedule_fraction']:g}) + SNN",
+                "seed": result["seed"],
+                "match_score": result["match_score"],
+                "top1": result["top1"],
+                "top5": result["top5"],
+                "foscttm": result["foscttm"],
+                "train_s": result["train_time_s"],
+                "peak_rss_gb": result["peak_rss_mb"] / 1024,
+            }
+        )
+    return rows
+
+
+def table(results: list[dict], peers: list[dict]) -> pd.DataFrame:
+    records = []
+    for result in results:
+        for row in result["rows"]:
+            label = f"{row['embedding']} + {row['matching']}"
+            if result["variant"] != "full":
+                label = f"CLUE {result['variant'].replace('_', ' ')} + {row['matching']}"
+            records.append(
+                {
+                    "set": result["set"],
+                    "method": label,
+                    "seed": result["seed"],
+                    **{key: row[key] for key in ("match_score", "top1", "top5", "foscttm", "train_s")},
+                    "peak_rss_gb": result["peak_rss_gb"],
+                }
+            )
+    frame = pd.DataFrame(records + peers)
+    metrics = ["match_score", "top1", "top5", "foscttm", "train_s", "peak_rss_gb"]
+    grouped = frame.groupby(["set", "method"], sort=False)
+    summary = grouped[metrics].mean()
+    summary["seeds"] = grouped["seed"].nunique()
+    summary["match_score_sd"] = grouped["match_score"].std().fillna(0.0)
+    return summary.round(4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=["full"], choices=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "clue")
+    parser.add_argument("--scglue", type=Path, default=None, help="folder with scglue_*.json peer results")
+    parser.add_argument("--table-only", action="store_true", help="tabulate the JSON files already in --out")
+    parser.add_argument("--max-epochs", type=int, default=None, help="cap on CLUE's epochs (default: its own)")
+    parser.add_argument("--one", nargs=4, metavar=("SET", "SEED", "VARIANT", "MAX_EPOCHS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        name, seed, variant, max_epochs = args.one
+        max_epochs = int(max_epochs) if max_epochs != "None" else None
+        print("__RESULT__" + json.dumps(run_one(name, int(seed), variant, max_epochs)))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        for name in args.sets:
+            for variant in args.variants:
+                for seed in args.seeds:
+                    path = args.out / f"{name}_{variant}_{seed}.json"
+                    if path.exists():
+                        continue
+                    completed = subprocess.run(
+                        [sys.executable, __file__, "--one", name, str(seed), variant, str(args.max_epochs)],
+                        capture_output=True,
+                        text=True,
+                    )
+                    lines = [line for line in completed.stdout.splitlines() if line.startswith("__RESULT__")]
+                    if not lines:
+                        print(f"run {name}/{variant}/{seed} failed:\n{completed.stderr[-3000:]}", file=sys.stderr)
+                        continue
+                    path.write_text(lines[-1].removeprefix("__RESULT__"))
+                    print(f"done {name}/{variant}/{seed}", file=sys.stderr)
+    results = [json.loads(path.read_text()) for path in sorted(args.out.glob("*.json"))]
+    peers = scglue_rows(args.scglue) if args.scglue else []
+    print(table(results, peers).to_markdown())
+
+
+if __name__ == "__main__":
+    main()
