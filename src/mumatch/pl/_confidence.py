@@ -113,8 +113,9 @@ def confidence(
         linewidth=0.6,
         ax=ax,
     )
-    counts = data.groupby("group").size()
-    ax.set_yticks(range(len(order)), [f"{label} ({counts[label]})" for label in order])
+    counts = data.groupby(["group", "modality"]).size().unstack(fill_value=0).reindex(columns=list(mods), fill_value=0)
+    # Cells per modality, in the legend's order.
+    ax.set_yticks(range(len(order)), [f"{label} ({' / '.join(map(str, counts.loc[label]))})" for label in order])
     ax.set_ylabel(groupby or "")
     ax.set_xlabel(f"match {value} ({key})")
     ax.grid(False)

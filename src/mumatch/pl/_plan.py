@@ -257,7 +257,15 @@ def plan(
             # About one cell wide: a heatmap ~250 points tall shows max(rows, cols) cells.
             size = float(np.clip((250 / max(rows.size, cols.size)) ** 2, 0.3, 16))
             ax.scatter(
-                x, y, s=size, marker="o", facecolors="none", edgecolors="tab:blue", linewidths=0.5, label="true partner"
+                x,
+                y,
+                s=size,
+                marker="o",
+                facecolors="none",
+                edgecolors="tab:blue",
+                linewidths=0.3,
+                alpha=0.6,  # faint, so that the plan's own weight on the true partner stays visible under the ring
+                label="true partner",
             )
             ax.legend(loc="lower left", fontsize="x-small", frameon=True, markerscale=max(2.0, 3 / np.sqrt(size)))
     title_ax.set_title(title if title is not None else f"{key}: {mod1} → {mod2}, block {block}")
