@@ -61,6 +61,21 @@ class PointCloudCost:
         out.sub_((self.row[start:stop] + self.offset)[:, None])
         return out
 
+    def shifted_tile(
+        self, start: int, stop: int, inv_epsilon: float, col_shift: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(col_shift[j] - C[i, j]) / epsilon`` for rows ``start:stop``, up to a per-row constant.
+
+        The missing per-row constant is ``-(row[i] + offset) / epsilon`` (see :meth:`row_constant`); leaving it out
+        lets one fused matrix product (``addmm``) write the whole tile.
+        """
+        bias = ((col_shift - self.col) * inv_epsilon)[None, :]
+        return torch.addmm(bias, self.x[start:stop], self.y.T, alpha=self.scale * inv_epsilon, out=out)
+
+    def row_constant(self, start: int, stop: int, inv_epsilon: float) -> torch.Tensor:
+        """The per-row term ``-(row[i] + offset) / epsilon`` left out by :meth:`shifted_tile`."""
+        return -(self.row[start:stop] + self.offset) * inv_epsilon
+
     def params(self) -> dict[str, float | str]:
         """What is needed, with the embeddings, to rebuild the cost exactly."""
         return {"kind": self.kind, "offset": float(self.offset), "scale": float(self.scale)}

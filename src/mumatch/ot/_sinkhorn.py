@@ -257,6 +257,12 @@ class _Solver:
         self.tiny = torch.finfo(self.dtype).tiny
         self.buffer: torch.Tensor | None = None
 
+    def ones(self, size: int, like: torch.Tensor) -> torch.Tensor:
+        """A cached vector of ones."""
+        if getattr(self, "_ones", None) is None or self._ones.numel() != size:
+            self._ones = torch.ones(size, dtype=like.dtype, device=like.device)
+        return self._ones
+
     def exponent(self, epsilon: float) -> float:
         """The exponent of the scaling updates: 1 when balanced, ``tau / (tau + epsilon)`` when relaxed."""
         return 1.0 if self.tau is None else self.tau / (self.tau + epsilon)
@@ -273,7 +279,7 @@ class _Solver:
         step = tile_rows(n_cols, self.geometry.x.element_size(), self.memory_budget, n_buffers=1)
         f_new = torch.empty_like(f)
         column_sums = torch.zeros(n_cols, dtype=torch.float64, device=f.device)
-        g_scaled = g / epsilon
+        inv_epsilon = 1.0 / epsilon
         for start in range(0, n_rows, step):
             stop = min(start + step, n_rows)
             if store is not None:
@@ -281,15 +287,17 @@ class _Solver:
             else:
                 self.buffer = _buffer(self.buffer, stop - start, n_cols, self.geometry.x)
                 tile = self.buffer
-            self.geometry.neg_cost_tile(start, stop, out=tile)
-            tile.div_(epsilon).add_(g_scaled[None, :])
+            # (g - C) / epsilon up to a per-row constant, in one fused product; then a stable row logsumexp.
+            self.geometry.shifted_tile(start, stop, inv_epsilon, g, out=tile)
             row_max = tile.amax(dim=1)
             tile.sub_(row_max[:, None]).exp_()
-            log_sums = row_max + tile.sum(dim=1).log()
+            row_shift = row_max + self.geometry.row_constant(start, stop, inv_epsilon)
+            # A matrix-vector product sums rows several times faster than tensor.sum on CPU (measured).
+            log_sums = row_shift + torch.mv(tile, self.ones(n_cols, tile)).log()
             f_tile = lam * epsilon * (self.log_a[start:stop] - log_sums)
             f_new[start:stop] = f_tile
-            # exp(row_max + f / epsilon) turns exp((g - C) / epsilon - row_max) into the stabilised kernel.
-            row_scale = torch.exp(row_max + f_tile / epsilon)
+            # exp(row_shift + f / epsilon) turns the tile into the stabilised kernel exp((f + g - C) / epsilon).
+            row_scale = torch.exp(row_shift + f_tile * inv_epsilon)
             column_sums += torch.mv(tile.T, row_scale).double()
             if store is not None:
                 tile.mul_(row_scale[:, None])
