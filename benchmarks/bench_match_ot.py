@@ -1,0 +1,153 @@
+"""Entropic OT on a planted correspondence: mumatch's solver against the peers a user could pick instead.
+
+    .venv/bin/python benchmarks/bench_match_ot.py --sizes 2000 10000 [--solvers ...] [--results FILE] [--table-only]
+
+Every solve runs in its own process (benchmarks/peers/ot_peers.py; peers with .venv-peers' Python, ours with
+.venv's), heavy ones under ``flock /tmp/mumatch-heavy.lock``, with 2 BLAS/torch threads; its peak RSS comes from
+``os.wait4`` on that child. Results are appended to a JSON-lines file, so sizes can be run in several sittings;
+the markdown table is printed from all of them. Top-1 agreement is with the row argmax of a converged float64
+plan (``reference``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peers import HEAVY_LOCK, PEERS_PYTHON, THREAD_VARIABLES, _wait  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVER = ROOT / "benchmarks" / "peers" / "ot_peers.py"
+OURS = ("mumatch", "mumatch_tiled", "reference")
+PEERS = ("pot_matchclot", "pot_log_torch", "pot_lazy", "geomloss_tensorized", "geomloss_online", "ott_online")
+THREADS = 2
+RESULTS = ROOT / "benchmarks" / "results" / "match_ot.jsonl"
+ARGMAX_DIR = ROOT / "benchmarks" / "results" / "match_ot_argmax"
+# Peers skipped where an estimate from the smaller sizes (time ~ N² per iteration) exceeds 30 minutes or the dense
+# float64 matrices exceed 24 GB.
+SKIP = {
+    "pot_matchclot": lambda n: n > 10_000 and "skipped: ~N² x 5000 iterations, > 30 min from the 10k time",
+    "pot_lazy": lambda n: n > 2_000 and "skipped: float64 cdist per block per iteration, > 30 min beyond 2k",
+    "pot_log_torch": lambda n: n > 20_000 and "skipped: dense N x N float32 cost + log-domain temporaries",
+    "geomloss_tensorized": lambda n: n > 20_000 and "skipped: dense N x N float32",
+    "reference": lambda n: n > 20_000 and "skipped: dense float64 reference > 3 GB",
+    "mumatch_tiled": lambda n: n > 20_000 and "(mumatch is tiled at this size)",
+}
+
+
+def is_heavy(solver: str, n: int) -> bool:
+    """Runs over ~1 minute or ~2 GB on this machine (they wait for the shared heavy-job lock)."""
+    return n >= 20_000 or (solver not in OURS and n >= 10_000) or solver == "pot_lazy"
+
+
+def run_one(solver: str, n: int, timeout: float, lock: str = "auto") -> dict:
+    """One solve in its own process; returns the driver's JSON plus peak RSS and wall time."""
+    python = sys.executable if solver in OURS else str(PEERS_PYTHON)
+    ARGMAX_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mumatch_ot_") as directory:
+        out = Path(directory) / "result.json"
+        argmax = ARGMAX_DIR / f"{solver}_{n}.npy"
+        command = [python, str(DRIVER), "--solver", solver, "--n", str(n)]
+        if lock == "always" or (lock == "auto" and is_heavy(solver, n)):
+            command = ["flock", str(HEAVY_LOCK), *command]
+        command += ["--out", str(out), "--argmax-out", str(argmax)]
+        env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(THREADS))}
+        start = time.perf_counter()
+        with (Path(directory) / "stderr").open("wb") as stderr:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT, env=env)
+            returncode, peak_rss_mb, timed_out = _wait(process, timeout)
+        wall = time.perf_counter() - start
+        if returncode != 0 or not out.exists():
+            tail = (Path(directory) / "stderr").read_text(errors="replace")[-600:]
+            reason = f"timed out after {timeout:.0f} s" if timed_out else f"failed: {tail.strip().splitlines()[-1:]}"
+            return {"solver": solver, "n": n, "error": reason, "peak_rss_mb": peak_rss_mb, "wall_s": wall}
+        result = json.loads(out.read_text())
+    result.update({"peak_rss_mb": peak_rss_mb, "wall_s": wall})
+    return result
+
+
+def exp_throughput(n_entries: int = 50_000_000) -> float:
+    """Measured float32 ``exp`` evaluations per second (in place, torch, the benchmark's thread count)."""
+    torch.set_num_threads(THREADS)
+    values = torch.rand(n_entries)
+    values.exp_()
+    start = time.perf_counter()
+    for _ in range(3):
+        values.neg_().exp_()
+    return 3 * n_entries / (time.perf_counter() - start)
+
+
+def agreement(solver: str, n: int) -> float | None:
+    """Fraction of rows whose argmax equals the reference plan's."""
+    reference = ARGMAX_DIR / f"reference_{n}.npy"
+    mine = ARGMAX_DIR / f"{solver}_{n}.npy"
+    if not reference.exists() or not mine.exists():
+        return None
+    return float((np.load(reference) == np.load(mine)).mean())
+
+
+def table(results: list[dict], throughput: float | None) -> str:
+    """The markdown table of all results (latest per solver and size)."""
+    latest = {(r["solver"], r["n"]): r for r in results}
+    lines = [
+        "| N | solver | time (s) | peak RSS (MB) | iterations | marginal error (L1) | top-1 | top-1 agreement "
+        "with reference | s / iteration | log-domain bound / iteration (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (solver, n), r in sorted(latest.items(), key=lambda item: (item[0][1], (OURS + PEERS).index(item[0][0]))):
+        bound = 2 * n * n / throughput if throughput else None
+        bound_cell = f"{bound:.3g}" if bound else ""
+        if "error" in r or "skipped" in r:
+            lines.append(f"| {n} | {solver} | {r.get('error') or r.get('skipped')} | | | | | | | {bound_cell} |")
+            continue
+        iterations = r.get("n_iter", -1)
+        per_iteration = f"{r['solve_s'] / iterations:.3g}" if iterations and iterations > 0 else ""
+        agree = agreement(solver, n)
+        lines.append(
+            f"| {n} | {solver}{' (' + r['mode'] + ')' if 'mode' in r else ''} | {r['solve_s']:.3g} | "
+            f"{r['peak_rss_mb']:.0f} | {iterations if iterations >= 0 else 'n/a'} | {r['marginal_error']:.2g} | "
+            f"{r['top1']:.4f} | {'' if agree is None else f'{agree:.4f}'} | {per_iteration} | {bound_cell} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000, 10_000, 20_000, 50_000, 100_000])
+    parser.add_argument("--solvers", nargs="+", default=list(OURS + PEERS))
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--lock", choices=["auto", "always", "never"], default="auto")
+    args = parser.parse_args()
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        for n in args.sizes:
+            # The reference first, so that agreement can be computed.
+            for solver in sorted(args.solvers, key=lambda s: s != "reference"):
+                skip = SKIP.get(solver, lambda n: False)(n)
+                if skip:
+                    record = {"solver": solver, "n": n, "skipped": skip}
+                else:
+                    record = run_one(solver, n, args.timeout, args.lock)
+                print(json.dumps(record), flush=True)
+                with args.results.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+    results = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    throughput = exp_throughput()
+    print(f"\nexp throughput (float32, {THREADS} threads): {throughput / 1e6:.0f} M/s\n")
+    print(table(results, throughput))
+
+
+if __name__ == "__main__":
+    main()
