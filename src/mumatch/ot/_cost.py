@@ -47,6 +47,8 @@ class PointCloudCost:
     scale: float
     row: torch.Tensor
     col: torch.Tensor
+    # When set, ``(kappa, c0)`` with ``-C = kappa * raw + c0`` for the raw product left in the caller's buffer.
+    raw_affine: tuple[float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -139,6 +141,7 @@ def prepare_cost(
     device: torch.device,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     params: dict | None = None,
+    product_out: torch.Tensor | None = None,
 ) -> PointCloudCost:
     """Build the cost between ``x`` and ``y`` rescaled to [0, 1].
 
@@ -146,7 +149,9 @@ def prepare_cost(
     ``(d - min d + 1) / (max d - min d + 1)`` (shift so that the smallest entry is 1, then divide by the largest),
     which lies in (0, 1] and keeps epsilon comparable with MatchCLOT's ``reg=0.01``. ``"sqeuclidean"`` is the squared
     Euclidean distance divided by its largest entry. The extremes are found in one tiled pass over the products;
-    ``params`` (from :meth:`PointCloudCost.params`) skips that pass and reproduces a stored cost exactly.
+    ``params`` (from :meth:`PointCloudCost.params`) skips that pass and reproduces a stored cost exactly. With
+    ``product_out`` (an ``N × M`` buffer), that pass is one tile written into it and ``raw_affine`` says how to turn
+    it into ``-C``, so that a dense solver need not compute the product twice.
     """
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
@@ -160,18 +165,22 @@ def prepare_cost(
         y = y / y.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
         geometry = PointCloudCost(x, y, cost, 0.0, 1.0, zeros_x, zeros_y)  # -C = <x, y> until rescaled
         if params is None:
-            low, high = _tile_extremes(geometry, memory_budget)  # extremes of the cosine similarity
+            low, high = _tile_extremes(geometry, memory_budget, product_out)  # extremes of the cosine similarity
             span = high - low + 1.0
             params = {"offset": (1.0 + high) / span, "scale": 1.0 / span}
+            if product_out is not None:
+                geometry.raw_affine = (params["scale"], -params["offset"])
     else:
         sq_x = (x * x).sum(1)
         sq_y = (y * y).sum(1)
         geometry = PointCloudCost(x, y, cost, 0.0, 2.0, sq_x, sq_y)
         if params is None:
-            low, _ = _tile_extremes(geometry, memory_budget)  # -max of the squared distance
+            low, _ = _tile_extremes(geometry, memory_budget, product_out)  # -max of the squared distance
             largest = max(-low, 0.0)
             largest = largest if largest > 0 else 1.0
             params = {"offset": 0.0, "scale": 2.0 / largest}
+            if product_out is not None:
+                geometry.raw_affine = (1.0 / largest, 0.0)
         norm = 2.0 / params["scale"]
         geometry.row = sq_x / norm
         geometry.col = sq_y / norm
@@ -180,9 +189,14 @@ def prepare_cost(
     return geometry
 
 
-def _tile_extremes(geometry: PointCloudCost, memory_budget: int) -> tuple[float, float]:
-    """Smallest and largest entry of ``-C`` (before rescaling), one row tile at a time."""
+def _tile_extremes(
+    geometry: PointCloudCost, memory_budget: int, product_out: torch.Tensor | None = None
+) -> tuple[float, float]:
+    """Smallest and largest entry of ``-C`` before rescaling, by row tiles (one tile written into ``product_out``)."""
     n_rows, n_cols = geometry.shape
+    if product_out is not None:
+        tile = geometry.neg_cost_tile(0, n_rows, out=product_out)
+        return tile.min().item(), tile.max().item()
     step = tile_rows(n_cols, geometry.x.element_size(), memory_budget, n_buffers=1)
     buffer = None
     low, high = np.inf, -np.inf

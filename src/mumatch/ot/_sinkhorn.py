@@ -211,13 +211,20 @@ def sinkhorn(
 
     start_time = time.perf_counter()
     with torch.no_grad():
-        geometry = prepare_cost(x, y, cost, dtype=torch_dtype, device=torch_device, memory_budget=memory_budget)
-        cost_range = 1.0 - geometry.scale if cost == "cosine" else 1.0  # the cosine cost lies in [scale, 1]
-        schedule = epsilon_schedule(epsilon, cost_range, torch_dtype, epsilon_start)
         itemsize = torch.finfo(torch_dtype).bits // 8
         dense = mode == "dense" or (mode == "auto" and n_rows * n_cols * itemsize <= memory_budget)
-        solver = _DenseSolver if dense else _TiledSolver
-        state = solver(geometry, log_a, log_b, tau, memory_budget).run(schedule, tol, max_iter)
+        # In dense mode the kernel's memory first receives the product that the cost's rescaling needs.
+        kernel = torch.empty((n_rows, n_cols), dtype=torch_dtype, device=torch_device) if dense else None
+        geometry = prepare_cost(
+            x, y, cost, dtype=torch_dtype, device=torch_device, memory_budget=memory_budget, product_out=kernel
+        )
+        cost_range = 1.0 - geometry.scale if cost == "cosine" else 1.0  # the cosine cost lies in [scale, 1]
+        schedule = epsilon_schedule(epsilon, cost_range, torch_dtype, epsilon_start)
+        if dense:
+            state = _DenseSolver(geometry, log_a, log_b, tau, memory_budget).run(schedule, tol, max_iter, kernel)
+        else:
+            state = _TiledSolver(geometry, log_a, log_b, tau, memory_budget).run(schedule, tol, max_iter)
+        del kernel
     f, g, n_iter, error, n_rebuilds = state
     return SinkhornResult(
         f=f.double().cpu().numpy(),
@@ -268,11 +275,17 @@ class _Solver:
         return 1.0 if self.tau is None else self.tau / (self.tau + epsilon)
 
     def row_pass(
-        self, f: torch.Tensor, g: torch.Tensor, epsilon: float, store: torch.Tensor | None = None
+        self,
+        f: torch.Tensor,
+        g: torch.Tensor,
+        epsilon: float,
+        store: torch.Tensor | None = None,
+        raw_affine: tuple[float, float] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact log-domain row update of ``f`` and the column sums of the resulting plan, one row tile at a time.
 
-        With ``store``, the stabilised kernel ``exp((f + g - C) / epsilon)`` of the updated ``f`` is written into it.
+        With ``store``, the stabilised kernel ``exp((f + g - C) / epsilon)`` of the updated ``f`` is written into it;
+        with ``raw_affine = (kappa, c0)`` too, ``store`` already holds a product with ``-C = kappa * store + c0``.
         """
         n_rows, n_cols = self.geometry.shape
         lam = self.exponent(epsilon)
@@ -288,10 +301,15 @@ class _Solver:
                 self.buffer = _buffer(self.buffer, stop - start, n_cols, self.geometry.x)
                 tile = self.buffer
             # (g - C) / epsilon up to a per-row constant, in one fused product; then a stable row logsumexp.
-            self.geometry.shifted_tile(start, stop, inv_epsilon, g, out=tile)
+            if raw_affine is None:
+                self.geometry.shifted_tile(start, stop, inv_epsilon, g, out=tile)
+                row_constant = self.geometry.row_constant(start, stop, inv_epsilon)
+            else:
+                tile.mul_(raw_affine[0] * inv_epsilon).add_((g * inv_epsilon)[None, :])
+                row_constant = raw_affine[1] * inv_epsilon
             row_max = tile.amax(dim=1)
             tile.sub_(row_max[:, None]).exp_()
-            row_shift = row_max + self.geometry.row_constant(start, stop, inv_epsilon)
+            row_shift = row_max + row_constant
             # A matrix-vector product sums rows several times faster than tensor.sum on CPU (measured).
             log_sums = row_shift + torch.mv(tile, self.ones(n_cols, tile)).log()
             f_tile = lam * epsilon * (self.log_a[start:stop] - log_sums)
@@ -335,11 +353,11 @@ class _TiledSolver(_Solver):
 class _DenseSolver(_Solver):
     """The stabilised kernel is stored; iterations are matrix-vector products."""
 
-    def run(self, schedule: list[float], tol: float, max_iter: int) -> tuple:
-        """Run every stage; return ``(f, g, n_iter, error, n_rebuilds)``."""
+    def run(self, schedule: list[float], tol: float, max_iter: int, kernel: torch.Tensor) -> tuple:
+        """Run every stage in ``kernel``'s memory; return ``(f, g, n_iter, error, n_rebuilds)``."""
         n_rows, n_cols = self.geometry.shape
         device = self.geometry.x.device
-        kernel = torch.empty((n_rows, n_cols), dtype=self.dtype, device=device)
+        raw_affine = self.geometry.raw_affine  # the buffer holds the cost's product until the first rebuild
         f = torch.zeros(n_rows, dtype=self.dtype, device=device)
         g = torch.zeros(n_cols, dtype=self.dtype, device=device)
         bound = ABSORB_LOG_BOUND[self.dtype]
@@ -347,7 +365,8 @@ class _DenseSolver(_Solver):
         for stage, epsilon in enumerate(schedule):
             stage_tol = tol if stage == len(schedule) - 1 else max(tol, STAGE_TOL)
             lam = self.exponent(epsilon)
-            f, column_sums = self.row_pass(f, g, epsilon, store=kernel)
+            f, column_sums = self.row_pass(f, g, epsilon, store=kernel, raw_affine=raw_affine)
+            raw_affine = None
             n_rebuilds += 1
             kernel_t_u = column_sums.to(self.dtype)
             u = torch.ones(n_rows, dtype=self.dtype, device=device)
@@ -377,7 +396,6 @@ class _DenseSolver(_Solver):
                     continue
                 kernel_t_u = torch.mv(kernel.T, u)
             f, g = f + epsilon * u.log(), g + epsilon * v.log()
-        del kernel
         return f, g, n_iter, error, n_rebuilds
 
 
