@@ -26,7 +26,6 @@ scglue 0.4.1 renamed the competition's `lam_cross` into `lam_joint_cross` and `l
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 import tempfile
@@ -41,6 +40,9 @@ import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.extmath import randomized_svd
 
+# Library chatter (prints at import and run time: pykeops via POT, matchclot, harmony, POT) goes to stderr; the JSON
+# result is the only thing written to the real stdout (write_json uses sys.__stdout__).
+sys.stdout = sys.stderr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scglue  # noqa: E402
 from _neurips import peak_rss_mb, read_folder, save_prediction, score, write_json  # noqa: E402
@@ -378,8 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 < args.schedule_fraction <= 1:
         parser.error("--schedule-fraction must lie in (0, 1]")
-    with contextlib.redirect_stdout(sys.stderr):
-        result = run(args)
+    result = run(args)
     write_json(result, args.out)
 
 
