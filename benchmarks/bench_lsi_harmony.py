@@ -22,10 +22,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "bin" / "python"
@@ -71,20 +73,41 @@ print("__RESULT__" + json.dumps(result))
 """
 
 
-def run_child(command: list[str], timeout: float) -> tuple[str | None, str]:
-    """Run one recipe in its own process; its stdout, or None and why not."""
-    try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        return None, f"stopped after {timeout:.0f} s"
-    if completed.returncode != 0:
-        return None, f"failed ({completed.returncode}): {completed.stderr.strip().splitlines()[-1:]}"
-    return completed.stdout, ""
+def run_child(command: list[str], timeout: float, max_rss_gb: float) -> tuple[str | None, str]:
+    """Run one recipe in its own process; its stdout, or None and why not.
+
+    The child is stopped when it runs past ``timeout`` seconds or its resident memory (with its own children) passes
+    ``max_rss_gb``, so that a peer cannot take the memory of a shared machine.
+    """
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        child = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, cwd=REPO)
+        process = psutil.Process(child.pid)
+        start = time.perf_counter()
+        reason = ""
+        while child.poll() is None:
+            try:
+                rss = sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**30
+            except psutil.Error:
+                rss = 0.0
+            if rss > max_rss_gb:
+                reason = f"stopped at {rss:.1f} GB resident (limit {max_rss_gb} GB)"
+            elif time.perf_counter() - start > timeout:
+                reason = f"stopped after {timeout:.0f} s"
+            if reason:
+                child.kill()
+                child.wait()
+                return None, reason
+            time.sleep(0.2)
+        stdout.seek(0)
+        stderr.seek(0)
+        if child.returncode != 0:
+            return None, f"failed ({child.returncode}): {stderr.read().strip().splitlines()[-1:]}"
+        return stdout.read(), ""
 
 
-def run_recipe(recipe: str, path: Path, workdir: Path, timeout: float) -> tuple[dict | None, str]:
+def run_recipe(recipe: str, path: Path, workdir: Path, timeout: float, max_rss_gb: float) -> tuple[dict | None, str]:
     if recipe == "ours":
-        stdout, reason = run_child([str(PYTHON), "-c", OURS.format(path=str(path))], timeout)
+        stdout, reason = run_child([str(PYTHON), "-c", OURS.format(path=str(path))], timeout, max_rss_gb)
         if stdout is None:
             return None, reason
         line = next(line for line in stdout.splitlines() if line.startswith("__RESULT__"))
@@ -93,7 +116,7 @@ def run_recipe(recipe: str, path: Path, workdir: Path, timeout: float) -> tuple[
         return None, f"peer environment or driver missing ({PEER_PYTHON}, {PEER_DRIVER})"
     out = workdir / f"{path.stem}_{recipe}.json"
     command = [str(PEER_PYTHON), str(PEER_DRIVER), "--input", str(path), "--recipe", recipe, "--out", str(out)]
-    stdout, reason = run_child(command, timeout)
+    stdout, reason = run_child(command, timeout, max_rss_gb)
     if stdout is None:
         return None, reason
     return json.loads(out.read_text()), ""
@@ -117,6 +140,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["ours", "matchclot", "ecosystem"], choices=list(LABELS))
     parser.add_argument("--peer-max-cells", type=int, default=50_000, help="skip the peers on larger data")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed to one recipe run")
+    parser.add_argument("--max-rss-gb", type=float, default=20.0, help="stop a recipe whose memory passes this")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mumatch-bench-lsi"))
     parser.add_argument(
         "--summarize", action="store_true", help="only print the table of every result saved in --workdir"
@@ -136,7 +160,7 @@ def main() -> None:
                 if recipe != "ours" and n_cells > args.peer_max_cells:
                     result, reason = None, f"skipped (> {args.peer_max_cells} cells)"
                 else:
-                    result, reason = run_recipe(recipe, path, args.workdir, args.timeout)
+                    result, reason = run_recipe(recipe, path, args.workdir, args.timeout, args.max_rss_gb)
                 row = {"cells": n_cells, "recipe": LABELS[recipe], "order": list(LABELS).index(recipe)}
                 if result is None:
                     row |= {"wall time (s)": None, "peak RSS (GB)": None, "RSS after reading (GB)": None}
