@@ -101,7 +101,7 @@ def table(results: list[dict], throughput: float | None) -> str:
     latest = {(r["solver"], r["n"]): r for r in results}
     lines = [
         "| N | solver | time (s) | peak RSS (MB) | iterations | marginal error (L1) | top-1 | top-1 agreement "
-        "with reference | s / iteration | log-domain bound / iteration (s) |",
+        "with reference | time / iteration (s) | log-domain bound / iteration (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (solver, n), r in sorted(latest.items(), key=lambda item: (item[0][1], (OURS + PEERS).index(item[0][0]))):
