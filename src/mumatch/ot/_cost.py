@@ -195,17 +195,16 @@ def _tile_extremes(
     """Smallest and largest entry of ``-C`` before rescaling, by row tiles (one tile written into ``product_out``)."""
     n_rows, n_cols = geometry.shape
     if product_out is not None:
-        tile = geometry.neg_cost_tile(0, n_rows, out=product_out)
-        return tile.min().item(), tile.max().item()
+        low, high = torch.aminmax(geometry.neg_cost_tile(0, n_rows, out=product_out))
+        return low.item(), high.item()
     step = tile_rows(n_cols, geometry.x.element_size(), memory_budget, n_buffers=1)
     buffer = None
     low, high = np.inf, -np.inf
     for start in range(0, n_rows, step):
         stop = min(start + step, n_rows)
         buffer = _buffer(buffer, stop - start, n_cols, geometry.x)
-        tile = geometry.neg_cost_tile(start, stop, out=buffer)
-        low = min(low, tile.min().item())
-        high = max(high, tile.max().item())
+        tile_low, tile_high = torch.aminmax(geometry.neg_cost_tile(start, stop, out=buffer))
+        low, high = min(low, tile_low.item()), max(high, tile_high.item())
     return low, high
 
 
