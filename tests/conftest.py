@@ -53,3 +53,12 @@ def multiome(_bundled) -> mudata.MuData:
 def simulated() -> mudata.MuData:
     """Small simulated RNA + ATAC data with three batches."""
     return mm.datasets.simulate_paired(600, ("rna", "atac"), n_batches=3, n_genes=400, n_peaks=1200, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def _short_pipeline(monkeypatch):
+    """The CLI tests check the wiring, not the quality: train the pipeline's CLIP models for a few epochs only."""
+    import mumatch._pipeline
+
+    monkeypatch.setattr(mumatch._pipeline, "TRAIN_OPTIONS", {"max_epochs": 3})
+    monkeypatch.setattr(mumatch._pipeline, "N_SEED_MODELS", 2)
