@@ -94,7 +94,8 @@ def _expand_api(app, docname: str, source: list[str]) -> None:
         source[0] = source[0].replace(API_MARKER.format(namespace), block)
 
 
-# Pages that other parts of the project add (each written with its feature) join the index's toctrees when they exist:
+# Pages that other parts of the project add (each written with its feature) join the index's toctrees when they exist
+# (add a new page's name here, not to index.md):
 # ``<!-- pages: NAME -->`` lines of index.md become the existing pages of OPTIONAL_PAGES[NAME], in this order. An
 # explicit toctree entry would fail the build while a page is missing; a glob would warn.
 OPTIONAL_PAGES = {
