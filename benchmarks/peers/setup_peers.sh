@@ -24,6 +24,8 @@ fi
 # The CPU torch goes in first and stays pinned: an unpinned torch would pull several GB of CUDA packages.
 "${PY}" -m pip install -q "${TORCH}"
 "${PY}" -m pip install -q "${PEERS[@]}" -c "${ROOT}/constraints.txt"
+# ott-jax 0.6.0 calls jax's batching.is_vmappable, which newer jax releases removed: keep jax at a release it runs on.
+"${PY}" -m pip install -q "jax==0.6.2" "jaxlib==0.6.2" -c "${ROOT}/constraints.txt"
 
 # pykeops is optional: it gives GeomLoss its "online" backend, compiling kernels with the machine's C++ compiler
 # on first use. It is kept only when a tiny reduction compiles and runs here.
