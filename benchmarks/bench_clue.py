@@ -247,7 +247,7 @@ def table(results: list[dict], peers: list[dict]) -> pd.DataFrame:
     summary = grouped[metrics].mean()
     summary["seeds"] = grouped["seed"].nunique()
     summary["match_score_sd"] = grouped["match_score"].std().fillna(0.0)
-    return summary.round(4)
+    return summary.round(4).reset_index()
 
 
 def main() -> None:
@@ -287,7 +287,7 @@ def main() -> None:
                     print(f"done {name}/{variant}/{seed}", file=sys.stderr)
     results = [json.loads(path.read_text()) for path in sorted(args.out.glob("*.json"))]
     peers = scglue_rows(args.scglue) if args.scglue else []
-    print(table(results, peers).to_markdown())
+    print(table(results, peers).to_markdown(index=False))
 
 
 if __name__ == "__main__":

@@ -233,7 +233,7 @@ def test_clue_beats_random_on_simulated_data(simulated):
     add_pca(simulated, n_comps=20)
     mm.model.CLUE.setup_mudata(simulated, rep_key="X_pca")
     model = mm.model.CLUE(simulated)
-    model.train(max_epochs=60)
+    model.train(max_epochs=5)
     for mod in ("rna", "atac"):
         simulated[mod].obsm["X_clue"] = model.get_latent_representation(modality=mod)
     assert mm.metrics.foscttm(simulated, key="X_clue", mod1="rna", mod2="atac") < 0.3
