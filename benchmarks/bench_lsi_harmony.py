@@ -84,15 +84,17 @@ def run_child(command: list[str], timeout: float, max_rss_gb: float) -> tuple[st
         process = psutil.Process(child.pid)
         start = time.perf_counter()
         reason = ""
+        highest = 0.0
         while child.poll() is None:
             try:
                 rss = sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**30
             except psutil.Error:
                 rss = 0.0
+            highest = max(highest, rss)
             if rss > max_rss_gb:
                 reason = f"stopped at {rss:.1f} GB resident (limit {max_rss_gb} GB)"
             elif time.perf_counter() - start > timeout:
-                reason = f"stopped after {timeout:.0f} s"
+                reason = f"stopped after {timeout:.0f} s (resident memory had reached {highest:.1f} GB)"
             if reason:
                 child.kill()
                 child.wait()
