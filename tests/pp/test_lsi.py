@@ -60,6 +60,28 @@ def test_randomized_svd_recovers_a_low_rank_matrix(seed):
     assert (components[np.arange(6), np.abs(components).argmax(axis=1)] > 0).all()
 
 
+def test_randomized_svd_in_feature_chunks_matches_exact_svd(monkeypatch):
+    # Chunks of 7 columns over 80 features: the Gram matrix and the components are assembled from 12 pieces.
+    monkeypatch.setattr(_lsi, "_column_chunks", lambda n_columns: [slice(s, s + 7) for s in range(0, n_columns, 7)])
+    rng = np.random.default_rng(3)
+    left, right = rng.normal(size=(300, 5)), rng.normal(size=(5, 80))
+    matrix = sp.csr_matrix((left * np.array([40, 25, 12, 6, 3])) @ right, dtype=np.float32)
+    singular_values, components = randomized_svd(matrix, 5)
+    _, exact_values, exact_components = np.linalg.svd(matrix.toarray(), full_matrices=False)
+    np.testing.assert_allclose(singular_values, exact_values[:5], rtol=1e-4)
+    np.testing.assert_allclose(np.abs(components @ exact_components[:5].T), np.eye(5), atol=1e-3)
+
+
+def test_idf_summed_in_chunks_equals_one_pass(monkeypatch):
+    from mumatch.pp import _normalize
+
+    counts = sp.random(50, 30, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    counts.data = np.ceil(counts.data * 5)
+    expected = inverse_document_frequency(counts)
+    monkeypatch.setattr(_normalize, "CHECK_CHUNK", 7)
+    np.testing.assert_allclose(inverse_document_frequency(counts), expected, rtol=1e-6)
+
+
 def test_embedding_permutes_with_the_cells():
     rng = np.random.default_rng(0)
     matrix = sp.random(200, 120, density=0.1, format="csr", dtype=np.float32, random_state=rng)
