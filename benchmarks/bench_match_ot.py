@@ -1,12 +1,15 @@
 """Entropic OT on a planted correspondence: mumatch's solver against the peers a user could pick instead.
 
-    .venv/bin/python benchmarks/bench_match_ot.py --sizes 2000 10000 [--solvers ...] [--results FILE] [--table-only]
+    lane 1 .venv/bin/python benchmarks/bench_match_ot.py --sizes 2000 10000 [--solvers ...] [--threads 1]
+        [--results FILE] [--table-only]
 
 Every solve runs in its own process (benchmarks/peers/ot_peers.py; peers with .venv-peers' Python, ours with
-.venv's), heavy ones under ``flock /tmp/mumatch-heavy.lock``, with 2 BLAS/torch threads; its peak RSS comes from
-``os.wait4`` on that child. Results are appended to a JSON-lines file, so sizes can be run in several sittings;
-the markdown table is printed from all of them. Top-1 agreement is with the row argmax of a converged float64
-plan (``reference``).
+.venv's) with ``--threads`` BLAS/torch threads (1 by default: run the whole script in a benchmark lane, which pins it
+to one core); its peak RSS comes from ``os.wait4`` on that child. ``--lock auto`` also takes
+``/tmp/mumatch-heavy.lock`` around heavy solves (the lanes make that unnecessary, so it is off by default).
+Results are appended to a JSON-lines file, so sizes can be run in several sittings; the markdown table is printed
+from all of them that ran with the same thread count (records before the flag existed ran with 2 threads). Top-1
+agreement is with the row argmax of a converged float64 plan (``reference``).
 """
 
 from __future__ import annotations
@@ -30,14 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "benchmarks" / "peers" / "ot_peers.py"
 OURS = ("mumatch", "mumatch_tiled", "reference")
 PEERS = ("pot_matchclot", "pot_log_torch", "pot_lazy", "geomloss_tensorized", "geomloss_online", "ott_online")
-THREADS = 2
+DEFAULT_THREADS = 1
 RESULTS = ROOT / "benchmarks" / "results" / "match_ot.jsonl"
 ARGMAX_DIR = ROOT / "benchmarks" / "results" / "match_ot_argmax"
 # Peers skipped where an estimate from the smaller sizes (time ~ N² per iteration) exceeds 30 minutes or the dense
 # float64 matrices exceed 24 GB.
 SKIP = {
     "pot_matchclot": lambda n: n > 10_000 and "skipped: ~N² x 5000 iterations, > 30 min from the 10k time",
-    "pot_lazy": lambda n: n > 2_000 and "skipped: float64 cdist per block per iteration, > 30 min beyond 2k",
+    "pot_lazy": lambda n: n > 10_000 and "skipped: float64 cdist per block per iteration, > 30 min beyond 10k",
     "pot_log_torch": lambda n: n > 20_000 and "skipped: dense N x N float32 cost + log-domain temporaries",
     "geomloss_tensorized": lambda n: n > 20_000 and "skipped: dense N x N float32",
     "reference": lambda n: n > 20_000 and "skipped: dense float64 reference > 3 GB",
@@ -50,7 +53,7 @@ def is_heavy(solver: str, n: int) -> bool:
     return n >= 20_000 or (solver not in OURS and n >= 10_000) or solver == "pot_lazy"
 
 
-def run_one(solver: str, n: int, timeout: float, lock: str = "auto") -> dict:
+def run_one(solver: str, n: int, timeout: float, lock: str = "never", threads: int = DEFAULT_THREADS) -> dict:
     """One solve in its own process; returns the driver's JSON plus peak RSS and wall time."""
     python = sys.executable if solver in OURS else str(PEERS_PYTHON)
     ARGMAX_DIR.mkdir(parents=True, exist_ok=True)
@@ -61,7 +64,7 @@ def run_one(solver: str, n: int, timeout: float, lock: str = "auto") -> dict:
         if lock == "always" or (lock == "auto" and is_heavy(solver, n)):
             command = ["flock", str(HEAVY_LOCK), *command]
         command += ["--out", str(out), "--argmax-out", str(argmax)]
-        env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(THREADS))}
+        env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(threads))}
         start = time.perf_counter()
         with (Path(directory) / "stderr").open("wb") as stderr:
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT, env=env)
@@ -76,9 +79,9 @@ def run_one(solver: str, n: int, timeout: float, lock: str = "auto") -> dict:
     return result
 
 
-def exp_throughput(n_entries: int = 50_000_000) -> float:
-    """Measured float32 ``exp`` evaluations per second (in place, torch, the benchmark's thread count)."""
-    torch.set_num_threads(THREADS)
+def exp_throughput(threads: int, n_entries: int = 50_000_000) -> float:
+    """Measured float32 ``exp`` evaluations per second (in place, torch, ``threads`` threads)."""
+    torch.set_num_threads(threads)
     values = torch.rand(n_entries)
     values.exp_()
     start = time.perf_counter()
@@ -128,7 +131,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--table-only", action="store_true")
-    parser.add_argument("--lock", choices=["auto", "always", "never"], default="auto")
+    parser.add_argument("--lock", choices=["auto", "always", "never"], default="never")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="BLAS/torch threads of every solve")
     args = parser.parse_args()
     args.results.parent.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
@@ -139,13 +143,15 @@ def main() -> None:
                 if skip:
                     record = {"solver": solver, "n": n, "skipped": skip}
                 else:
-                    record = run_one(solver, n, args.timeout, args.lock)
+                    record = run_one(solver, n, args.timeout, args.lock, args.threads)
+                record["threads"] = args.threads
                 print(json.dumps(record), flush=True)
                 with args.results.open("a") as handle:
                     handle.write(json.dumps(record) + "\n")
     results = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
-    throughput = exp_throughput()
-    print(f"\nexp throughput (float32, {THREADS} threads): {throughput / 1e6:.0f} M/s\n")
+    results = [r for r in results if r.get("threads", 2) == args.threads]
+    throughput = exp_throughput(args.threads)
+    print(f"\nexp throughput (float32, {args.threads} threads): {throughput / 1e6:.0f} M/s\n")
     print(table(results, throughput))
 
 

@@ -123,3 +123,32 @@ def test_plan_tile_rows():
     full = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost)
     part = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost, rows=slice(5, 9))
     np.testing.assert_allclose(part, full[5:9])
+
+
+def test_rows_far_from_their_mass_are_handled_exactly():
+    # Adding a constant to f scales a row of P by exp(constant / epsilon) (here e^300, beyond float32) without
+    # changing the row once normalised: the strip's shifted sums leave their range and the exact row max is used.
+    x, y, result = solved(50, 40, seed=4)
+    args = (x, y, result.f, result.g, result.epsilon, result.cost)
+    plain = mm.ot.sparsify_plan(*args, device="cpu")
+    shifted_f = result.f.copy()
+    shifted_f[::3] += 3.0
+    shifted = mm.ot.sparsify_plan(x, y, shifted_f, result.g, result.epsilon, result.cost, device="cpu")
+    np.testing.assert_allclose(shifted.plan.toarray(), plain.plan.toarray(), atol=1e-5)
+    np.testing.assert_allclose(shifted.row_confidence, plain.row_confidence, rtol=1e-4)
+    np.testing.assert_allclose(shifted.row_entropy, plain.row_entropy, rtol=1e-4, atol=1e-6)
+
+
+def test_many_column_blocks_match_the_full_plan():
+    # More columns than one block (BLOCK_COLS) and several strips of rows.
+    x, y, result = solved(30, 2500, seed=5, dtype="float64", tol=1e-8, max_iter=5000)
+    sparse = mm.ot.sparsify_plan(
+        x, y, result.f, result.g, result.epsilon, result.cost, dtype="float64", device="cpu", memory_budget=7 * 2500 * 8
+    )
+    full = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost)
+    rows = full / full.sum(1, keepdims=True)
+    cols = full / full.sum(0, keepdims=True)
+    np.testing.assert_allclose(sparse.row_confidence, rows.max(1), rtol=1e-6)
+    np.testing.assert_allclose(sparse.col_confidence, cols.max(0), rtol=1e-6)
+    np.testing.assert_array_equal(sparse.plan.argmax(1).A1, rows.argmax(1))
+    assert (sparse.row_mass_kept >= 0.999 - 1e-9).all()

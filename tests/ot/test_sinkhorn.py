@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mumatch as mm
+from mumatch.ot import _sinkhorn as sinkhorn_module
 
 FAST = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -110,6 +111,26 @@ def test_tiled_equals_dense(dtype, tau):
     assert dense.mode == "dense" and tiled.mode == "tiled"
     atol = 1e-6 / 120 if dtype == "float64" else 1e-3 / 120  # both stop within tol, from either side
     np.testing.assert_allclose(full_plan(x, y, tiled), full_plan(x, y, dense), atol=atol)
+
+
+def test_tiled_with_many_blocks_equals_dense():
+    # Several strips of rows and more columns than one block (BLOCK_COLS).
+    x, y = clouds(40, 2500, 6, 4)
+    kwargs = {"epsilon": 0.03, "tol": 1e-9, "dtype": "float64", "max_iter": 5000, "device": "cpu"}
+    dense = mm.ot.sinkhorn(x, y, mode="dense", **kwargs)
+    tiled = mm.ot.sinkhorn(x, y, mode="tiled", memory_budget=9 * 2500 * 8, **kwargs)
+    np.testing.assert_allclose(full_plan(x, y, tiled), full_plan(x, y, dense), atol=1e-9 / 40)
+
+
+def test_tiled_exact_row_max_fallback_gives_the_same_solve(monkeypatch):
+    # An empty range for the shifted row sums forces every strip of every pass onto the exact row max.
+    x, y = clouds(60, 50, 6, 5)
+    kwargs = {"epsilon": 0.05, "tol": 1e-4, "mode": "tiled", "memory_budget": 8 * 50 * 4, "device": "cpu"}
+    shifted = mm.ot.sinkhorn(x, y, **kwargs)
+    monkeypatch.setitem(sinkhorn_module.SHIFTED_SUM_RANGE, torch.float32, (np.inf, np.inf))
+    exact = mm.ot.sinkhorn(x, y, **kwargs)
+    assert exact.n_iter == shifted.n_iter
+    np.testing.assert_allclose(full_plan(x, y, exact), full_plan(x, y, shifted), atol=1e-4 / 60)
 
 
 def test_auto_mode_follows_the_memory_budget():

@@ -8,7 +8,18 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ._cost import DEFAULT_MEMORY_BUDGET, _buffer, check_points, prepare_cost, resolve_device, resolve_dtype, tile_rows
+from ._cost import (
+    BLOCK_COLS,
+    DEFAULT_MEMORY_BUDGET,
+    SHIFTED_SUM_RANGE,
+    STRIP_ROWS,
+    _buffer,
+    check_points,
+    prepare_cost,
+    resolve_device,
+    resolve_dtype,
+    tile_rows,
+)
 
 # The competition accepted at most 1000 non-zeros per row of a prediction.
 MAX_PER_ROW = 1000
@@ -129,42 +140,68 @@ def sparsify_plan(
     k = min(top_k if top_k is not None else max_per_row, n_cols)
     f_t = torch.as_tensor(np.asarray(f), dtype=torch_dtype, device=torch_device)
     g_t = torch.as_tensor(np.asarray(g), dtype=torch_dtype, device=torch_device)
-    step = tile_rows(n_cols, geometry.x.element_size(), memory_budget, n_buffers=3)
+    itemsize = geometry.x.element_size()
+    step = min(STRIP_ROWS, tile_rows(n_cols, itemsize, memory_budget, n_buffers=1))
+    column_ranges = [(j, min(j + BLOCK_COLS, n_cols)) for j in range(0, n_cols, BLOCK_COLS)]
+    inv_epsilon = 1.0 / epsilon
+    alpha = geometry.scale * inv_epsilon
+    column_bias = (g_t - geometry.col) * inv_epsilon
+    row_terms = f_t * inv_epsilon + geometry.row_constant(0, n_rows, inv_epsilon)
+    # A converged balanced plan with uniform marginals has row mass 1 / N: shifting by it keeps the exponentials ~1
+    # without a pass for the row max; rows whose shifted sums leave this range are redone with their exact max.
+    mass_shift = -np.log(n_rows)
+    low, high = SHIFTED_SUM_RANGE[torch_dtype]
 
     row_confidence = np.empty(n_rows)
     row_entropy = np.empty(n_rows)
     row_mass_kept = np.empty(n_rows)
-    col_max = torch.full((n_cols,), -torch.inf, dtype=torch.float64, device=torch_device)
+    col_max = torch.full((n_cols,), -torch.inf, dtype=torch_dtype, device=torch_device)
     col_sums = torch.zeros(n_cols, dtype=torch.float64, device=torch_device)
     col_weighted = torch.zeros(n_cols, dtype=torch.float64, device=torch_device)
+    strip_col_sums = torch.empty(n_cols, dtype=torch_dtype, device=torch_device)
+    strip_col_weighted = torch.empty(n_cols, dtype=torch_dtype, device=torch_device)
+    block = torch.empty(step * min(BLOCK_COLS, n_cols), dtype=torch_dtype, device=torch_device)
+    work = (torch.empty_like(block), torch.empty_like(block))
+    ones = torch.ones(BLOCK_COLS, dtype=torch_dtype, device=torch_device)
     counts, indices, weights = [], [], []
-    buffer = None
+    strip = None
     with torch.no_grad():
         for start in range(0, n_rows, step):
             stop = min(start + step, n_rows)
-            buffer = _buffer(buffer, stop - start, n_cols, geometry.x)
-            log_plan = _log_plan_tile(geometry, f_t, g_t, epsilon, start, stop, buffer)
-            row_max = log_plan.amax(dim=1)
-            shifted = torch.exp(log_plan - row_max[:, None])
-            row_sums = shifted.sum(dim=1)
-            row_confidence[start:stop] = (1.0 / row_sums).double().cpu().numpy()
-            entropy = row_sums.log() - (shifted * (log_plan - row_max[:, None])).sum(dim=1) / row_sums
+            rows, height = slice(start, stop), stop - start
+            # The strip of log P, row-major for topk; every block of it is computed and summarised in cache.
+            strip = _buffer(strip, height, n_cols, geometry.x)
+            row_max = torch.full((height,), -torch.inf, dtype=torch_dtype, device=torch_device)
+            shift = torch.full((height,), mass_shift, dtype=torch_dtype, device=torch_device)
+            stats = _StripStats(height, shift, ones)
+            for j0, j1 in column_ranges:
+                log_plan = block[: height * (j1 - j0)].view(height, j1 - j0)
+                geometry.shifted_block(rows, slice(j0, j1), alpha, column_bias, out=log_plan)
+                log_plan.add_(row_terms[rows, None])
+                strip[:, j0:j1].copy_(log_plan)
+                row_max = torch.maximum(row_max, log_plan.amax(dim=1))
+                torch.maximum(col_max[j0:j1], log_plan.amax(dim=0), out=col_max[j0:j1])
+                stats.add(log_plan, work, strip_col_sums[j0:j1], strip_col_weighted[j0:j1])
+            if not bool(((stats.row_sums >= low) & (stats.row_sums <= high)).all()):
+                stats = _StripStats(height, row_max, ones)
+                for j0, j1 in column_ranges:
+                    stats.add(strip[:, j0:j1], work, strip_col_sums[j0:j1], strip_col_weighted[j0:j1])
+            col_sums += strip_col_sums
+            col_weighted += strip_col_weighted
+            shift, row_sums = stats.shift, stats.row_sums
+            row_confidence[start:stop] = (torch.exp(row_max - shift) / row_sums).double().cpu().numpy()
+            # -sum p log p with p = exp(log P - shift) / row_sums.
+            entropy = row_sums.log() - stats.row_weighted / row_sums
             row_entropy[start:stop] = entropy.double().cpu().numpy()
-            # The plan's own entries, for the column statistics.
-            shifted.mul_(torch.exp(row_max)[:, None])
-            col_sums += shifted.sum(dim=0).double()
-            col_weighted += (shifted * log_plan).sum(dim=0).double()
-            col_max = torch.maximum(col_max, log_plan.amax(dim=0).double())
-            del shifted
 
-            top_values, top_index = torch.topk(log_plan, k, dim=1, sorted=True)
-            top_weights = torch.exp(top_values - row_max[:, None]) / row_sums[:, None]
+            top_values, top_index = torch.topk(strip, k, dim=1, sorted=True)
+            top_weights = torch.exp(top_values - shift[:, None]) / row_sums[:, None]
             if top_k is None:
                 cumulative = top_weights.cumsum(dim=1)
                 keep = (cumulative < mass).sum(dim=1) + 1
                 keep = keep.clamp_max(k)
             else:
-                keep = torch.full((stop - start,), k, dtype=torch.long, device=torch_device)
+                keep = torch.full((height,), k, dtype=torch.long, device=torch_device)
             mask = torch.arange(k, device=torch_device)[None, :] < keep[:, None]
             kept = torch.where(mask, top_weights, torch.zeros_like(top_weights))
             kept_sums = kept.sum(dim=1)
@@ -180,7 +217,7 @@ def sparsify_plan(
     )
     col_sums_np = col_sums.cpu().numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
-        col_confidence = np.exp(col_max.cpu().numpy()) / col_sums_np
+        col_confidence = np.exp(col_max.double().cpu().numpy()) / col_sums_np
         col_entropy = np.log(col_sums_np) - col_weighted.cpu().numpy() / col_sums_np
     unmatched = ~(col_sums_np > 0)
     col_confidence[unmatched] = np.nan
@@ -219,6 +256,44 @@ def _sparse_axis_stats(matrix: sp.csr_matrix, sums: np.ndarray) -> tuple[np.ndar
     confidence[filled] = max_all[filled]
     entropy[filled] = entropy_all[filled]
     return confidence, entropy
+
+
+class _StripStats:
+    """Row and column sums of ``P`` and of ``P log P`` over a strip of rows, accumulated block by block.
+
+    Rows are handled as ``exp(log P - shift)``, so that they stay in the floating-point range; the column sums are of
+    ``P`` itself.
+    """
+
+    def __init__(self, height: int, shift: torch.Tensor, ones: torch.Tensor) -> None:
+        self.shift = shift
+        self.exp_shift = shift.exp()
+        self.exp_shift_times_shift = self.exp_shift * shift
+        self.ones = ones
+        self.row_sums = torch.zeros(height, dtype=shift.dtype, device=shift.device)
+        self.row_weighted = torch.zeros_like(self.row_sums)  # sum of exp(log P - shift) * (log P - shift)
+
+    def add(
+        self,
+        log_plan: torch.Tensor,
+        work: tuple[torch.Tensor, torch.Tensor],
+        col_sums: torch.Tensor,
+        col_weighted: torch.Tensor,
+    ) -> None:
+        """Add one block of ``log P``; write its sums of ``P`` and ``P log P`` over rows into the column slices."""
+        height, width = log_plan.shape
+        shifted = work[0][: height * width].view(height, width)
+        scaled = work[1][: height * width].view(height, width)
+        torch.sub(log_plan, self.shift[:, None], out=shifted)
+        torch.exp(shifted, out=scaled)
+        ones = self.ones[:width]
+        self.row_sums += torch.mv(scaled, ones)
+        torch.mv(scaled.T, self.exp_shift, out=col_sums)
+        torch.mv(scaled.T, self.exp_shift_times_shift, out=col_weighted)
+        # Products with log P - shift, not log P, keep the row entropies well conditioned in float32.
+        scaled.mul_(shifted)
+        self.row_weighted += torch.mv(scaled, ones)
+        col_weighted += torch.mv(scaled.T, self.exp_shift)
 
 
 def _log_plan_tile(
