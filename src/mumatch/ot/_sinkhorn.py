@@ -29,6 +29,7 @@ import torch
 from ._cost import (
     BLOCK_COLS,
     DEFAULT_MEMORY_BUDGET,
+    DENSE_BLOCK_BYTES,
     SHIFTED_SUM_RANGE,
     STRIP_ROWS,
     PointCloudCost,
@@ -48,6 +49,12 @@ ABSORB_LOG_BOUND = {torch.float32: 30.0, torch.float64: 200.0}
 EXPONENT_LIMIT = {torch.float32: 50.0, torch.float64: 500.0}
 # Epsilon is divided by 4 at each scaling stage (Schmitzer 2019 uses factors of 2 to 4).
 EPSILON_DECAY = 0.25
+# Over-relaxation of the balanced scaling updates, u <- u^(1 - w) (a / K v)^w (Thibault, Chizat, Dossal, Papadakis
+# 2021, "Overrelaxed Sinkhorn-Knopp algorithm for regularized optimal transport", Algorithms 14(5)). Iterations to an
+# L1 error of 1e-3 on the benchmark's problem (bench_match_ot.py), for w = 1 / 1.3 / 1.4 / 1.5: 37 / 23 / 19 / 15 at
+# N = 2k, 23 / 16 / 11 / 11 at 5k, 18 / 11 / 9 / 11 at 10k, same top-1. A stage falls back to w = 1 (plain Sinkhorn,
+# which always converges) as soon as the marginal error grows. Unbalanced solves use w = 1.
+OVERRELAXATION = 1.4
 # Intermediate stages stop at this marginal error (or at the final tolerance when that is looser).
 STAGE_TOL = 1e-2
 
@@ -266,6 +273,7 @@ class _Solver:
         self.dtype = geometry.x.dtype
         self.tiny = torch.finfo(self.dtype).tiny
         self.buffer: torch.Tensor | None = None
+        self.log_sums: torch.Tensor | None = None  # the tiled solver's log row sums of its last pass
 
     def ones(self, size: int, like: torch.Tensor) -> torch.Tensor:
         """A cached vector of ones."""
@@ -291,29 +299,37 @@ class _TiledSolver(_Solver):
         for stage, epsilon in enumerate(schedule):
             stage_tol = tol if stage == len(schedule) - 1 else max(tol, STAGE_TOL)
             lam = self.exponent(epsilon)
+            omega = OVERRELAXATION if self.tau is None else 1.0
             exact = True  # the previous potentials belong to another epsilon: no shift to reuse
+            previous_error = math.inf
             while n_iter < max_iter:
-                f, column_sums = self.row_pass(f, g, epsilon, exact=exact)
+                # The first pass of a stage starts from another epsilon's potentials: a plain update.
+                f, column_sums, row_error = self.row_pass(f, g, epsilon, exact=exact, omega=1.0 if exact else omega)
                 exact = False
                 n_iter += 1
                 if self.tau is None:
-                    error = (column_sums - self.b.double()).abs().sum().item()
+                    error = row_error + (column_sums - self.b.double()).abs().sum().item()
                 else:
                     error = math.inf if previous is None else (column_sums - previous).abs().sum().item()
                     previous = column_sums
                 if error <= stage_tol:
                     break
+                if error > previous_error:
+                    omega = 1.0
+                previous_error = error
                 log_sums = column_sums.clamp_min(1e-300).log()
-                g = (lam * (epsilon * (log_b64 - log_sums) + g.double())).to(self.dtype)
+                g_sinkhorn = lam * (epsilon * (log_b64 - log_sums) + g.double())
+                g = (g + omega * (g_sinkhorn - g)).to(self.dtype)
         return f, g, n_iter, error, n_iter
 
     def row_pass(
-        self, f: torch.Tensor, g: torch.Tensor, epsilon: float, *, exact: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact log-domain row update of ``f`` and the column sums of the resulting plan, strip by strip.
+        self, f: torch.Tensor, g: torch.Tensor, epsilon: float, *, exact: bool, omega: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Log-domain row update of ``f`` (over-relaxed by ``omega``) and the column sums of the resulting plan.
 
-        Each row is shifted by its log row sum of the previous pass (read back from ``f``) unless ``exact``, or
-        unless that shift leaves the row sums out of :data:`SHIFTED_SUM_RANGE`: then by its exact max.
+        Strip by strip, each row is shifted by its log row sum of the previous pass unless ``exact``, or unless that
+        shift leaves the row sums out of :data:`SHIFTED_SUM_RANGE`: then by its exact max. Returns the new ``f``, the
+        column sums and the L1 error of the row sums (0 with ``omega = 1``, up to rounding).
         """
         geometry = self.geometry
         n_rows, n_cols = geometry.shape
@@ -324,8 +340,9 @@ class _TiledSolver(_Solver):
         strip_rows = min(STRIP_ROWS, tile_rows(n_cols, geometry.x.element_size(), self.memory_budget, n_buffers=1))
         self.buffer = _buffer(self.buffer, strip_rows, n_cols, geometry.x).view(-1)
         column_ranges = [(j, min(j + BLOCK_COLS, n_cols)) for j in range(0, n_cols, BLOCK_COLS)]
-        # f = lam * epsilon * (log_a - log row sum) inverted: the previous pass's log row sums.
-        previous_log_sums = self.log_a - f * (1.0 / (lam * epsilon))
+        previous_log_sums = self.log_sums
+        self.log_sums = torch.empty_like(f)
+        row_error = 0.0
         low, high = SHIFTED_SUM_RANGE[self.dtype]
         f_new = torch.empty_like(f)
         strip_column_sums = torch.empty(n_cols, dtype=self.dtype, device=f.device)
@@ -336,21 +353,26 @@ class _TiledSolver(_Solver):
             blocks = [self.buffer[height * j0 : height * j1].view(height, j1 - j0) for j0, j1 in column_ranges]
             row_constant = geometry.row_constant(start, stop, inv_epsilon)
             shift, row_sums = None, None
-            if not exact:
+            if not exact and previous_log_sums is not None:
                 shift = previous_log_sums[rows] - row_constant
                 row_sums = self._exp_strip(blocks, column_ranges, rows, alpha, column_bias, shift)
             if shift is None or not bool(((row_sums >= low) & (row_sums <= high)).all()):
                 shift = self._row_max(blocks, column_ranges, rows, alpha, column_bias)
                 row_sums = self._exp_strip(blocks, column_ranges, rows, alpha, column_bias, shift, computed=True)
             row_shift = shift + row_constant
-            f_tile = lam * epsilon * (self.log_a[rows] - row_shift - row_sums.log())
+            self.log_sums[rows] = row_shift + row_sums.log()
+            f_sinkhorn = lam * epsilon * (self.log_a[rows] - self.log_sums[rows])
+            f_tile = f[rows] + omega * (f_sinkhorn - f[rows]) if omega != 1.0 else f_sinkhorn
             f_new[rows] = f_tile
+            if omega != 1.0:
+                # Row sums of the relaxed plan: a * exp((f - f_sinkhorn) / epsilon).
+                row_error += (self.a[rows] * torch.expm1((f_tile - f_sinkhorn) * inv_epsilon)).abs().sum().item()
             # exp(row_shift + f / epsilon) turns the strip into the stabilised kernel exp((f + g - C) / epsilon).
             row_scale = torch.exp(row_shift + f_tile * inv_epsilon)
             for (j0, j1), block in zip(column_ranges, blocks, strict=True):
                 torch.mv(block.T, row_scale, out=strip_column_sums[j0:j1])
             column_sums += strip_column_sums
-        return f_new, column_sums
+        return f_new, column_sums, row_error
 
     def _row_max(
         self, blocks: list[torch.Tensor], column_ranges: list, rows: slice, alpha: float, column_bias: torch.Tensor
@@ -396,14 +418,14 @@ class _DenseSolver(_Solver):
         store: torch.Tensor,
         raw_affine: tuple[float, float] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact log-domain row update of ``f`` and the column sums of the resulting plan, one row tile at a time.
+        """Exact log-domain row update of ``f`` and the column sums of the resulting plan, one row block at a time.
 
         The stabilised kernel ``exp((f + g - C) / epsilon)`` of the updated ``f`` is written into ``store``; with
         ``raw_affine = (kappa, c0)``, ``store`` already holds a product with ``-C = kappa * store + c0``.
         """
         n_rows, n_cols = self.geometry.shape
         lam = self.exponent(epsilon)
-        step = tile_rows(n_cols, self.geometry.x.element_size(), self.memory_budget, n_buffers=1)
+        step = self.block_rows()
         f_new = torch.empty_like(f)
         column_sums = torch.zeros(n_cols, dtype=torch.float64, device=f.device)
         inv_epsilon = 1.0 / epsilon
@@ -430,6 +452,42 @@ class _DenseSolver(_Solver):
             tile.mul_(row_scale[:, None])
         return f_new, column_sums
 
+    def block_rows(self) -> int:
+        """Rows of the kernel per block (see :data:`DENSE_BLOCK_BYTES`)."""
+        n_cols = self.geometry.shape[1]
+        return max(1, DENSE_BLOCK_BYTES // (n_cols * self.geometry.x.element_size()))
+
+    def scaling_pass(
+        self,
+        kernel: torch.Tensor,
+        v: torch.Tensor,
+        f: torch.Tensor,
+        log_u: torch.Tensor,
+        epsilon: float,
+        omega: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``K v``, the next ``log u`` (over-relaxed from ``log_u``) and ``Kᵀ u`` of that ``u``, block by block.
+
+        The second product reads each block while it is still in cache: 40 ms instead of 2 × 23 ms per iteration at
+        N = 10k (measured, one thread).
+        """
+        lam = self.exponent(epsilon)
+        kernel_v = torch.empty_like(f)
+        next_log_u = torch.empty_like(f)
+        kernel_t_u = torch.zeros_like(v)
+        step = self.block_rows()
+        for start in range(0, kernel.shape[0], step):
+            block = kernel[start : start + step]
+            rows = slice(start, start + block.shape[0])
+            torch.mv(block, v, out=kernel_v[rows])
+            # With potentials absorbed, the relaxed update is (a / K v)^λ · exp((λ - 1) f / ε) (λ = 1: balanced).
+            update = lam * (self.log_a[rows] - kernel_v[rows].clamp_min(self.tiny).log())
+            if lam != 1.0:
+                update += (lam - 1.0) * f[rows] / epsilon
+            next_log_u[rows] = log_u[rows] + omega * (update - log_u[rows]) if omega != 1.0 else update
+            kernel_t_u.addmv_(block.T, next_log_u[rows].exp())
+        return kernel_v, next_log_u, kernel_t_u
+
     def run(self, schedule: list[float], tol: float, max_iter: int, kernel: torch.Tensor) -> tuple:
         """Run every stage in ``kernel``'s memory; return ``(f, g, n_iter, error, n_rebuilds)``."""
         n_rows, n_cols = self.geometry.shape
@@ -442,37 +500,44 @@ class _DenseSolver(_Solver):
         for stage, epsilon in enumerate(schedule):
             stage_tol = tol if stage == len(schedule) - 1 else max(tol, STAGE_TOL)
             lam = self.exponent(epsilon)
+            omega = OVERRELAXATION if self.tau is None else 1.0
             f, column_sums = self.row_pass(f, g, epsilon, store=kernel, raw_affine=raw_affine)
             raw_affine = None
             n_rebuilds += 1
             kernel_t_u = column_sums.to(self.dtype)
-            u = torch.ones(n_rows, dtype=self.dtype, device=device)
-            previous = None
+            # The scalings u = exp(log_u), v = exp(log_v) on top of the absorbed potentials.
+            log_u = torch.zeros(n_rows, dtype=self.dtype, device=device)
+            log_v = torch.zeros(n_cols, dtype=self.dtype, device=device)
+            previous, previous_error = None, math.inf
             while n_iter < max_iter:
                 # With potentials absorbed, the relaxed update is (b / Kᵀu)^λ · exp((λ - 1) g / ε) (λ = 1: balanced).
-                log_v = lam * (self.log_b - kernel_t_u.clamp_min(self.tiny).log()) + (lam - 1.0) * g / epsilon
+                update = lam * (self.log_b - kernel_t_u.clamp_min(self.tiny).log()) + (lam - 1.0) * g / epsilon
+                log_v = log_v + omega * (update - log_v)
                 v = log_v.exp()
-                kernel_v = torch.mv(kernel, v)
+                kernel_v, next_log_u, next_kernel_t_u = self.scaling_pass(kernel, v, f, log_u, epsilon, omega)
                 n_iter += 1
-                row_sums = u * kernel_v
+                row_sums = log_u.exp() * kernel_v
                 if self.tau is None:
-                    error = (row_sums - self.a).abs().sum().item()
+                    error = (row_sums - self.a).abs().sum().item() + (v * kernel_t_u - self.b).abs().sum().item()
                 else:
                     error = math.inf if previous is None else (row_sums - previous).abs().sum().item()
                     previous = row_sums
                 if error <= stage_tol or n_iter >= max_iter:
                     break
-                log_u = lam * (self.log_a - kernel_v.clamp_min(self.tiny).log()) + (lam - 1.0) * f / epsilon
-                u = log_u.exp()
+                if error > previous_error:
+                    omega = 1.0
+                previous_error = error
+                log_u = next_log_u
                 if max(log_u.abs().max().item(), log_v.abs().max().item()) > bound:
                     f, g = f + epsilon * log_u, g + epsilon * log_v
                     f, column_sums = self.row_pass(f, g, epsilon, store=kernel)
                     n_rebuilds += 1
                     kernel_t_u = column_sums.to(self.dtype)
-                    u = torch.ones_like(u)
+                    log_u, log_v = torch.zeros_like(log_u), torch.zeros_like(log_v)
+                    previous_error = math.inf
                     continue
-                kernel_t_u = torch.mv(kernel.T, u)
-            f, g = f + epsilon * u.log(), g + epsilon * v.log()
+                kernel_t_u = next_kernel_t_u
+            f, g = f + epsilon * log_u, g + epsilon * log_v
         return f, g, n_iter, error, n_rebuilds
 
 
