@@ -54,7 +54,7 @@ def worker(data: str, seed: int, variant: str, out: Path) -> None:
     mudata.set_options(pull_on_update=False)
     import mumatch as mm
     from mumatch._layout import paired_names
-    from mumatch._pipeline import MATCH_EPSILON, N_SEED_MODELS, fill_unpaired_batches
+    from mumatch._pipeline import MATCH_EPSILON, MATCH_MAX_ITER, ensemble_choice, fill_unpaired_batches
 
     mdata = mm.datasets.read_neurips2021(DATASETS[data])
     mod1, mod2 = mdata.uns["neurips2021"]["mod1"], mdata.uns["neurips2021"]["mod2"]
@@ -70,8 +70,7 @@ def worker(data: str, seed: int, variant: str, out: Path) -> None:
         mm.pp.lsi_harmony(mdata, [mod1, mod2], harmony=variant != "no_harmony", random_state=seed)
     preprocess_time = time.perf_counter() - start
 
-    n_train_batches = mdata[mod1].obs["batch"][mdata[mod1].obs["split"] == "train"].nunique()
-    ensemble = None if variant == "single_model" else ("batch" if n_train_batches > 1 else N_SEED_MODELS)
+    ensemble = None if variant == "single_model" else ensemble_choice(mdata, mod1, mod2)
     start = time.perf_counter()
     models = mm.tl.train_clip(mdata, mod1, mod2, ensemble=ensemble, random_state=seed, progress_bar=False)
     train_time = time.perf_counter() - start
@@ -79,7 +78,7 @@ def worker(data: str, seed: int, variant: str, out: Path) -> None:
 
     def row(name: str, **match_kwargs) -> dict:
         start = time.perf_counter()
-        options = {"epsilon": MATCH_EPSILON, **match_kwargs}
+        options = {"epsilon": MATCH_EPSILON, "max_iter": MATCH_MAX_ITER, **match_kwargs}
         mm.tl.match_ot(mdata, mod1, mod2, use_rep="X_clip", key_added="match", **options)
         match_time = time.perf_counter() - start
         kwargs = {"key": "match", "mod1": mod1, "mod2": mod2}

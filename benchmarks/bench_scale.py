@@ -4,8 +4,9 @@
 
 Each size runs in a fresh process (under /tmp/mumatch-heavy.lock): ``simulate_paired`` RNA + ATAC (half the cells
 paired for training, half unpaired, 3 batches, 2,000 genes, 10,000 peaks), then the stages of ``mumatch run``:
-``lsi_harmony`` → ``train_clip`` (one model per held-out training batch) → ``match_ot``. Prints a markdown table:
-seconds per stage, peak RSS after each stage (the process's high-water mark so far), epochs trained.
+``lsi_harmony`` → ``train_clip`` (one model per held-out training batch) → ``match_ot``, run by the pipeline's own
+stage functions (the random baseline, a dense test × test block, is left out). Prints a markdown table: seconds per
+stage, peak RSS after each stage (the process's high-water mark so far), models and epochs trained, minibatch size.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def worker(n_cells: int, max_epochs: int | None) -> dict:
 
     mudata.set_options(pull_on_update=False)
     import mumatch as mm
+    from mumatch import _pipeline as pipeline
 
     record: dict = {"cells": n_cells}
 
@@ -55,12 +57,16 @@ def worker(n_cells: int, max_epochs: int | None) -> dict:
         ),
     )
     mdata = holder["mdata"]
-    stage("lsi_harmony", lambda: mm.pp.lsi_harmony(mdata, ["rna", "atac"]))
-    options = {"progress_bar": False} | ({"max_epochs": max_epochs} if max_epochs else {})
-    stage("train_clip", lambda: holder.update(models=mm.tl.train_clip(mdata, "rna", "atac", **options)))
-    stage("match_ot", lambda: mm.tl.match_ot(mdata, "rna", "atac", use_rep="X_clip"))
-    record["epochs"] = sum(model.train_info["epochs"] for model in holder["models"])
-    record["match score"] = round(mm.metrics.match_score(mdata, key="match", mod1="rna", mod2="atac"), 4)
+    if max_epochs:
+        pipeline.TRAIN_OPTIONS = {"max_epochs": max_epochs}
+    result = pipeline.PipelineResult()
+    for name, function in pipeline.stages("rna", "atac", seed=0):
+        if name != "random baseline":
+            stage(name, lambda function=function: function(mdata, result))
+    record["models"] = len(mdata.uns["X_clip"]["models"])
+    record["epochs"] = sum(int(model["epochs"]) for model in mdata.uns["X_clip"]["models"].values())
+    record["batch size"] = int(mdata.uns["X_clip"]["models"]["0"]["batch_size"])
+    record["match score"] = round(mm.metrics.match_score(mdata, key=pipeline.CLIP_KEY, mod1="rna", mod2="atac"), 4)
     record["random score"] = round(1 / mm._layout.unpaired_mask(mdata, "atac", "rna").sum(), 6)
     return record
 

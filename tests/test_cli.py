@@ -28,3 +28,20 @@ def test_demo_unknown_data(tmp_path):
 
     with pytest.raises(SystemExit):
         main(["demo", "--data", "/nonexistent/folder/x_", "--out", str(tmp_path)])
+
+
+def test_seed_ensemble_shrinks_with_paired_cells(monkeypatch):
+    import mumatch._pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "N_SEED_MODELS", 5)
+    sizes = [pipeline.seed_ensemble_size(n) for n in (1, 221, 311, 500, 1000, 3330, 100_000)]
+    assert sizes == [5, 5, 5, 3, 2, 1, 1]
+
+
+def test_ensemble_choice_per_batch_or_by_size(simulated, cite):
+    from mumatch._pipeline import ensemble_choice
+
+    # Paired cells from three batches: MatchCLOT's one model per held-out batch.
+    assert ensemble_choice(simulated, "rna", "atac") == "batch"
+    # One training batch: a seed ensemble (the conftest caps it at 2 models).
+    assert ensemble_choice(cite, "rna", "adt") == 2

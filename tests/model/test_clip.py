@@ -187,6 +187,34 @@ def test_defaults_follow_matchclot(cite, multiome):
         assert max(max(widths) for widths in model.init_params["n_hidden"].values()) <= 512
 
 
+def test_default_batch_size_scales_with_training_cells():
+    from mumatch.model._clip import DEFAULT_BATCH_SIZE, MIN_BATCH_SIZE, scaled_batch_size
+
+    # The starters' ~250 training cells stay one minibatch; MatchCLOT's 16,384 is reached at its own scale.
+    assert scaled_batch_size(249) == MIN_BATCH_SIZE >= 249
+    assert scaled_batch_size(2664) == 512
+    assert scaled_batch_size(60_000) == DEFAULT_BATCH_SIZE
+    assert scaled_batch_size(10**7) == DEFAULT_BATCH_SIZE
+    sizes = [scaled_batch_size(n) for n in range(1, 100_000, 997)]
+    assert sizes == sorted(sizes)
+
+
+def test_default_widths_grow_with_paired_cells():
+    from mumatch.model._clip import MATCHCLOT_GEX2ADT, scaled_widths
+
+    widths = MATCHCLOT_GEX2ADT["n_hidden"]["other"]
+    assert scaled_widths(widths, 311) == (256, 256)
+    assert scaled_widths(widths, 3330) == (256, 256)
+    assert scaled_widths(widths, 10_000) == (1024, 1024)
+    assert scaled_widths(widths, 66_000) == tuple(widths)
+
+
+def test_default_minibatches_recorded(small):
+    model = make_model(small)
+    model.train(max_epochs=1, progress_bar=False)
+    assert model.train_info["batch_size"] == 256
+
+
 @pytest.mark.slow
 def test_ddp_spawn_on_two_cpu_processes(small):
     model = make_model(small)
