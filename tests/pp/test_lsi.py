@@ -94,13 +94,14 @@ def test_embedding_permutes_with_the_cells():
 def test_threaded_products_match_direct_ones(monkeypatch):
     monkeypatch.setattr(_lsi, "THREADED_NNZ", 0)
     monkeypatch.setattr(_lsi, "_n_threads", lambda: 3)
+    monkeypatch.setattr(_lsi, "COLUMN_BLOCK", 3)  # 7 dense columns: blocks of 3, 3 and 1
     rng = np.random.default_rng(0)
     matrix = sp.random(101, 57, density=0.2, format="lil", dtype=np.float32, random_state=rng)
     matrix[10:20] = 0  # empty rows inside a block
     matrix = sp.csr_matrix(matrix)
-    dense = rng.normal(size=(57, 4)).astype(np.float32)
+    dense = rng.normal(size=(57, 7)).astype(np.float32)
     np.testing.assert_allclose(matmul(matrix, dense), matrix.toarray() @ dense, rtol=1e-5, atol=1e-5)
-    other = rng.normal(size=(101, 4)).astype(np.float32)
+    other = rng.normal(size=(101, 7)).astype(np.float32)
     np.testing.assert_allclose(rmatmul(matrix, other), matrix.toarray().T @ other, rtol=1e-5, atol=1e-5)
 
 

@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 N_OVERSAMPLES = 10
 N_POWER_ITERATIONS = 2
 THREADED_NNZ = 1 << 20  # below this many non-zeros a sparse product is faster than starting threads
+COLUMN_BLOCK = 16  # dense columns per sparse product (see _by_columns)
 
 
 def _n_threads() -> int:
@@ -42,6 +43,20 @@ def _row_blocks(matrix: sp.csr_matrix, n_blocks: int) -> list[tuple[slice, sp.cs
     return blocks
 
 
+def _by_columns(product, dense: np.ndarray, n_rows: int) -> np.ndarray:
+    """``product(dense)`` computed COLUMN_BLOCK columns of ``dense`` at a time.
+
+    A sparse × dense product gathers one row of the dense factor per non-zero; a block of 16 columns of a
+    100,000-row factor (6 MB) stays in cache where the whole factor (100 MB at ~260 columns) does not: 1.4-1.5×
+    faster per pass on a 10k-cell ATAC matrix (measured; 32 columns 1.3×, 64 slower than no blocking).
+    """
+    out = np.empty((n_rows, dense.shape[1]), dtype=np.result_type(np.float32, dense.dtype))
+    for first in range(0, dense.shape[1], COLUMN_BLOCK):
+        columns = slice(first, first + COLUMN_BLOCK)
+        out[:, columns] = product(np.ascontiguousarray(dense[:, columns]))
+    return out
+
+
 def matmul(matrix: sp.csr_matrix, dense: np.ndarray) -> np.ndarray:
     """``matrix @ dense`` with one thread per row block (scipy's sparse kernels release the GIL)."""
     if matrix.nnz < THREADED_NNZ:
@@ -51,7 +66,7 @@ def matmul(matrix: sp.csr_matrix, dense: np.ndarray) -> np.ndarray:
 
     def multiply(item: tuple[slice, sp.csr_matrix]) -> None:
         rows, block = item
-        out[rows] = block @ dense
+        out[rows] = _by_columns(block.__matmul__, dense, block.shape[0])
 
     with ThreadPoolExecutor(max_workers=len(blocks)) as pool:
         list(pool.map(multiply, blocks))
@@ -66,7 +81,7 @@ def rmatmul(matrix: sp.csr_matrix, dense: np.ndarray) -> np.ndarray:
 
     def multiply(item: tuple[slice, sp.csr_matrix]) -> np.ndarray:
         rows, block = item
-        return block.T @ dense[rows]
+        return _by_columns(block.T.__matmul__, dense[rows], block.shape[1])
 
     with ThreadPoolExecutor(max_workers=len(blocks)) as pool:
         parts = list(pool.map(multiply, blocks))
