@@ -1,6 +1,6 @@
 """Quality of the whole pipeline (lsi_harmony → train_clip → match_ot) against MatchCLOT, side by side.
 
-    python benchmarks/bench_pipeline.py [--data cite multiome pbmc10k_cite] [--seeds 0 1 2] [--ablation-seeds 0]
+    python benchmarks/bench_pipeline.py [--data cite multiome pbmc10k_cite] [--seeds 0 1 2] [--ablation-seeds [0]]
         [--threads 1] [--results benchmarks/results/pipeline] [--no-peers]
 
 Each run (data set × seed × variant) executes in a fresh process; its JSON lands in ``--results`` and is reused by
@@ -196,7 +196,7 @@ def main() -> None:
     parser.add_argument("--worker", nargs=4, metavar=("DATA", "SEED", "VARIANT", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--data", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--ablation-seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--ablation-seeds", nargs="*", type=int, default=[0], help="none: no ablation runs")
     parser.add_argument("--threads", type=int, default=1, help="threads of each run, both sides (default 1)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline")
     parser.add_argument("--no-peers", action="store_true")
