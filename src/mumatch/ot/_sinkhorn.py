@@ -35,6 +35,7 @@ from ._cost import (
     PointCloudCost,
     _buffer,
     check_points,
+    empty_array,
     prepare_cost,
     resolve_device,
     resolve_dtype,
@@ -224,7 +225,7 @@ def sinkhorn(
         itemsize = torch.finfo(torch_dtype).bits // 8
         dense = mode == "dense" or (mode == "auto" and n_rows * n_cols * itemsize <= memory_budget)
         # In dense mode the kernel's memory first receives the product that the cost's rescaling needs.
-        kernel = torch.empty((n_rows, n_cols), dtype=torch_dtype, device=torch_device) if dense else None
+        kernel = empty_array((n_rows, n_cols), torch_dtype, torch_device) if dense else None
         geometry = prepare_cost(
             x, y, cost, dtype=torch_dtype, device=torch_device, memory_budget=memory_budget, product_out=kernel
         )
