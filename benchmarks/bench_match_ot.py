@@ -103,23 +103,27 @@ def table(results: list[dict], throughput: float | None) -> str:
     """The markdown table of all results (latest per solver and size)."""
     latest = {(r["solver"], r["n"]): r for r in results}
     lines = [
-        "| N | solver | time (s) | peak RSS (MB) | iterations | marginal error (L1) | top-1 | top-1 agreement "
-        "with reference | time / iteration (s) | log-domain bound / iteration (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| N | solver | time (s) | + sparse plan (s) | peak RSS (MB) | iterations | marginal error (L1) | top-1 | "
+        "top-1 agreement with reference | time / iteration (s) | log-domain bound / iteration (s) | "
+        "time / iteration ÷ bound |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (solver, n), r in sorted(latest.items(), key=lambda item: (item[0][1], (OURS + PEERS).index(item[0][0]))):
         bound = 2 * n * n / throughput if throughput else None
         bound_cell = f"{bound:.3g}" if bound else ""
         if "error" in r or "skipped" in r:
-            lines.append(f"| {n} | {solver} | {r.get('error') or r.get('skipped')} | | | | | | | {bound_cell} |")
+            lines.append(f"| {n} | {solver} | {r.get('error') or r.get('skipped')} | | | | | | | | {bound_cell} | |")
             continue
         iterations = r.get("n_iter", -1)
-        per_iteration = f"{r['solve_s'] / iterations:.3g}" if iterations and iterations > 0 else ""
+        per_iteration = r["solve_s"] / iterations if iterations and iterations > 0 else None
+        fraction = f"{per_iteration / bound:.2g}" if per_iteration and bound else ""
         agree = agreement(solver, n)
+        sparsify = f"{r['sparsify_s']:.3g}" if "sparsify_s" in r else ""
         lines.append(
-            f"| {n} | {solver}{' (' + r['mode'] + ')' if 'mode' in r else ''} | {r['solve_s']:.3g} | "
+            f"| {n} | {solver}{' (' + r['mode'] + ')' if 'mode' in r else ''} | {r['solve_s']:.3g} | {sparsify} | "
             f"{r['peak_rss_mb']:.0f} | {iterations if iterations >= 0 else 'n/a'} | {r['marginal_error']:.2g} | "
-            f"{r['top1']:.4f} | {'' if agree is None else f'{agree:.4f}'} | {per_iteration} | {bound_cell} |"
+            f"{r['top1']:.4f} | {'' if agree is None else f'{agree:.4f}'} | "
+            f"{'' if per_iteration is None else f'{per_iteration:.3g}'} | {bound_cell} | {fraction} |"
         )
     return "\n".join(lines)
 
