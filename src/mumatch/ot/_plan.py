@@ -194,7 +194,7 @@ def sparsify_plan(
             entropy = row_sums.log() - stats.row_weighted / row_sums
             row_entropy[start:stop] = entropy.double().cpu().numpy()
 
-            top_values, top_index = torch.topk(strip, k, dim=1, sorted=True)
+            top_values, top_index = _top_k(strip, k)
             top_weights = torch.exp(top_values - shift[:, None]) / row_sums[:, None]
             if top_k is None:
                 cumulative = top_weights.cumsum(dim=1)
@@ -292,6 +292,25 @@ class _StripStats:
         scaled.mul_(shifted)
         self.row_weighted += torch.mv(scaled, ones)
         col_weighted += torch.mv(scaled.T, self.exp_shift)
+
+
+def _top_k(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of each row in decreasing order, and their columns.
+
+    On the CPU, numpy's introselect (``argpartition``) and a sort of the ``k`` selected entries is about twice as fast
+    as ``torch.topk``: 0.10 against 0.20 ms per row of 10k, 0.53 against 0.95 ms per row of 100k, for k = 1000
+    (measured, one thread).
+    """
+    if values.device.type != "cpu":
+        return torch.topk(values, k, dim=1, sorted=True)
+    array = values.numpy()
+    n_cols = array.shape[1]
+    index = np.argpartition(array, n_cols - k, axis=1)[:, n_cols - k :]
+    selected = np.take_along_axis(array, index, axis=1)
+    order = np.argsort(-selected, axis=1)
+    return torch.from_numpy(np.take_along_axis(selected, order, axis=1)), torch.from_numpy(
+        np.take_along_axis(index, order, axis=1)
+    )
 
 
 def _log_plan_tile(
