@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 N_OVERSAMPLES = 10
 N_POWER_ITERATIONS = 2
 THREADED_NNZ = 1 << 20  # below this many non-zeros a sparse product is faster than starting threads
-COLUMN_BLOCK = 16  # dense columns per sparse product (see _by_columns)
+COLUMN_BLOCK = 16  # dense columns per sparse product (see _product)
 
 
 def _n_threads() -> int:
@@ -27,68 +27,45 @@ def _n_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _row_blocks(matrix: sp.csr_matrix, n_blocks: int) -> list[tuple[slice, sp.csr_matrix]]:
-    """Consecutive row blocks of similar numbers of non-zeros, as CSR views on the matrix's own arrays."""
-    n_rows = matrix.shape[0]
-    targets = np.linspace(0, matrix.nnz, n_blocks + 1)
-    bounds = np.unique(np.concatenate([[0], np.searchsorted(matrix.indptr, targets[1:-1]), [n_rows]]))
-    blocks = []
-    for first, last in zip(bounds[:-1], bounds[1:], strict=True):
-        begin, end = matrix.indptr[first], matrix.indptr[last]
-        indptr = matrix.indptr[first : last + 1] - begin
-        block = sp.csr_matrix(
-            (matrix.data[begin:end], matrix.indices[begin:end], indptr), shape=(last - first, matrix.shape[1])
-        )
-        blocks.append((slice(first, last), block))
-    return blocks
-
-
-def _by_columns(product, dense: np.ndarray, n_rows: int) -> np.ndarray:
-    """``product(dense)`` computed COLUMN_BLOCK columns of ``dense`` at a time.
+def _product(multiply, dense: np.ndarray, n_rows: int) -> np.ndarray:
+    """``multiply(dense)`` (a sparse matrix's product) computed COLUMN_BLOCK columns of ``dense`` at a time.
 
     A sparse × dense product gathers one row of the dense factor per non-zero; a block of 16 columns of a
     100,000-row factor (6 MB) stays in cache where the whole factor (100 MB at ~260 columns) does not: 1.4-1.5×
-    faster per pass on a 10k-cell ATAC matrix (measured; 32 columns 1.3×, 64 slower than no blocking).
+    faster per pass on a 10k-cell ATAC matrix (measured; 32 columns 1.3×, 64 slower than no blocking). The column
+    blocks are shared out among threads (scipy's sparse kernels release the GIL), each writing its own columns of
+    the result: no per-thread partial sums (splitting the rows instead needs one features × components array per
+    thread for ``matrix.T @ dense``).
     """
     out = np.empty((n_rows, dense.shape[1]), dtype=np.result_type(np.float32, dense.dtype))
-    for first in range(0, dense.shape[1], COLUMN_BLOCK):
+
+    def multiply_block(first: int) -> None:
         columns = slice(first, first + COLUMN_BLOCK)
-        out[:, columns] = product(np.ascontiguousarray(dense[:, columns]))
+        out[:, columns] = multiply(np.ascontiguousarray(dense[:, columns]))
+
+    firsts = range(0, dense.shape[1], COLUMN_BLOCK)
+    n_threads = min(_n_threads(), len(firsts))
+    if n_threads == 1:
+        for first in firsts:
+            multiply_block(first)
+    else:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            list(pool.map(multiply_block, firsts))
     return out
 
 
 def matmul(matrix: sp.csr_matrix, dense: np.ndarray) -> np.ndarray:
-    """``matrix @ dense`` with one thread per row block (scipy's sparse kernels release the GIL)."""
+    """``matrix @ dense``, by column blocks of ``dense`` shared out among threads."""
     if matrix.nnz < THREADED_NNZ:
         return matrix @ dense
-    out = np.empty((matrix.shape[0], dense.shape[1]), dtype=np.result_type(matrix.dtype, dense.dtype))
-    blocks = _row_blocks(matrix, _n_threads())
-
-    def multiply(item: tuple[slice, sp.csr_matrix]) -> None:
-        rows, block = item
-        out[rows] = _by_columns(block.__matmul__, dense, block.shape[0])
-
-    with ThreadPoolExecutor(max_workers=len(blocks)) as pool:
-        list(pool.map(multiply, blocks))
-    return out
+    return _product(matrix.__matmul__, dense, matrix.shape[0])
 
 
 def rmatmul(matrix: sp.csr_matrix, dense: np.ndarray) -> np.ndarray:
-    """``matrix.T @ dense`` as a sum over row blocks, one thread each, without materialising the transpose."""
+    """``matrix.T @ dense`` without materialising the transpose, by column blocks of ``dense`` shared among threads."""
     if matrix.nnz < THREADED_NNZ:
         return matrix.T @ dense
-    blocks = _row_blocks(matrix, _n_threads())
-
-    def multiply(item: tuple[slice, sp.csr_matrix]) -> np.ndarray:
-        rows, block = item
-        return _by_columns(block.T.__matmul__, dense[rows], block.shape[1])
-
-    with ThreadPoolExecutor(max_workers=len(blocks)) as pool:
-        parts = list(pool.map(multiply, blocks))
-    total = parts[0]
-    for part in parts[1:]:
-        total += part
-    return total
+    return _product(matrix.T.__matmul__, dense, matrix.shape[1])
 
 
 def _orthonormal(matrix: np.ndarray) -> np.ndarray:
@@ -161,7 +138,7 @@ def randomized_svd(
     size = min(n_comps + n_oversamples, min(matrix.shape))
     rng = np.random.default_rng(random_state)
     test_matrix = rng.standard_normal((matrix.shape[1], size), dtype=np.float32).astype(matrix.dtype, copy=False)
-    # The sparse products run in our own threads (one per row block); BLAS stays single-threaded meanwhile. A
+    # The sparse products run in our own threads (one per column block); BLAS stays single-threaded meanwhile. A
     # multi-threaded OpenBLAS QR of a (cells × ~260) block was measured 15× slower (100× on small blocks) than a
     # single thread on a loaded 2-core machine, where its threads wait on each other.
     with threadpool_limits(limits=1, user_api="blas"):
