@@ -50,10 +50,16 @@ def test_default_keeps_the_row_mass():
     assert np.diff(capped.plan.indptr).max() <= 3
 
 
-def test_confidence_and_entropy_match_the_full_plan():
-    x, y, result = solved(50, 50, seed=2, dtype="float64", tol=1e-8, max_iter=5000)
+@pytest.mark.parametrize(
+    ("n", "m", "seed", "budget_rows"),
+    # One block of rows and columns; then several strips and more columns than one block (BLOCK_COLS).
+    [(50, 50, 2, 10), (30, 2500, 5, 7)],
+)
+def test_sparse_plan_summaries_match_the_full_plan(n, m, seed, budget_rows):
+    x, y, result = solved(n, m, seed=seed, dtype="float64", tol=1e-8, max_iter=5000)
+    budget = budget_rows * m * 8
     sparse = mm.ot.sparsify_plan(
-        x, y, result.f, result.g, result.epsilon, result.cost, dtype="float64", device="cpu", memory_budget=10 * 50 * 8
+        x, y, result.f, result.g, result.epsilon, result.cost, dtype="float64", device="cpu", memory_budget=budget
     )
     full = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost)
     rows = full / full.sum(1, keepdims=True)
@@ -63,6 +69,8 @@ def test_confidence_and_entropy_match_the_full_plan():
     entropy = lambda p, axis: -(p * np.log(np.where(p > 0, p, 1))).sum(axis)
     np.testing.assert_allclose(sparse.row_entropy, entropy(rows, 1), rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(sparse.col_entropy, entropy(cols, 0), rtol=1e-5, atol=1e-8)
+    np.testing.assert_array_equal(sparse.plan.argmax(1).A1, rows.argmax(1))
+    assert (sparse.row_mass_kept >= 0.999 - 1e-9).all()
 
 
 def test_tiles_do_not_change_the_sparse_plan():
@@ -137,18 +145,3 @@ def test_rows_far_from_their_mass_are_handled_exactly():
     np.testing.assert_allclose(shifted.plan.toarray(), plain.plan.toarray(), atol=1e-5)
     np.testing.assert_allclose(shifted.row_confidence, plain.row_confidence, rtol=1e-4)
     np.testing.assert_allclose(shifted.row_entropy, plain.row_entropy, rtol=1e-4, atol=1e-6)
-
-
-def test_many_column_blocks_match_the_full_plan():
-    # More columns than one block (BLOCK_COLS) and several strips of rows.
-    x, y, result = solved(30, 2500, seed=5, dtype="float64", tol=1e-8, max_iter=5000)
-    sparse = mm.ot.sparsify_plan(
-        x, y, result.f, result.g, result.epsilon, result.cost, dtype="float64", device="cpu", memory_budget=7 * 2500 * 8
-    )
-    full = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost)
-    rows = full / full.sum(1, keepdims=True)
-    cols = full / full.sum(0, keepdims=True)
-    np.testing.assert_allclose(sparse.row_confidence, rows.max(1), rtol=1e-6)
-    np.testing.assert_allclose(sparse.col_confidence, cols.max(0), rtol=1e-6)
-    np.testing.assert_array_equal(sparse.plan.argmax(1).A1, rows.argmax(1))
-    assert (sparse.row_mass_kept >= 0.999 - 1e-9).all()
