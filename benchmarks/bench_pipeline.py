@@ -223,9 +223,10 @@ def main() -> None:
     print(summary(main_rows).to_markdown(index=False))
     print("\n### Ratios (ours / MatchCLOT)\n")
     print(ratios(rows).to_markdown(index=False))
-    print(f"\n### Ablations (seed(s) {args.ablation_seeds})\n")
     ablation_rows = [row for row in rows if row["seed"] in args.ablation_seeds]
-    print(summary(ablation_rows).to_markdown(index=False))
+    if ablation_rows:  # --ablation-seeds given empty: no ablation table
+        print(f"\n### Ablations (seed(s) {args.ablation_seeds})\n")
+        print(summary(ablation_rows).to_markdown(index=False))
 
 
 if __name__ == "__main__":
