@@ -1,0 +1,20 @@
+import subprocess
+import sys
+
+import pytest
+
+import mumatch as mm
+
+
+def test_preprocessing_does_not_import_torch():
+    # Namespaces load on first use: preprocessing alone must not pay torch/scvi-tools' ~300 MB of imports.
+    code = "import sys, mumatch as mm; mm.pp.lsi_harmony; mm.datasets.simulate_paired; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_namespaces_resolve_and_unknown_attributes_raise():
+    assert mm.model.CLIP.__name__ == "CLIP"
+    assert {"pp", "tl", "model"} <= set(dir(mm))
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        mm.nonexistent  # noqa: B018
