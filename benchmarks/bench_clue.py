@@ -3,14 +3,17 @@
     .venv/bin/python benchmarks/bench_clue.py --sets cite multiome pbmc10k --seeds 0 1 2 \
         --variants full no_cross no_mse no_adversarial --out benchmarks/results/clue [--scglue DIR]
 
-Each (set, seed, variant) runs in its own process (peak RSS is that process's own) with one torch thread: on this
-shared 2-core machine a second thread spin-waits whenever other jobs run. A run does, on the transductive MuData:
-``mm.pp.lsi_harmony`` → ``mm.tl.train_clue`` (the variant's loss weights) → matching of the test cells by entropic OT
-(``mm.tl.match_ot`` when present, else POT's log-domain Sinkhorn on the cosine cost) and by shared-nearest-neighbour
-(SNN) matching → match score, top-1, top-5 (rows: test cells of mod1) and FOSCTTM (on the embedding). The ``full``
-variant also trains CLIP (``mm.tl.train_clip``, when present) and scores the ensemble that averages the cosine
-similarities of the CLIP and CLUE embeddings. scglue's results (JSON files from ``benchmarks/peers/scglue_clue.py``)
-in ``--scglue`` are tabulated beside ours. Prints a markdown table; one JSON per run is kept in ``--out``.
+Each (set, seed, variant) runs in its own process (peak RSS is that process's own) with one torch thread. A run does,
+on the transductive MuData, what ``mumatch run`` does (:mod:`mumatch._pipeline`): unlabelled test cells take the batch
+of the other modality's test cells, ``mm.pp.lsi_harmony`` → ``mm.tl.train_clue`` (the variant's loss weights) →
+matching of the test cells with ``mm.tl.match_ot`` at the pipeline's ε (``MATCH_EPSILON``, ``MATCH_MAX_ITER``) and
+by shared-nearest-neighbour (SNN) matching, the CLUE competition entry's rule → match score, top-1, top-5 (rows: test
+cells of mod1) and FOSCTTM (on the embedding). The ``full`` variant trains a seed ensemble of CLUE models sized as
+the pipeline sizes CLIP's (``seed_ensemble_size``) and scores its first model alone and the ensemble; it also trains
+CLIP as the pipeline does (``ensemble_choice``) and scores the ensemble ``match_ot(use_rep=["X_clip", "X_clue"])``
+(mean of the two cosine similarities). The ablation variants train one model (compare with ``CLUE (1 model)``).
+scglue's results (JSON files from ``benchmarks/peers/scglue_clue.py``) in ``--scglue`` are tabulated beside ours.
+Prints a markdown table; one JSON per run is kept in ``--out``.
 """
 
 from __future__ import annotations
@@ -47,12 +50,10 @@ VARIANTS = {
     "no_mse": {"lam_mse": 0.0},
     "no_adversarial": {"lam_adversarial": 0.0},
 }
-OT_EPSILON = 0.01  # entropic regularisation on the cosine cost (MatchCLOT's value)
+# The CLUE competition entry's SNN matching used one neighbour.
 SNN_K = 1
 # Test-cell embeddings of every run, for matching them again without retraining.
-EMBEDDINGS = Path(
-    os.environ.get("CLUE_BENCH_EMBEDDINGS", "/tmp/clue_bench/embeddings")
-)  # the CLUE competition entry's SNN matching used one neighbour
+EMBEDDINGS = Path(os.environ.get("CLUE_BENCH_EMBEDDINGS", "/tmp/clue_bench/embeddings"))
 
 
 def load(name: str):
@@ -65,15 +66,6 @@ def load(name: str):
 
 def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def sinkhorn_plan(similarity: np.ndarray, epsilon: float = OT_EPSILON) -> np.ndarray:
-    """Balanced entropic OT between the test cells on the cost 1 - similarity (POT, log domain)."""
-    import ot
-
-    cost = 1.0 - similarity
-    n1, n2 = cost.shape
-    return ot.sinkhorn(np.full(n1, 1 / n1), np.full(n2, 1 / n2), cost, epsilon, method="sinkhorn_log", numItermax=5000)
 
 
 def snn_plan(embedding1: np.ndarray, embedding2: np.ndarray, k: int = SNN_K) -> sp.csr_matrix:
@@ -119,84 +111,90 @@ def run_one(name: str, seed: int, variant: str, max_epochs: int | None = None) -
 
     mudata.set_options(pull_on_update=False)
     import mumatch as mm
-    from mumatch._layout import extract_block, unpaired_mask
+    from mumatch import _pipeline
+    from mumatch._layout import extract_block, paired_positions, unpaired_mask
 
     mdata = load(name)
     mod1, mod2 = list(mdata.mod)[:2]
     start = time.perf_counter()
-    mm.pp.lsi_harmony(mdata, random_state=seed)
+    _pipeline.fill_unpaired_batches(mdata, mod1, mod2)
+    mm.pp.lsi_harmony(mdata, [mod1, mod2], random_state=seed)
     preprocess_s = time.perf_counter() - start
-    start = time.perf_counter()
-    model = mm.tl.train_clue(
-        mdata, model_kwargs=VARIANTS[variant], random_state=seed, max_epochs=max_epochs, progress_bar=False
+    n_paired = int(paired_positions(mdata, mod1, mod2)[0].size)
+    n_models = _pipeline.seed_ensemble_size(n_paired) if variant == "full" else 1
+    models = mm.tl.train_clue(
+        mdata,
+        [mod1, mod2],
+        model_kwargs=VARIANTS[variant],
+        ensemble=n_models,
+        key_added="X_clue_ensemble",
+        random_state=seed,
+        max_epochs=max_epochs,
+        progress_bar=False,
     )
-    train_s = time.perf_counter() - start
+    for mod in (mod1, mod2):
+        mdata[mod].obsm["X_clue"] = models[0].get_latent_representation(mdata, mod)
+    reps = {"CLUE (1 model)": "X_clue"}
+    timings = {"CLUE (1 model)": models[0].train_info["train_s"]}
+    if n_models > 1:
+        reps[f"CLUE ({n_models} models)"] = "X_clue_ensemble"
+        timings[f"CLUE ({n_models} models)"] = sum(model.train_info["train_s"] for model in models)
+    if variant == "full":
+        start = time.perf_counter()
+        ensemble = _pipeline.ensemble_choice(mdata, mod1, mod2)
+        mm.tl.train_clip(mdata, mod1, mod2, ensemble=ensemble, random_state=seed, progress_bar=False)
+        timings["CLIP (pipeline)"] = time.perf_counter() - start
+        reps["CLIP (pipeline)"] = "X_clip"
+        clue_key = list(reps)[1] if n_models > 1 else "CLUE (1 model)"
+        reps[f"CLIP + {clue_key}"] = ["X_clip", reps[clue_key]]
+        timings[f"CLIP + {clue_key}"] = timings["CLIP (pipeline)"] + timings[clue_key]
 
     index1 = np.flatnonzero(unpaired_mask(mdata, mod1, mod2))
     index2 = np.flatnonzero(unpaired_mask(mdata, mod2, mod1))
-    truth_block = extract_block(mdata, mdata.obsp["match_true"], mod1, mod2, index1, index2)
-    truth = truth_block.indices
-    embeddings = {"CLUE": (mdata[mod1].obsm["X_clue"][index1], mdata[mod2].obsm["X_clue"][index2])}
-    timings = {"CLUE": train_s}
-    if variant == "full" and hasattr(mm.tl, "train_clip"):
-        start = time.perf_counter()
-        mm.tl.train_clip(mdata, mod1, mod2, random_state=seed)
-        timings["CLIP"] = time.perf_counter() - start
-        embeddings["CLIP"] = (mdata[mod1].obsm["X_clip"][index1], mdata[mod2].obsm["X_clip"][index2])
-    similarities = {key: unit(e1) @ unit(e2).T for key, (e1, e2) in embeddings.items()}
-    if "CLIP" in similarities:
-        similarities["CLIP + CLUE"] = (similarities["CLIP"] + similarities["CLUE"]) / 2
-        timings["CLIP + CLUE"] = timings["CLIP"] + timings["CLUE"]
+    truth = extract_block(mdata, mdata.obsp["match_true"], mod1, mod2, index1, index2).indices
+
+    def pair(key: str) -> tuple[np.ndarray, np.ndarray]:
+        return mdata[mod1].obsm[key][index1], mdata[mod2].obsm[key][index2]
+
+    def similarity(rep: str | list[str]) -> np.ndarray:
+        keys = [rep] if isinstance(rep, str) else rep
+        return np.mean([unit(pair(key)[0]) @ unit(pair(key)[1]).T for key in keys], axis=0)
 
     rows = []
-    reps = {"CLUE": "X_clue", "CLIP": "X_clip", "CLIP + CLUE": ["X_clip", "X_clue"]}
-    if hasattr(mm.tl, "match_ot"):
-        for key in similarities:
-            start = time.perf_counter()
-            mm.tl.match_ot(mdata, mod1, mod2, use_rep=reps[key], key_added="plan")
-            match_s = time.perf_counter() - start
-            plan = extract_block(mdata, mdata.obsp["plan"], mod1, mod2, index1, index2)
-            rows.append(
-                {"embedding": key, "matching": "match_ot", "match_s": match_s, **scores(plan, truth, similarities[key])}
-            )
-    EMBEDDINGS.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        EMBEDDINGS / f"{name}_{variant}_{seed}.npz",
-        truth=truth,
-        **{f"{key}_{side}": part for key, pair in embeddings.items() for side, part in zip("12", pair, strict=True)},
-    )
-    for key, similarity in similarities.items():
+    for label, rep in reps.items():
+        sim = similarity(rep)
         start = time.perf_counter()
-        ot_plan = sinkhorn_plan(similarity)
-        ot_s = time.perf_counter() - start
-        rows.append(
-            {
-                "embedding": key,
-                "matching": f"OT (eps {OT_EPSILON})",
-                "match_s": ot_s,
-                **scores(ot_plan, truth, similarity),
-            }
-        )
-        if key == "CLUE":
+        options = {"epsilon": _pipeline.MATCH_EPSILON, "max_iter": _pipeline.MATCH_MAX_ITER}
+        mm.tl.match_ot(mdata, mod1, mod2, use_rep=rep, key_added="plan", **options)
+        match_s = time.perf_counter() - start
+        plan = extract_block(mdata, mdata.obsp["plan"], mod1, mod2, index1, index2)
+        matching = f"match_ot (eps {_pipeline.MATCH_EPSILON:g})"
+        rows.append({"embedding": label, "matching": matching, "match_s": match_s, **scores(plan, truth, sim)})
+        if isinstance(rep, str) and label.startswith("CLUE"):
             start = time.perf_counter()
-            plan = snn_plan(*embeddings[key])
+            plan = snn_plan(*pair(rep))
+            match_s = time.perf_counter() - start
             rows.append(
-                {
-                    "embedding": key,
-                    "matching": f"SNN (k={SNN_K})",
-                    "match_s": time.perf_counter() - start,
-                    **scores(plan, truth, similarity),
-                }
+                {"embedding": label, "matching": f"SNN (k={SNN_K})", "match_s": match_s, **scores(plan, truth, sim)}
             )
     for row in rows:
         row["train_s"] = timings[row["embedding"]]
+    EMBEDDINGS.mkdir(parents=True, exist_ok=True)
+    stored = {rep for rep in reps.values() if isinstance(rep, str)}
+    np.savez_compressed(
+        EMBEDDINGS / f"{name}_{variant}_{seed}.npz",
+        truth=truth,
+        **{f"{key}_{side}": part for key in stored for side, part in zip("12", pair(key), strict=True)},
+    )
     return {
         "set": name,
         "seed": seed,
         "variant": variant,
         "preprocess_s": preprocess_s,
-        "epochs": model.train_info["epochs"],
-        "max_epochs": model.train_info["max_epochs"],
+        "n_models": n_models,
+        "epochs": [model.train_info["epochs"] for model in models],
+        "best_epochs": [model.train_info["best_epoch"] for model in models],
+        "max_epochs": models[0].train_info["max_epochs"],
         "rows": rows,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
         "n_test": int(index1.size),

@@ -49,3 +49,44 @@ def test_train_clue_errors_leave_mudata_unchanged(small):
         mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, lr=-1.0)
     assert_unchanged(before, small)
     assert SETUP_KEY not in small.uns
+
+
+def test_train_clue_ensemble_averages_cosine_similarities(small):
+    models = mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, ensemble=2, random_state=3, **QUICK)
+    assert isinstance(models, list) and len(models) == 2
+    assert [model.init_params["random_state"] for model in models] == [3, 4]
+    members = [
+        (model.get_latent_representation(modality="rna"), model.get_latent_representation(modality="adt"))
+        for model in models
+    ]
+    rna, adt = small["rna"].obsm["X_clue"], small["adt"].obsm["X_clue"]
+    assert rna.shape == (small["rna"].n_obs, 2 * 2 * TINY["n_latent"]) and rna.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(rna, axis=1), 1.0, rtol=1e-5)
+
+    def cosine(x, y):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (y / np.linalg.norm(y, axis=1, keepdims=True)).T
+
+    expected = np.mean([cosine(x, y) for x, y in members], axis=0)
+    np.testing.assert_allclose(rna @ adt.T, expected, atol=1e-5)
+    info = small.uns["X_clue"]
+    assert info["params"]["ensemble"] == 2 and set(info["models"]) == {"0", "1"}
+    assert all(member["train_s"] > 0 for member in info["models"].values())
+
+
+def test_train_clue_bad_ensemble_leaves_mudata_unchanged(small):
+    before = snapshot(small)
+    with pytest.raises(ValueError, match="ensemble must be an integer >= 1"):
+        mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, ensemble=0, **QUICK)
+    assert_unchanged(before, small)
+    assert SETUP_KEY not in small.uns
+
+
+def test_match_ot_ensemble_of_two_embeddings(small):
+    # The acceptance's ensemble option: match_ot averages the cosine similarities of several representations.
+    mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, key_added="clue_a", random_state=0, **QUICK)
+    mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, key_added="clue_b", random_state=1, **QUICK)
+    mm.tl.match_ot(small, "rna", "adt", use_rep=["clue_a", "clue_b"], batch_key=None, key_added="plan")
+    rows = small.obs_names.get_indexer(small["rna"].obs_names[small["rna"].obs["split"] == "test"])
+    row_sums = np.asarray(small.obsp["plan"][rows].sum(axis=1)).ravel()
+    np.testing.assert_allclose(row_sums, 1.0, rtol=1e-3)
+    assert list(small.uns["plan"]["params"]["use_rep"]["rna"]) == ["clue_a", "clue_b"]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._validate import check_mods, check_mudata
+from .._validate import check_int, check_mods, check_mudata
 from ..model._base import SETUP_KEY
 from ..model._clue import CLUE
 
@@ -24,10 +26,11 @@ def train_clue(
     likelihood: str | Mapping[str, str] | None = None,
     config: Literal["auto", "cite", "multiome"] = "auto",
     model_kwargs: Mapping[str, Any] | None = None,
+    ensemble: int | None = None,
     key_added: str = "X_clue",
     random_state: int = 0,
     **train_kwargs: Any,
-) -> CLUE:
+) -> CLUE | list[CLUE]:
     """Train a cross-linked unified embedding (CLUE) and write the embedding of every cell of each modality.
 
     Paired cells (same obs name in several modalities) teach the cross-modal links; every cell, paired or not, is
@@ -52,6 +55,11 @@ def train_clue(
         Competition configuration supplying the default hyperparameters (see :class:`mumatch.model.CLUE`).
     model_kwargs
         Further hyperparameters of :class:`mumatch.model.CLUE` (e.g. ``lam_cross=0`` for an ablation).
+    ensemble
+        ``None``: one model, whose embedding is written as it is. An integer ``n``: ``n`` models with seeds
+        ``random_state + i`` (each its own initialisation, validation split and minibatches); their embeddings are
+        L2-normalised and concatenated, scaled by ``1/√n``, so that the cosine similarity of two cells is the mean
+        of the members' cosine similarities (as :func:`~mumatch.tl.train_clip` combines its ensemble).
     key_added
         Key of the embedding in each modality's ``.obsm`` and of the parameters in ``mdata.uns``.
     random_state
@@ -61,9 +69,11 @@ def train_clue(
 
     Returns
     -------
-    The trained model. Adds ``mdata[mod].obsm[key_added]`` (cells × ``K * n_latent``, float32) for every modality and
-    ``mdata.uns[key_added] = {"params": {...}, "train_info": {...}}``; records the setup in
-    ``mdata.uns['_mumatch_setup']``. On an error the MuData is left as it was.
+    The trained model, or with ``ensemble=n`` the list of the ``n`` models. Adds ``mdata[mod].obsm[key_added]`` (cells
+    × ``K * n_latent``, or ``n * K * n_latent`` for an ensemble, float32) for every modality and ``mdata.uns[key_added]
+    = {"params": {...}, "train_info": {...}}`` (with an ensemble, ``"models"``: each member's ``train_info``, with
+    its training time ``train_s``); records the setup in ``mdata.uns['_mumatch_setup']``. On an error the MuData is
+    left as it was.
 
     Examples
     --------
@@ -77,13 +87,20 @@ def train_clue(
     mods = check_mods(mdata, mods)
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
+    check_int(ensemble, "ensemble", allow_none=True)
+    seeds = [random_state] if ensemble is None else [random_state + offset for offset in range(ensemble)]
     previous_setup = copy.deepcopy(mdata.uns.get(SETUP_KEY))
-    start = logg.info(f"training CLUE on {', '.join(mods)}")
+    start = logg.info(f"training {len(seeds)} CLUE model(s) on {', '.join(mods)}")
     try:
         CLUE.setup_mudata(mdata, mods, rep_key=use_rep, layer=layer, batch_key=batch_key, likelihood=likelihood)
-        model = CLUE(mdata, config=config, random_state=random_state, **dict(model_kwargs or {}))
-        model.train(random_state=random_state, **train_kwargs)
-        embeddings = {mod: model.get_latent_representation(mdata, mod) for mod in mods}
+        models = []
+        for seed in seeds:
+            model_start = time.perf_counter()
+            model = CLUE(mdata, config=config, random_state=seed, **dict(model_kwargs or {}))
+            model.train(random_state=seed, **train_kwargs)
+            model.train_info["train_s"] = time.perf_counter() - model_start
+            models.append(model)
+        embeddings = {mod: _combined_embedding(models, mdata, mod, ensemble is not None) for mod in mods}
     except BaseException:
         if previous_setup is None:
             mdata.uns.pop(SETUP_KEY, None)
@@ -101,16 +118,32 @@ def train_clue(
             "use_rep": use_rep if isinstance(use_rep, str) else dict(use_rep),
             "layer": layer,
             "batch_key": batch_key,
-            "likelihood": model.setup_args["likelihoods"],
+            "likelihood": models[0].setup_args["likelihoods"],
             "random_state": random_state,
-            **model.init_params,
+            "ensemble": ensemble if ensemble is not None else "none",
+            **models[0].init_params,
             **{name: value for name, value in train_kwargs.items() if isinstance(value, int | float | str | bool)},
         },
-        "train_info": {name: value for name, value in model.train_info.items() if value is not None},
+        "train_info": _info(models[0]),
     }
+    if ensemble is not None:
+        mdata.uns[key_added]["models"] = {str(position): _info(model) for position, model in enumerate(models)}
     logg.info(
         "    finished",
         time=start,
         deep=f"added\n    .obsm['{key_added}'] of {mods}, the CLUE embedding\n    .uns['{key_added}'], its parameters",
     )
-    return model
+    return models if ensemble is not None else models[0]
+
+
+def _combined_embedding(models: Sequence[CLUE], mdata: MuData, mod: str, normalise: bool) -> np.ndarray:
+    """One model's embedding as it is, or the members' unit-norm embeddings concatenated and scaled by ``1/√n``."""
+    parts = [model.get_latent_representation(mdata, mod) for model in models]
+    if not normalise:
+        return parts[0]
+    parts = [part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12) for part in parts]
+    return (np.concatenate(parts, axis=1) / np.sqrt(len(parts))).astype(np.float32)
+
+
+def _info(model: CLUE) -> dict[str, Any]:
+    return {name: value for name, value in model.train_info.items() if value is not None}
