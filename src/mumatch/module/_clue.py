@@ -170,11 +170,6 @@ class CLUEModule(nn.Module):
         mean, _ = self.encode(j, rep)
         return mean.flatten(1)
 
-    def inference(self, reps: Sequence[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-        """Posterior parameters of every encoder (rows of missing modalities are computed and masked later)."""
-        means, log_vars = zip(*(self.encode(j, rep) for j, rep in enumerate(reps)), strict=True)
-        return {"mean": list(means), "log_var": list(log_vars)}
-
     def generative(self, k: int, z: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         """Expected composition ``px_scale`` of modality ``k``'s counts given ``z_k`` and the one-hot batch."""
         return torch.softmax(self.decoders[k](torch.cat([z, batch], dim=-1)), dim=-1)
@@ -195,9 +190,9 @@ class CLUEModule(nn.Module):
         return kl_divergence(posterior, Normal(torch.zeros_like(mean), torch.ones_like(mean))).flatten(1).sum(-1)
 
     @staticmethod
-    def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean over the cells in ``mask``; 0 (still attached to the graph) when the mask is empty."""
-        return (values * mask).sum() / mask.sum().clamp_min(1)
+    def _mean(values: torch.Tensor) -> torch.Tensor:
+        """Mean over the cells; 0 (still attached to the graph) when there are none."""
+        return values.sum() / max(values.shape[0], 1)
 
     def loss(
         self,
@@ -207,6 +202,10 @@ class CLUEModule(nn.Module):
         batch: torch.Tensor,
     ) -> LossOutput:
         """Loss terms of a minibatch.
+
+        Every network runs on the cells a term applies to only (encoder ``j`` on the cells measured in ``j``, the
+        cross decoders on the cells measured in several modalities): in a transductive minibatch most cells lack a
+        modality, and computing their rows only to mask them out cost about half of a training step.
 
         Parameters
         ----------
@@ -225,48 +224,60 @@ class CLUEModule(nn.Module):
         scvi-tools' ``LossOutput``: ``loss`` (what the optimiser minimises) and, in ``extra_metrics``, its unweighted
         terms ``self``, ``kl``, ``cross``, ``mse`` and ``adversarial`` (the discriminator's cross-entropy).
         """
-        posterior = self.inference(reps)
+        n_cells = observed.shape[0]
         mask = observed.float()
         n_observed = mask.sum(-1)
-        multi = (n_observed >= 2).float()
+        rows = [torch.nonzero(observed[:, j]).squeeze(1) for j in range(self.n_mods)]
         self_nll = kl = cross = mse = adversarial = reps[0].new_zeros(())
 
+        # Encoders on the cells each modality measured, scattered into (n, K, d) tensors (zeros elsewhere, masked).
+        sub_means, means, log_vars = [], [], []
         for j in range(self.n_mods):
-            mean, log_var = posterior["mean"][j], posterior["log_var"][j]
+            mean, log_var = self.encode(j, reps[j][rows[j]])
+            sub_means.append(mean)
+            full = mean.new_zeros((n_cells, self.n_mods, self.n_latent))
+            means.append(full.index_copy(0, rows[j], mean))
+            log_vars.append(full.index_copy(0, rows[j], log_var))
             z_j = self._sample(mean[:, j], log_var[:, j])
-            self_nll = self_nll + self._masked_mean(self._nll(j, z_j, counts[j], batch[:, j]), mask[:, j])
-            kl = kl + self._masked_mean(self._kl(mean, log_var), mask[:, j]) / self.n_features[j]
+            self_nll = self_nll + self._mean(self._nll(j, z_j, counts[j][rows[j]], batch[rows[j], j]))
+            kl = kl + self._mean(self._kl(mean, log_var)) / self.n_features[j]
+
+        # Real cross: x_k decoded from z_k ~ q(z_k | x_j), on the cells measured in both j and k.
+        for j in range(self.n_mods):
             for k in range(self.n_mods):
                 if k == j:
                     continue
-                pair = mask[:, j] * mask[:, k]
-                z_k = self._sample(mean[:, k], log_var[:, k])
-                cross = cross + self._masked_mean(self._nll(k, z_k, counts[k], batch[:, k]), pair)
+                pair = torch.nonzero(observed[:, j] & observed[:, k]).squeeze(1)
+                z_k = self._sample(means[j][pair, k], log_vars[j][pair, k])
+                cross = cross + self._mean(self._nll(k, z_k, counts[k][pair], batch[pair, k]))
 
-        # Product of the observed experts of every subspace (precision-weighted means).
-        precision = torch.stack([(-lv).exp() for lv in posterior["log_var"]], dim=0) * mask.T[:, :, None, None]
-        means = torch.stack(posterior["mean"], dim=0)
+        # Joint cross: the product of the observed experts of every subspace (precision-weighted means), on the
+        # cells measured in two or more modalities.
+        multi = torch.nonzero(n_observed >= 2).squeeze(1)
+        multi_mask = mask[multi].T[:, :, None, None]
+        precision = torch.stack([(-log_var[multi]).exp() for log_var in log_vars], dim=0) * multi_mask
+        stacked = torch.stack([mean[multi] for mean in means], dim=0)
         joint_precision = precision.sum(0).clamp_min(1e-8)
-        joint_mean = (precision * means).sum(0) / joint_precision
+        joint_mean = (precision * stacked).sum(0) / joint_precision
         joint_log_var = -joint_precision.log()
         for k in range(self.n_mods):
-            z_k = self._sample(joint_mean[:, k], joint_log_var[:, k])
-            cross = cross + self._masked_mean(self._nll(k, z_k, counts[k], batch[:, k]), mask[:, k] * multi)
-        joint_kl = self._masked_mean(self._kl(joint_mean, joint_log_var), multi) / sum(self.n_features)
+            present = torch.nonzero(observed[multi, k]).squeeze(1)
+            cells = multi[present]
+            z_k = self._sample(joint_mean[present, k], joint_log_var[present, k])
+            cross = cross + self._mean(self._nll(k, z_k, counts[k][cells], batch[cells, k]))
+        joint_kl = self._mean(self._kl(joint_mean, joint_log_var)) / sum(self.n_features)
         cross = cross + self.lam_kl * joint_kl
 
         # Each modality's embedding against the cell's mean embedding over its observed modalities.
-        weights = mask.T[:, :, None, None]
-        centre = (weights * means).sum(0) / n_observed.clamp_min(1)[:, None, None]
-        squared = ((means - centre) ** 2).mean(dim=(-1, -2)) * mask.T
-        mse = self._masked_mean(squared.sum(0) / n_observed.clamp_min(1), multi)
+        counts_multi = n_observed[multi][:, None, None]
+        centre = (multi_mask * stacked).sum(0) / counts_multi
+        squared = ((stacked - centre) ** 2).mean(dim=(-1, -2)) * multi_mask[:, :, 0, 0]
+        mse = self._mean(squared.sum(0) / counts_multi[:, 0, 0])
 
-        if self.lam_adversarial > 0:
-            embeddings = torch.cat([m.flatten(1) for m in posterior["mean"]], dim=0)
-            labels = torch.arange(self.n_mods, device=mask.device).repeat_interleave(mask.shape[0])
-            keep = mask.T.reshape(-1) > 0
-            if keep.any():
-                adversarial = self.discriminator.adversarial_loss(embeddings[keep], labels[keep])
+        if self.lam_adversarial > 0 and n_cells:
+            embeddings = torch.cat([mean.flatten(1) for mean in sub_means], dim=0)
+            labels = torch.cat([torch.full((len(index),), j, device=mask.device) for j, index in enumerate(rows)])
+            adversarial = self.discriminator.adversarial_loss(embeddings, labels)
 
         loss = (
             self.lam_self * (self_nll + self.lam_kl * kl)
