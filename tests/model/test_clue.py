@@ -202,6 +202,15 @@ def test_setup_bad_inputs_leave_data_unchanged(small):
     assert SETUP_KEY not in small.uns
 
 
+def test_setup_names_the_modality_missing_its_counts_layer(small):
+    del small["atac"].layers["counts"]
+    before = snapshot(small)
+    with pytest.raises(KeyError, match=r"layer='counts' not found in mdata\['atac'\]\.layers"):
+        mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    assert_unchanged(before, small)
+    assert SETUP_KEY not in small.uns
+
+
 def test_setup_rejects_normalised_data_under_count_likelihood(small):
     small["rna"].layers["counts"] = sp.csr_matrix(np.log1p(small["rna"].layers["counts"].toarray()))
     before = snapshot(small)
