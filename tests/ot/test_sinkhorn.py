@@ -238,3 +238,54 @@ def test_cuda_when_missing_is_refused():
     x, y = clouds(10, 10, 3, 0)
     with pytest.raises(ValueError, match="CUDA"):
         mm.ot.sinkhorn(x, y, device="cuda")
+
+
+@pytest.mark.parametrize("mode", ["dense", "tiled"])
+def test_anderson_acceleration_needs_fewer_iterations_than_plain_sinkhorn(monkeypatch, mode):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 16))
+    y = x + 2.5 * rng.normal(size=x.shape)  # a diffuse plan, on which plain Sinkhorn converges slowly
+    kwargs = {"epsilon": 0.01, "tol": 1e-3, "max_iter": 2000, "mode": mode, "memory_budget": 600 * 64 * 4}
+    accelerated = mm.ot.sinkhorn(x, y, device="cpu", **kwargs)
+    monkeypatch.setattr(sinkhorn_module, "ANDERSON_DEPTH", 0)
+    plain = mm.ot.sinkhorn(x, y, device="cpu", **kwargs)
+    assert accelerated.converged and plain.converged
+    assert accelerated.n_iter < 0.75 * plain.n_iter
+    # Both are as close to the converged plan as their tolerance allows, and pick the same partners.
+    converged = {**kwargs, "tol": 1e-9, "mode": "dense", "dtype": "float64"}
+    reference = full_plan(x, y, mm.ot.sinkhorn(x, y, device="cpu", **converged))
+    for result in (accelerated, plain):
+        plan = full_plan(x, y, result)
+        assert np.abs(plan - reference).sum() < 3e-3
+        assert (plan.argmax(axis=1) == reference.argmax(axis=1)).mean() > 0.99
+
+
+def test_anderson_mixer_solves_a_linear_fixed_point_and_survives_non_finite_steps():
+    rng = np.random.default_rng(1)
+    # x <- A x + c with a contraction A of spectral radius 0.95: plain iteration gains ~5 % per step.
+    q, _ = np.linalg.qr(rng.normal(size=(20, 20)))
+    a = torch.as_tensor(q @ np.diag(np.linspace(0.1, 0.95, 20)) @ q.T)
+    c = torch.as_tensor(rng.normal(size=20))
+    solution = torch.linalg.solve(torch.eye(20, dtype=a.dtype) - a, c)
+    errors = {}
+    for depth in (0, 4):
+        mixer = sinkhorn_module._AndersonMixer(depth=depth)
+        x = torch.zeros(20, dtype=a.dtype)
+        for _ in range(40):
+            x = mixer.next(x, a @ x + c)
+        errors[depth] = float(torch.linalg.norm(x - solution) / torch.linalg.norm(solution))
+    assert errors[4] < 1e-3 and errors[4] < errors[0] / 100
+    # A non-finite combination falls back to the plain image and clears the history.
+    image = torch.full((20,), float("nan"), dtype=a.dtype)
+    assert torch.isnan(mixer.next(x, image)).all() and mixer.iterates == []
+
+
+def test_large_cpu_arrays_are_populated_mappings_that_outlive_their_mapping():
+    from mumatch.ot import _cost
+
+    size = _cost.POPULATE_BYTES // 4 + 1
+    array = _cost.empty_array((size,), torch.float32, torch.device("cpu"))
+    array.fill_(2.0)  # writable, and alive after the helper's local mapping went out of scope
+    assert array.shape == (size,) and array.dtype == torch.float32 and float(array.sum()) == 2.0 * size
+    small = _cost.empty_array((3, 4), torch.float64, torch.device("cpu"))
+    assert small.shape == (3, 4) and small.dtype == torch.float64

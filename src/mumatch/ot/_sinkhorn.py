@@ -277,6 +277,9 @@ class _AndersonMixer:
         """The next iterate after ``iterate``, whose image under the fixed-point map is ``image``."""
         if self.depth == 0:
             return image
+        if not bool(torch.isfinite(image).all()):
+            self.reset()  # LAPACK refuses non-finite input; the caller sees the plain step
+            return image
         self.iterates.append(iterate.double())
         self.images.append(image.double())
         if len(self.iterates) > self.depth + 1:
