@@ -101,7 +101,7 @@ def scores(plan, truth: np.ndarray, similarity: np.ndarray) -> dict[str, float]:
     return {name: float(result[name]) for name in ("match_score", "top1", "top5", "foscttm")}
 
 
-def run_one(name: str, seed: int, variant: str, max_epochs: int | None = None) -> dict:
+def run_one(name: str, seed: int, variant: str, max_epochs: int | None = None, patience: int | None = None) -> dict:
     """One run in this process: preprocessing, training, matching, scores."""
     import torch
 
@@ -131,6 +131,7 @@ def run_one(name: str, seed: int, variant: str, max_epochs: int | None = None) -
         random_state=seed,
         max_epochs=max_epochs,
         progress_bar=False,
+        **({} if patience is None else {"patience": patience}),
     )
     for mod in (mod1, mod2):
         mdata[mod].obsm["X_clue"] = models[0].get_latent_representation(mdata, mod)
@@ -257,12 +258,16 @@ def main() -> None:
     parser.add_argument("--scglue", type=Path, default=None, help="folder with scglue_*.json peer results")
     parser.add_argument("--table-only", action="store_true", help="tabulate the JSON files already in --out")
     parser.add_argument("--max-epochs", type=int, default=None, help="cap on CLUE's epochs (default: its own)")
-    parser.add_argument("--one", nargs=4, metavar=("SET", "SEED", "VARIANT", "MAX_EPOCHS"), help=argparse.SUPPRESS)
+    parser.add_argument("--patience", type=int, default=None, help="CLUE's early-stopping patience (default: its own)")
+    parser.add_argument(
+        "--one", nargs=5, metavar=("SET", "SEED", "VARIANT", "MAX_EPOCHS", "PATIENCE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.one:
-        name, seed, variant, max_epochs = args.one
+        name, seed, variant, max_epochs, patience = args.one
         max_epochs = int(max_epochs) if max_epochs != "None" else None
-        print("__RESULT__" + json.dumps(run_one(name, int(seed), variant, max_epochs)))
+        patience = int(patience) if patience != "None" else None
+        print("__RESULT__" + json.dumps(run_one(name, int(seed), variant, max_epochs, patience)))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
@@ -273,7 +278,16 @@ def main() -> None:
                     if path.exists():
                         continue
                     completed = subprocess.run(
-                        [sys.executable, __file__, "--one", name, str(seed), variant, str(args.max_epochs)],
+                        [
+                            sys.executable,
+                            __file__,
+                            "--one",
+                            name,
+                            str(seed),
+                            variant,
+                            str(args.max_epochs),
+                            str(args.patience),
+                        ],
                         capture_output=True,
                         text=True,
                     )
