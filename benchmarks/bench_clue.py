@@ -131,7 +131,8 @@ def run_one(name: str, seed: int, variant: str, max_epochs: int | None = None, p
         random_state=seed,
         max_epochs=max_epochs,
         progress_bar=False,
-        **({} if patience is None else {"patience": patience}),
+        # patience 0 trains on every cell for max_epochs epochs, without validation or early stopping.
+        **({} if patience is None else {"patience": patience} if patience else {"validation_fraction": 0.0}),
     )
     for mod in (mod1, mod2):
         mdata[mod].obsm["X_clue"] = models[0].get_latent_representation(mdata, mod)
@@ -258,7 +259,12 @@ def main() -> None:
     parser.add_argument("--scglue", type=Path, default=None, help="folder with scglue_*.json peer results")
     parser.add_argument("--table-only", action="store_true", help="tabulate the JSON files already in --out")
     parser.add_argument("--max-epochs", type=int, default=None, help="cap on CLUE's epochs (default: its own)")
-    parser.add_argument("--patience", type=int, default=None, help="CLUE's early-stopping patience (default: its own)")
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="CLUE's early-stopping patience (default: its own; 0: no validation, train max-epochs)",
+    )
     parser.add_argument(
         "--one", nargs=5, metavar=("SET", "SEED", "VARIANT", "MAX_EPOCHS", "PATIENCE"), help=argparse.SUPPRESS
     )
