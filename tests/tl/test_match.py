@@ -146,10 +146,14 @@ def test_ensemble_of_representations(cite_embedded):
     mdata = cite_embedded
     for mod in ("rna", "adt"):
         mdata[mod].obsm["X_twice"] = np.hstack([mdata[mod].obsm["X_shared"]] * 2)
-    mm.tl.match_ot(mdata, "rna", "adt", use_rep=["X_shared", "X_shared"], key_added="ensemble")
-    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", key_added="single")
+    # Both solved far below the default tolerance, so that the comparison sees the costs, not where each solve
+    # happened to stop (two costs equal up to rounding can take different accelerated trajectories); rows are cut
+    # at 99.9 % of their mass, so an entry at that threshold may be kept in one plan and not the other.
+    tight = {"tol": 1e-5, "max_iter": 5000}
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep=["X_shared", "X_shared"], key_added="ensemble", **tight)
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", key_added="single", **tight)
     # The mean of identical cosine similarities is the similarity itself.
-    np.testing.assert_allclose(mdata.obsp["ensemble"].toarray(), mdata.obsp["single"].toarray(), atol=1e-4)
+    np.testing.assert_allclose(mdata.obsp["ensemble"].toarray(), mdata.obsp["single"].toarray(), atol=1e-3)
     assert list(mdata.uns["ensemble"]["params"]["use_rep"]["rna"]) == ["X_shared", "X_shared"]
 
 
