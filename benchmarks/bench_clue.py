@@ -305,6 +305,9 @@ def main() -> None:
                     print(f"done {name}/{variant}/{seed}", file=sys.stderr)
     results = [json.loads(path.read_text()) for path in sorted(args.out.glob("*.json"))]
     peers = scglue_rows(args.scglue) if args.scglue else []
+    if not results and not peers:
+        print(f"no results in {args.out}", file=sys.stderr)
+        return
     print(table(results, peers).to_markdown(index=False))
 
 
