@@ -12,9 +12,10 @@ Two regimes, chosen by the memory budget:
   previous iteration's potentials and accumulates the column sums of the plan in the same pass, so one pass over
   the strips is one full Sinkhorn iteration and nothing ``N × M`` is ever stored.
 
-A kernel rebuild is itself one exact log-domain row update, so every row of the kernel holds its row's mass and no
-division by zero can occur; epsilon-scaling (annealing epsilon geometrically from a value where the kernel's
-exponents fit the floating-point range) keeps columns from underflowing at small epsilon.
+A kernel rebuild is itself one exact log-domain row update: every row of the kernel is divided by its largest entry
+(so it holds a 1 and no division by zero can occur) and the row's mass goes into the row scaling. Epsilon-scaling
+(annealing epsilon geometrically from a value where the kernel's exponents fit the floating-point range) keeps columns
+from underflowing at small epsilon.
 """
 
 from __future__ import annotations
@@ -313,7 +314,6 @@ class _Solver:
         self.geometry = geometry
         self.log_a = log_a
         self.log_b = log_b
-        self.a = log_a.exp()
         self.b = log_b.exp()
         self.tau = tau
         self.memory_budget = memory_budget
