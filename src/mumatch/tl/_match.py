@@ -14,6 +14,7 @@ from .. import ot
 from .._layout import batch_blocks, embed_block, unpaired_mask
 from .._validate import check_int, check_mod, check_mudata, check_positive, check_rep
 from ..ot._cost import COSTS, DEFAULT_MEMORY_BUDGET, resolve_device, resolve_dtype
+from ._ensemble import concatenate_members
 
 METHODS = ("sinkhorn", "exact", "knn")
 # MatchCLOT's entropic regularisation on its [0, 1] cosine cost.
@@ -61,11 +62,8 @@ def _embedding(mdata: MuData, mod1: str, mod2: str, keys: dict[str, list[str]], 
                 "shared space (e.g. mm.tl.train_clip's embedding)"
             )
         for mod, values in members.items():
-            values = values.astype(np.float64)
-            if cost == "cosine":
-                values = values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), np.finfo(float).tiny)
-            embeddings.setdefault(mod, []).append(values / np.sqrt(len(keys[mod1])))
-    return {mod: np.hstack(parts) for mod, parts in embeddings.items()}
+            embeddings.setdefault(mod, []).append(values.astype(np.float64))
+    return {mod: concatenate_members(parts, normalise=cost == "cosine") for mod, parts in embeddings.items()}
 
 
 def _cell_masks(mdata: MuData, mod1: str, mod2: str, cells: str) -> dict[str, np.ndarray]:

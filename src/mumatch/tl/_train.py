@@ -12,6 +12,7 @@ from scanpy import logging as logg
 from .._layout import batch_labels, paired_positions
 from .._validate import check_int, check_mod, check_mudata, check_rep
 from ..model import CLIP
+from ._ensemble import concatenate_members
 
 
 def _ensemble_members(
@@ -128,7 +129,7 @@ def train_clip(
     embeddings = {}
     for mod in (mod1, mod2):
         parts = [model.get_latent_representation(mdata, mod) for model in models]
-        embeddings[mod] = (np.concatenate(parts, axis=1) / np.sqrt(len(parts))).astype(np.float32)
+        embeddings[mod] = concatenate_members(parts).astype(np.float32)
 
     for mod in (mod1, mod2):
         if key_added in mdata[mod].obsm:

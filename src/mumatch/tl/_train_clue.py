@@ -14,6 +14,7 @@ from scanpy import logging as logg
 from .._validate import check_int, check_mods, check_mudata
 from ..model._base import SETUP_KEY
 from ..model._clue import CLUE
+from ._ensemble import concatenate_members
 
 
 def train_clue(
@@ -136,13 +137,10 @@ def train_clue(
     return models if ensemble is not None else models[0]
 
 
-def _combined_embedding(models: Sequence[CLUE], mdata: MuData, mod: str, normalise: bool) -> np.ndarray:
-    """One model's embedding as it is, or the members' unit-norm embeddings concatenated and scaled by ``1/√n``."""
+def _combined_embedding(models: Sequence[CLUE], mdata: MuData, mod: str, ensemble: bool) -> np.ndarray:
+    """One model's embedding as it is, or the members' combined so that cosine similarities average."""
     parts = [model.get_latent_representation(mdata, mod) for model in models]
-    if not normalise:
-        return parts[0]
-    parts = [part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12) for part in parts]
-    return (np.concatenate(parts, axis=1) / np.sqrt(len(parts))).astype(np.float32)
+    return concatenate_members(parts).astype(np.float32) if ensemble else parts[0]
 
 
 def _info(model: CLUE) -> dict[str, Any]:
