@@ -55,7 +55,7 @@ def full_plan(x, y, result) -> np.ndarray:
     n_cols=st.integers(2, 40),
     dim=st.integers(2, 10),
     seed=st.integers(0, 10_000),
-    epsilon=st.sampled_from([0.003, 0.01, 0.1]),
+    epsilon=st.sampled_from([0.001, 0.003, 0.01, 0.1]),
     cost=st.sampled_from(["cosine", "sqeuclidean"]),
 )
 def test_marginals_within_tol(n_rows, n_cols, dim, seed, epsilon, cost):
@@ -278,6 +278,43 @@ def test_anderson_mixer_solves_a_linear_fixed_point_and_survives_non_finite_step
     # A non-finite combination falls back to the plain image and clears the history.
     image = torch.full((20,), float("nan"), dtype=a.dtype)
     assert torch.isnan(mixer.next(x, image)).all() and mixer.iterates == []
+
+
+def test_shift_invariant_mixer_leaves_the_common_constant_to_the_plain_step():
+    # F(x) = x + r(x) with r blind to a common constant, as Sinkhorn's column update: r depends on x - mean(x).
+    rng = np.random.default_rng(2)
+    target = torch.as_tensor(rng.normal(size=6))
+
+    def image(x):
+        centred = x - x.mean()
+        return x + 0.3 * (target - target.mean() - centred) + 0.01  # the plain step also drifts by 0.01
+
+    mixer = sinkhorn_module._AndersonMixer(depth=3, shift_invariant=True)
+    x = torch.zeros(6, dtype=torch.float64)
+    for _ in range(5):  # converged by then; at machine precision the least squares is noise
+        plain = image(x)
+        mixed = mixer.next(x, plain)
+        assert float((mixed - x).mean()) == pytest.approx(float((plain - x).mean()), abs=1e-12)
+        x = mixed
+    assert mixer.accelerated
+    np.testing.assert_allclose((x - x.mean()).numpy(), (target - target.mean()).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["dense", "tiled"])
+@pytest.mark.parametrize(
+    ("n_rows", "n_cols", "dim", "seed", "epsilon", "cost"),
+    # Found by the property test above: Anderson steps that overshot (3 × 2: the potentials drifted to ±1.5e4 and
+    # the solve never converged; 2 × 7: converged in float32 but 1.2e-3 off when recomputed in float64), and a slow
+    # near-discrete solve at the pipeline's epsilon.
+    [(3, 2, 2, 0, 0.01, "cosine"), (2, 7, 2, 0, 0.003, "cosine"), (33, 31, 10, 4651, 0.001, "sqeuclidean")],
+)
+def test_accelerated_solves_that_once_failed_converge(mode, n_rows, n_cols, dim, seed, epsilon, cost):
+    x, y = clouds(n_rows, n_cols, dim, seed)
+    result = mm.ot.sinkhorn(x, y, epsilon=epsilon, cost=cost, tol=1e-3, max_iter=5000, mode=mode, device="cpu")
+    plan = full_plan(x, y, result)
+    error = np.abs(plan.sum(1) - 1 / n_rows).sum() + np.abs(plan.sum(0) - 1 / n_cols).sum()
+    assert result.converged and error <= 1e-3 + 1e-4
+    assert np.abs(result.f).max() < 10 and np.abs(result.g).max() < 10  # the [0, 1] cost keeps them of order 1
 
 
 def test_large_cpu_arrays_are_populated_mappings_that_outlive_their_mapping():

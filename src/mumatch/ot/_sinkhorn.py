@@ -55,10 +55,11 @@ EPSILON_DECAY = 0.25
 # iterations", SIAM J. Numer. Anal. 49(4)): the next column potential is the combination of the last few Sinkhorn
 # updates whose residuals cancel best (a least-squares problem of this many columns, O(M) work per iteration).
 # Iterations to an L1 error of 1e-3 on the benchmark's problem (bench_match_ot.py), plain / over-relaxed (w = 1.4,
-# the former default) / Anderson of depth 2, 3, 5: 35 / 22 / 12, 11, 11 at N = 2k; 17 / 10 / 8, 8, 8 at 10k. A step
-# that raises the marginal error clears the history (the next step is plain Sinkhorn, which always converges).
-# Unbalanced solves iterate plainly.
+# the former default) / Anderson of depth 2, 3, 5: 35 / 22 / 12, 11, 11 at N = 2k; 17 / 10 / 8, 8, 8 at 10k. An
+# accelerated step that raises the marginal error is replaced by the plain Sinkhorn step it stood for (plain Sinkhorn
+# always converges) and the history starts again. Unbalanced solves iterate plainly.
 ANDERSON_DEPTH = 4
+RETRACT_FACTOR = 1.0
 # Intermediate stages stop at this marginal error (or at the final tolerance when that is looser).
 STAGE_TOL = 1e-2
 
@@ -262,13 +263,17 @@ class _AndersonMixer:
     :meth:`next` gets an iterate and its image and returns the next iterate: the image itself until two steps are
     known, then the combination ``Σ α_k F(x_k)`` (``Σ α_k = 1``) whose residuals ``Σ α_k (F(x_k) - x_k)`` have the
     least L2 norm. Sinkhorn's column update commutes with adding a constant to every potential, so the combination
-    is well defined on the potentials themselves.
+    is well defined on the potentials themselves. With ``shift_invariant`` (a map that commutes with adding a
+    constant, as Sinkhorn's), the combination's component along that constant is left to the plain step.
+    :attr:`accelerated` says whether the last returned iterate was a combination (``False``: the plain image).
     """
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, shift_invariant: bool = False) -> None:
         self.depth = depth
+        self.shift_invariant = shift_invariant
         self.iterates: list[torch.Tensor] = []
         self.images: list[torch.Tensor] = []
+        self.accelerated = False
 
     def reset(self) -> None:
         """Forget the history: the next step is a plain fixed-point step."""
@@ -276,6 +281,7 @@ class _AndersonMixer:
 
     def next(self, iterate: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """The next iterate after ``iterate``, whose image under the fixed-point map is ``image``."""
+        self.accelerated = False
         if self.depth == 0:
             return image
         if not bool(torch.isfinite(image).all()):
@@ -293,10 +299,17 @@ class _AndersonMixer:
         # Least squares in the differences: residual_k - Σ γ_j Δresidual_j, solved by a QR-based driver that
         # tolerates nearly collinear residuals.
         gamma = torch.linalg.lstsq(residuals.diff(dim=1), residuals[:, -1:], driver="gelsy").solution
-        mixed = images[:, -1] - (images.diff(dim=1) @ gamma)[:, 0]
+        extrapolation = (images.diff(dim=1) @ gamma)[:, 0]
+        if self.shift_invariant:
+            # The residuals cannot see a constant added to every potential (the plan does not change), so nothing
+            # bounds the extrapolation along that direction: drop it, or the potentials drift until float32 cannot
+            # resolve f + g - C at small epsilon.
+            extrapolation = extrapolation - extrapolation.mean()
+        mixed = images[:, -1] - extrapolation
         if not bool(torch.isfinite(mixed).all()):
             self.reset()
             return image
+        self.accelerated = True
         return mixed.to(image.dtype)
 
 
@@ -346,9 +359,9 @@ class _TiledSolver(_Solver):
         for stage, epsilon in enumerate(schedule):
             stage_tol = tol if stage == len(schedule) - 1 else max(tol, STAGE_TOL)
             lam = self.exponent(epsilon)
-            mixer = _AndersonMixer(ANDERSON_DEPTH if self.tau is None else 0)
+            mixer = _AndersonMixer(ANDERSON_DEPTH if self.tau is None else 0, shift_invariant=True)
             exact = True  # the previous potentials belong to another epsilon: no shift to reuse
-            previous_error = math.inf
+            previous_error, plain_g = math.inf, None
             while n_iter < max_iter:
                 f, column_sums = self.row_pass(f, g, epsilon, exact=exact)
                 exact = False
@@ -361,11 +374,16 @@ class _TiledSolver(_Solver):
                 if error <= stage_tol:
                     break
                 if error > previous_error:
-                    mixer.reset()  # the accelerated step made things worse: take a plain one
+                    mixer.reset()  # the last step made things worse: the next one is plain
+                if plain_g is not None and error > RETRACT_FACTOR * previous_error:
+                    # The accelerated step made things much worse: take the plain step it replaced instead.
+                    g, plain_g = plain_g, None
+                    continue
                 previous_error = error
                 log_sums = column_sums.clamp_min(1e-300).log()
                 g_sinkhorn = lam * (epsilon * (log_b64 - log_sums) + g.double())
                 g = mixer.next(g.double(), g_sinkhorn).to(self.dtype)
+                plain_g = g_sinkhorn.to(self.dtype) if mixer.accelerated else None
         return f, g, n_iter, error, n_iter
 
     def row_pass(
@@ -542,10 +560,11 @@ class _DenseSolver(_Solver):
         for stage, epsilon in enumerate(schedule):
             stage_tol = tol if stage == len(schedule) - 1 else max(tol, STAGE_TOL)
             lam = self.exponent(epsilon)
-            mixer = _AndersonMixer(ANDERSON_DEPTH if self.tau is None else 0)
+            mixer = _AndersonMixer(ANDERSON_DEPTH if self.tau is None else 0, shift_invariant=True)
             log_u = log_v = None
             rebuilt = True
             previous, previous_error = None, math.inf
+            plain_log_v = None  # the plain Sinkhorn step that an accelerated iterate replaced
             while True:
                 if log_v is None:
                     # (Re)build: the potentials absorb the scalings and the rows become exact for v = 1.
@@ -555,7 +574,7 @@ class _DenseSolver(_Solver):
                     kernel_t_u = column_sums.to(self.dtype)
                     log_v = torch.zeros(n_cols, dtype=self.dtype, device=device)
                     mixer.reset()
-                    previous_error = math.inf
+                    previous_error, plain_log_v = math.inf, None
                     rebuilt = True
                 column_marginal = log_v.exp() * kernel_t_u  # the plan's column sums; its rows are exact (balanced)
                 if self.tau is None:
@@ -566,14 +585,24 @@ class _DenseSolver(_Solver):
                 if error <= stage_tol or n_iter >= max_iter:
                     break
                 if error > previous_error:
-                    mixer.reset()  # the accelerated step made things worse: take a plain one
-                previous_error = error
-                # The Sinkhorn column update; relaxed: (b / Kᵀu)^λ · exp((λ - 1) g / ε) (λ = 1: balanced).
-                update = lam * (self.log_b - kernel_t_u.clamp_min(self.tiny).log()) + (lam - 1.0) * g / epsilon
-                next_log_v = mixer.next(log_v, update)
+                    mixer.reset()  # the last step made things worse: the next one is plain
+                if plain_log_v is not None and error > RETRACT_FACTOR * previous_error:
+                    # The accelerated step made things much worse: take the plain step it replaced instead.
+                    next_log_v, plain_log_v = plain_log_v, None
+                else:
+                    previous_error = error
+                    # The Sinkhorn column update; relaxed: (b / Kᵀu)^λ · exp((λ - 1) g / ε) (λ = 1: balanced).
+                    update = lam * (self.log_b - kernel_t_u.clamp_min(self.tiny).log()) + (lam - 1.0) * g / epsilon
+                    next_log_v = mixer.next(log_v, update)
+                    plain_log_v = update if mixer.accelerated else None
+                    if plain_log_v is not None and next_log_v.abs().max().item() > bound:
+                        mixer.reset()  # an extrapolation this far is not trusted: take the plain step
+                        next_log_v, plain_log_v = update, None
                 # Absorb large scalings, but take at least one step on a new kernel (progress on extreme columns).
                 if not rebuilt and max(log_u.abs().max().item(), next_log_v.abs().max().item()) > bound:
-                    f, g = f + epsilon * log_u, g + epsilon * next_log_v
+                    g = g + epsilon * next_log_v
+                    if self.tau is None:
+                        g = g - g.mean()  # the plan does not see a common constant; keep the potentials small
                     log_v = None
                     continue
                 log_v = next_log_v
