@@ -205,8 +205,10 @@ def run_one(name: str, seed: int, variant: str, max_epochs: int | None = None, p
 
 def scglue_rows(folder: Path) -> list[dict]:
     rows = []
-    for path in sorted(folder.glob("scglue_*.json")):
+    for path in sorted(folder.glob("*.json")):  # results of benchmarks/peers/scglue_clue.py, any file name
         result = json.loads(path.read_text())
+        if "schedule_fraction" not in result:
+            continue
         data = str(result["data"])
         name = next((key for key, sub in PEER_FOLDERS.items() if data.rstrip("/").endswith(sub)), data)
         rows.append(
@@ -256,7 +258,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["full"], choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "clue")
-    parser.add_argument("--scglue", type=Path, default=None, help="folder with scglue_*.json peer results")
+    parser.add_argument("--scglue", type=Path, default=None, help="folder with scglue_clue.py JSON results")
     parser.add_argument("--table-only", action="store_true", help="tabulate the JSON files already in --out")
     parser.add_argument("--max-epochs", type=int, default=None, help="cap on CLUE's epochs (default: its own)")
     parser.add_argument(

@@ -1,7 +1,7 @@
 """Quality of the whole pipeline (lsi_harmony → train_clip → match_ot) against MatchCLOT, side by side.
 
     python benchmarks/bench_pipeline.py [--data cite multiome pbmc10k_cite] [--seeds 0 1 2] [--ablation-seeds [0]]
-        [--threads 1] [--results benchmarks/results/pipeline] [--no-peers]
+        [--threads 1] [--results benchmarks/results/pipeline] [--no-peers] [--clue DIR [--scglue DIR]]
 
 Each run (data set × seed × variant) executes in a fresh process; its JSON lands in ``--results`` and is reused by
 later invocations (delete it to rerun). MatchCLOT runs with its own recipe through ``benchmarks/peers/
@@ -14,6 +14,9 @@ Variants (ours): ``full`` (the pipeline of ``mumatch run``), ``no_harmony`` (lsi
 lsi_harmony_transform), ``single_model`` (one model instead of the ensemble); and, from the full embedding,
 ``no_batch_split`` (one OT block), ``exact`` (one-to-one assignment instead of entropic OT) and ``epsilon_0.01``
 (MatchCLOT's ε instead of the pipeline's sharper one).
+
+CLUE is trained and scored by ``bench_clue.py`` (its own runs, each with its CLIP row, and scglue's results);
+``--clue DIR`` appends that table here so that CLIP, CLUE and scglue are read side by side.
 """
 
 from __future__ import annotations
@@ -201,6 +204,13 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "pipeline")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="tables from the saved results; run nothing")
+    parser.add_argument(
+        "--clue",
+        type=Path,
+        default=None,
+        help="also tabulate the CLUE rows: bench_clue.py's results folder (it trains them; they are slow)",
+    )
+    parser.add_argument("--scglue", type=Path, default=None, help="with --clue: folder of scglue_clue.py JSON results")
     args = parser.parse_args()
     if args.worker:
         data, seed, variant, out = args.worker
@@ -227,6 +237,13 @@ def main() -> None:
     if ablation_rows:  # --ablation-seeds given empty: no ablation table
         print(f"\n### Ablations (seed(s) {args.ablation_seeds})\n")
         print(summary(ablation_rows).to_markdown(index=False))
+    if args.clue is not None:
+        import bench_clue
+
+        results = [json.loads(path.read_text()) for path in sorted(args.clue.glob("*.json"))]
+        peers = bench_clue.scglue_rows(args.scglue) if args.scglue is not None else []
+        print("\n### CLUE (bench_clue.py) beside CLIP, and scglue's SCCLUEModel (mean over seeds)\n")
+        print(bench_clue.table(results, peers).to_markdown(index=False))
 
 
 if __name__ == "__main__":

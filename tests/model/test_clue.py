@@ -10,6 +10,7 @@ from scipy import stats
 
 import mumatch as mm
 from mumatch.model._base import SETUP_KEY
+from mumatch.model._clue import _foscttm
 from mumatch.module._clue import CLUEModule
 from mumatch.nn._discriminator import ModalityDiscriminator, reverse_gradient
 from mumatch.nn._likelihoods import bernoulli_log_likelihood, count_log_likelihood, negative_binomial_log_likelihood
@@ -243,6 +244,44 @@ def test_train_embeds_every_cell_of_each_modality(small):
         assert embedding.dtype == np.float32 and np.isfinite(embedding).all()
     assert model.setup_args["likelihoods"] == {"rna": "nb", "atac": "bernoulli"}
     assert "CLUE(" in repr(model) and "trained" in repr(model)
+
+
+def test_training_records_and_can_monitor_the_matching_of_held_out_pairs(small):
+    model = train_model(small)
+    assert model.train_info["monitor"] == "validation_loss" and "validation_foscttm" in model.history
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    model.train(monitor="matching", **QUICK)
+    foscttm = model.history["validation_foscttm"]["validation_foscttm"]
+    assert model.train_info["monitor"] == "validation_foscttm"
+    assert ((foscttm >= 0) & (foscttm <= 1)).all()
+    assert model.train_info["best_value"] == pytest.approx(foscttm.min())
+    assert model.train_info["best_epoch"] == foscttm.idxmin()
+
+
+def test_matching_monitor_falls_back_to_the_loss_without_held_out_pairs(small):
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    model.train(monitor="matching", validation_fraction=0.02, **QUICK)  # ~5 held-out cells: too few pairs to rank
+    assert model.train_info["monitor"] == "validation_loss" and "validation_foscttm" not in model.history
+
+
+def test_train_rejects_unknown_monitor(small):
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    with pytest.raises(ValueError, match="monitor must be 'loss' or 'matching'"):
+        model.train(monitor="foscttm", **QUICK)
+    assert not model.is_trained
+
+
+def test_monitor_foscttm_agrees_with_the_metric():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6))
+    y = x + rng.normal(size=x.shape)
+    unit_x, unit_y = (torch.nn.functional.normalize(torch.as_tensor(v), dim=1) for v in (x, y))
+    expected = mm.metrics.foscttm(unit_x.numpy(), unit_y.numpy())  # Euclidean on unit vectors ranks as cosine
+    assert float(_foscttm(unit_x, unit_y)) == pytest.approx(expected)
+    assert float(_foscttm(unit_x, unit_x)) == 0.0
 
 
 def test_seeded_determinism(small):

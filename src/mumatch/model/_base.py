@@ -192,7 +192,8 @@ class BestWeights(Callback):
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
 
-    def on_validation_epoch_end(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
+    # After the epoch's metrics are final, including those the module logs in its own on_validation_epoch_end.
+    def on_validation_end(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         value = float(trainer.callback_metrics[self.monitor])
@@ -354,21 +355,23 @@ class MuDataModel:
         early_stopping: bool,
         patience: int,
         min_delta: float = 0.0,
+        monitor: str = "validation_loss",
         accelerator: str = "auto",
         devices: int | str = "auto",
         progress_bar: bool = True,
         **trainer_kwargs: Any,
     ) -> None:
-        """Train ``plan`` with Lightning; restore the best validation weights; fill ``history`` and ``train_info``."""
-        history, best = History(), BestWeights("validation_loss")
+        """Train ``plan`` with Lightning; restore the weights best on ``monitor``; fill ``history`` and ``train_info``.
+
+        ``monitor`` is a validation metric that ``plan`` logs (lower is better); early stopping watches it too.
+        """
+        history, best = History(), BestWeights(monitor)
         callbacks: list[Callback] = [history, EpochProgressBar()] if progress_bar else [history]
         if validation_loader is not None:
             callbacks.append(best)
             if early_stopping:
                 callbacks.append(
-                    EarlyStopping(
-                        "validation_loss", patience=patience, min_delta=min_delta, check_on_train_epoch_end=False
-                    )
+                    EarlyStopping(monitor, patience=patience, min_delta=min_delta, check_on_train_epoch_end=False)
                 )
         callbacks += list(trainer_kwargs.pop("callbacks", []))
         trainer_options = {
@@ -393,7 +396,8 @@ class MuDataModel:
         self.train_info = {
             "epochs": int(trainer.current_epoch),
             "best_epoch": best.best_epoch,
-            "best_validation_loss": None if best.best_epoch is None else best.best_value,
+            "monitor": monitor,
+            "best_value": None if best.best_epoch is None else best.best_value,
             "stopped_early": bool(early_stopping and trainer.current_epoch < max_epochs),
         }
         self.is_trained = True

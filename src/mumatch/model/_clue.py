@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as nn_functional
 from mudata import MuData
 from scanpy import logging as logg
 
@@ -71,6 +72,8 @@ DEFAULT_VALIDATION_FRACTION = 0.1
 # at 1,000 epochs; early stopping usually ends far earlier.
 MAX_STEPS = 40_000
 MAX_EPOCHS_CAP = 1000
+# The matching monitor needs a few held-out paired cells; with fewer, early stopping watches the validation loss.
+MIN_MATCHING_CELLS = 10
 # Feature types (var['feature_types'], as in the competition's files) whose counts are peaks.
 PEAK_FEATURE_TYPES = ("ATAC", "Peaks", "peaks")
 
@@ -296,6 +299,7 @@ class CLUE(MuDataModel):
         early_stopping: bool = True,
         patience: int = DEFAULT_PATIENCE,
         validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+        monitor: Literal["loss", "matching"] = "loss",
         random_state: int = 0,
         accelerator: str = "auto",
         devices: int | str = "auto",
@@ -320,6 +324,13 @@ class CLUE(MuDataModel):
         validation_fraction
             Fraction of the cells (paired and unpaired, drawn with ``random_state``) held out for validation; 0
             trains on all cells without early stopping.
+        monitor
+            What early stopping and the choice of the kept weights watch: ``"loss"``, the validation loss, or
+            ``"matching"``, how well the held-out paired cells find their partner across modalities (FOSCTTM of
+            their embeddings, cosine distance; falls back to the loss when fewer than 10 held-out cells are paired).
+            Either way ``history["validation_foscttm"]`` records the matching of the held-out pairs. The loss is the
+            default: on the starters and pbmc10k_cite, stopping on matching kept earlier weights that matched the
+            test cells worse (``docs/benchmarks.md``); a few dozen held-out pairs rank too noisily.
         random_state
             Seed of the split, the minibatch order and the sampling noise.
         accelerator, devices, progress_bar, **trainer_kwargs
@@ -331,6 +342,8 @@ class CLUE(MuDataModel):
         check_positive(lr, "lr")
         if not 0 <= validation_fraction < 1:
             raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction!r}")
+        if monitor not in ("matching", "loss"):
+            raise ValueError(f"monitor must be 'loss' or 'matching', got {monitor!r}")
         table = self._cell_table(self.mdata)
         mods = self.setup_args["mods"]
         for j, rep in enumerate(table.reps):
@@ -351,7 +364,13 @@ class CLUE(MuDataModel):
         validation_loader = (
             _loader(table, validation_rows, batch_size, shuffle=False, seed=random_state) if n_validation else None
         )
-        plan = TrainingPlan(self.module, lr=lr, weight_decay=weight_decay)
+        pairs = _held_out_pairs(table, validation_rows)
+        if monitor == "matching" and not pairs:
+            logg.warning(
+                f"fewer than {MIN_MATCHING_CELLS} held-out cells are paired; early stopping watches the validation "
+                "loss (raise validation_fraction to monitor matching)"
+            )
+        plan = MatchingTrainingPlan(self.module, lr=lr, weight_decay=weight_decay, pairs=pairs)
         self._fit(
             plan,
             train_loader,
@@ -359,6 +378,7 @@ class CLUE(MuDataModel):
             max_epochs=max_epochs,
             early_stopping=early_stopping and validation_loader is not None,
             patience=patience,
+            monitor="validation_foscttm" if monitor == "matching" and pairs else "validation_loss",
             accelerator=accelerator,
             devices=devices,
             progress_bar=progress_bar,
@@ -401,6 +421,65 @@ class CLUE(MuDataModel):
         ]
         embedding = torch.cat(pieces).numpy() if pieces else np.zeros((0, self.module.n_mods * self.module.n_latent))
         return embedding.astype(np.float32)
+
+
+class MatchingTrainingPlan(TrainingPlan):
+    """:class:`~mumatch.model._base.TrainingPlan` that also logs how well held-out paired cells match.
+
+    ``validation_foscttm``: for each pair of modalities, the FOSCTTM of the held-out cells measured in both, between
+    the embeddings each modality gives them on its own (cosine distance, as :func:`~mumatch.tl.match_ot` compares
+    them); the mean over pairs. Lower is better, 0.5 is random.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        lr: float,
+        weight_decay: float,
+        pairs: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]] = (),
+    ):
+        super().__init__(module, lr, weight_decay)
+        self.pairs = list(pairs)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``validation_foscttm`` (after the validation loss; early stopping reads both at the end)."""
+        if not self.pairs or self.trainer.sanity_checking:
+            return
+        values = []
+        with torch.no_grad():
+            for j, k, reps_j, reps_k in self.pairs:
+                embedding_j = nn_functional.normalize(self.module.embed(j, reps_j.to(self.device)), dim=1)
+                embedding_k = nn_functional.normalize(self.module.embed(k, reps_k.to(self.device)), dim=1)
+                values.append(_foscttm(embedding_j, embedding_k))
+        self.log("validation_foscttm", torch.stack(values).mean(), on_epoch=True, sync_dist=True)
+
+
+def _foscttm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """FOSCTTM of aligned unit-norm embeddings (row i of both is one cell), both directions, ties counted half."""
+    similarity = x @ y.T
+    true = similarity.diagonal()
+    n = similarity.shape[0]
+    closer_rows = (similarity > true[:, None]).sum(1) + 0.5 * (similarity == true[:, None]).sum(1) - 0.5
+    closer_cols = (similarity > true[None, :]).sum(0) + 0.5 * (similarity == true[None, :]).sum(0) - 0.5
+    return (closer_rows + closer_cols).float().mean() / (2 * max(n - 1, 1))
+
+
+def _held_out_pairs(table: CellTable, rows: np.ndarray) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Held-out cells measured in two modalities, for each pair with at least :data:`MIN_MATCHING_CELLS` of them.
+
+    Each item: the two modalities' indices and those cells' input representations in each.
+    """
+    pairs = []
+    positions = table.positions[rows]
+    n_mods = positions.shape[1]
+    for j in range(n_mods):
+        for k in range(j + 1, n_mods):
+            both = (positions[:, j] >= 0) & (positions[:, k] >= 0)
+            if both.sum() >= MIN_MATCHING_CELLS:
+                reps_j = table.reps[j][torch.as_tensor(positions[both, j])]
+                reps_k = table.reps[k][torch.as_tensor(positions[both, k])]
+                pairs.append((j, k, reps_j, reps_k))
+    return pairs
 
 
 class _Rows(torch.utils.data.Dataset):
