@@ -48,8 +48,8 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_simulate.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks scripts
-	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts tutorials
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts tutorials
 
 clean:
 	rm -rf $(VENV) docs/_build demo_out
