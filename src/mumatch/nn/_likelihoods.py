@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from scvi.distributions import NegativeBinomial
 
 Likelihood = Literal["nb", "bernoulli"]
 LIKELIHOODS: tuple[str, ...] = ("nb", "bernoulli")
 # Smallest probability of a non-zero peak; keeps log(1 - exp(-rate)) finite when the expected count underflows.
 MIN_PROBABILITY = 1e-8
+# Keeps the logarithms of the negative binomial finite at zero mean, as in scvi-tools.
+NB_EPS = 1e-8
 
 
 def negative_binomial_log_likelihood(
@@ -39,8 +40,18 @@ def negative_binomial_log_likelihood(
     -------
     The log-likelihood of every cell summed over features, ``(n_cells,)``.
     """
+    # scvi-tools' log_nb_positive, written out so that the terms of theta alone are computed once per feature rather
+    # than broadcast to every cell (forward + backward of a 128 × 1000 minibatch: 9.0 → 5.9 ms, one thread).
     mean = px_scale * library
-    return NegativeBinomial(mu=mean, theta=log_theta.exp()).log_prob(counts).sum(-1)
+    theta = log_theta.exp()
+    log_theta_mean = torch.log(theta + mean + NB_EPS)
+    per_cell = (
+        counts * (torch.log(mean + NB_EPS) - log_theta_mean)
+        - theta * log_theta_mean
+        + torch.lgamma(counts + theta)
+        - torch.lgamma(counts + 1.0)
+    ).sum(-1)
+    return per_cell + (theta * torch.log(theta + NB_EPS) - torch.lgamma(theta)).sum()
 
 
 def bernoulli_log_likelihood(counts: torch.Tensor, px_scale: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
