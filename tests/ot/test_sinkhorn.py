@@ -317,6 +317,36 @@ def test_accelerated_solves_that_once_failed_converge(mode, n_rows, n_cols, dim,
     assert np.abs(result.f).max() < 10 and np.abs(result.g).max() < 10  # the [0, 1] cost keeps them of order 1
 
 
+@pytest.mark.parametrize("mode", ["dense", "tiled"])
+@pytest.mark.parametrize("max_iter", [1, 2, 3, 5])
+@pytest.mark.parametrize("epsilon_start", [None, 0.05])
+def test_a_solve_cut_short_returns_potentials_of_the_final_epsilon_and_their_error(mode, max_iter, epsilon_start):
+    # The tiled solver once returned g one update past the f of its last row pass, and the potentials of an
+    # intermediate stage (converged=True at tol >= STAGE_TOL) when max_iter ran out before the final stage.
+    for seed in range(3):
+        x, y = clouds(12, 9, 3, seed)
+        result = mm.ot.sinkhorn(
+            x, y, epsilon=1e-3, tol=0.05, max_iter=max_iter, epsilon_start=epsilon_start, mode=mode,
+            dtype="float64", device="cpu",
+        )  # fmt: skip
+        plan = full_plan(x, y, result)
+        error = np.abs(plan.sum(1) - 1 / 12).sum() + np.abs(plan.sum(0) - 1 / 9).sum()
+        assert result.n_iter <= max_iter and np.isfinite(result.f).all() and np.isfinite(result.g).all()
+        assert error == pytest.approx(result.marginal_error, abs=1e-9)
+        assert result.converged == (error <= 0.05 + 1e-9)
+
+
+def test_tiled_solver_keeps_the_accelerated_step_that_resolves_an_underflowed_column():
+    # 1 x 2 in float32: the plain step overshoots a column whose sum underflowed (it oscillates forever); an
+    # Anderson step larger than the absorption bound but within the plain step's reach resolves it.
+    x, y = np.zeros((1, 1)), np.array([[0.0], [2.18194961]])
+    result = mm.ot.sinkhorn(
+        x, y, epsilon=1e-3, cost="sqeuclidean", tol=0.01, max_iter=5000, epsilon_start=0.004, mode="tiled",
+        device="cpu",
+    )  # fmt: skip
+    assert result.converged and result.n_iter < 100
+
+
 def test_large_cpu_arrays_are_populated_mappings_that_outlive_their_mapping():
     from mumatch.ot import _cost
 

@@ -356,13 +356,17 @@ class _TiledSolver(_Solver):
         g = torch.zeros(n_cols, dtype=self.dtype, device=self.geometry.x.device)
         n_iter, error, previous = 0, math.inf, None
         log_b64 = self.log_b.double()
+        bound = ABSORB_LOG_BOUND[self.dtype]
         for stage, epsilon in enumerate(schedule):
-            stage_tol = tol if stage == len(schedule) - 1 else max(tol, STAGE_TOL)
+            final = stage == len(schedule) - 1
+            stage_tol = tol if final else max(tol, STAGE_TOL)
             lam = self.exponent(epsilon)
             mixer = _AndersonMixer(ANDERSON_DEPTH if self.tau is None else 0, shift_invariant=True)
             exact = True  # the previous potentials belong to another epsilon: no shift to reuse
             previous_error, plain_g = math.inf, None
-            while n_iter < max_iter:
+            # The last iteration is the final epsilon's, and it ends on a row pass: the potentials returned belong
+            # to that epsilon, f is exact for g and the error is theirs.
+            while n_iter < (max_iter if final else max_iter - 1):
                 f, column_sums = self.row_pass(f, g, epsilon, exact=exact)
                 exact = False
                 n_iter += 1
@@ -371,7 +375,7 @@ class _TiledSolver(_Solver):
                 else:
                     error = math.inf if previous is None else (column_sums - previous).abs().sum().item()
                     previous = column_sums
-                if error <= stage_tol:
+                if error <= stage_tol or n_iter >= max_iter:
                     break
                 if error > previous_error:
                     mixer.reset()  # the last step made things worse: the next one is plain
@@ -382,8 +386,16 @@ class _TiledSolver(_Solver):
                 previous_error = error
                 log_sums = column_sums.clamp_min(1e-300).log()
                 g_sinkhorn = lam * (epsilon * (log_b64 - log_sums) + g.double())
-                g = mixer.next(g.double(), g_sinkhorn).to(self.dtype)
+                g_next = mixer.next(g.double(), g_sinkhorn)
                 plain_g = g_sinkhorn.to(self.dtype) if mixer.accelerated else None
+                if plain_g is not None:
+                    # An extrapolation beyond both the plain step's reach and the absorption bound is not trusted
+                    # (it would be wasted, and at max_iter returned): take the plain step.
+                    reach = max(bound * epsilon, (g_sinkhorn - g.double()).abs().max().item())
+                    if (g_next - g.double()).abs().max().item() > reach:
+                        mixer.reset()
+                        g_next, plain_g = g_sinkhorn, None
+                g = g_next.to(self.dtype)
         return f, g, n_iter, error, n_iter
 
     def row_pass(
