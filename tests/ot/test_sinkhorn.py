@@ -356,3 +356,18 @@ def test_large_cpu_arrays_are_populated_mappings_that_outlive_their_mapping():
     assert array.shape == (size,) and array.dtype == torch.float32 and float(array.sum()) == 2.0 * size
     small = _cost.empty_array((3, 4), torch.float64, torch.device("cpu"))
     assert small.shape == (3, 4) and small.dtype == torch.float64
+
+
+@pytest.mark.parametrize("mode", ["dense", "tiled"])
+@pytest.mark.parametrize("shape", [(1, 1), (4, 3)])
+def test_coinciding_points_give_a_uniform_plan_not_amplified_rounding(mode, shape):
+    # Every squared distance is rounding noise of |x|² + |y|² - 2<x, y> (~1e-15 for this point in float64): dividing
+    # by the largest one scaled that noise up to the whole cost, and the plan summed to ~1e12 (found by a stress run).
+    point = np.array(
+        [[0.7338715295248737, 1.7838984749839797, -1.2891196188504346, -0.9752345841990221, -0.12333733112118601]]
+    )
+    x, y = np.repeat(point, shape[0], axis=0), np.repeat(point, shape[1], axis=0)
+    result = mm.ot.sinkhorn(x, y, cost="sqeuclidean", mode=mode, dtype="float64", device="cpu")
+    plan = full_plan(x, y, result)
+    assert result.converged and result.cost["scale"] == 2.0
+    np.testing.assert_allclose(plan, np.full(shape, 1.0 / (shape[0] * shape[1])), rtol=1e-5)

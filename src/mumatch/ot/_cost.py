@@ -216,7 +216,10 @@ def prepare_cost(
         if params is None:
             low, _, row_max = _tile_extremes(geometry, memory_budget, product_out)  # -max of the squared distance
             largest = max(-low, 0.0)
-            largest = largest if largest > 0 else 1.0
+            # |x|² + |y|² - 2<x, y> carries rounding of order eps · (|x|² + |y|²): a largest distance below that is
+            # zero (all points coincide), and dividing by it would blow the rounding up to the whole cost.
+            noise = 64 * torch.finfo(dtype).eps * float(sq_x.max() + sq_y.max())
+            largest = largest if largest > noise else 1.0
             params = {"offset": 0.0, "scale": 2.0 / largest}
             if product_out is not None:
                 geometry.raw_affine = (1.0 / largest, 0.0)
