@@ -347,13 +347,26 @@ def test_tiled_solver_keeps_the_accelerated_step_that_resolves_an_underflowed_co
     assert result.converged and result.n_iter < 100
 
 
-def test_large_cpu_arrays_are_populated_mappings_that_outlive_their_mapping():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_cpu_arrays_are_populated_mappings_on_one_thread(monkeypatch, threads):
     from mumatch.ot import _cost
 
-    size = _cost.POPULATE_BYTES // 4 + 1
-    array = _cost.empty_array((size,), torch.float32, torch.device("cpu"))
+    mappings = []
+    real_mmap = _cost.mmap.mmap
+    monkeypatch.setattr(_cost.mmap, "mmap", lambda *args, **kw: mappings.append(kw) or real_mmap(*args, **kw))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        size = _cost.POPULATE_BYTES // 4 + 1
+        array = _cost.empty_array((size,), torch.float32, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(previous)
     array.fill_(2.0)  # writable, and alive after the helper's local mapping went out of scope
     assert array.shape == (size,) and array.dtype == torch.float32 and float(array.sum()) == 2.0 * size
+    # One thread: populated in one system call. More: the writers' threads take the page faults in parallel.
+    assert len(mappings) == (1 if threads == 1 else 0)
+    if mappings:
+        assert mappings[0]["flags"] & _cost.mmap.MAP_POPULATE
     small = _cost.empty_array((3, 4), torch.float64, torch.device("cpu"))
     assert small.shape == (3, 4) and small.dtype == torch.float64
 
