@@ -47,6 +47,8 @@ def test_train_clue_errors_leave_mudata_unchanged(small):
         mm.tl.train_clue(small, use_rep="X_pca", layer="raw")
     with pytest.raises(ValueError, match="lr must be"):
         mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, lr=-1.0)
+    with pytest.raises(ValueError, match="monitor must be 'loss' or 'matching'"):
+        mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, monitor="foscttm")
     assert_unchanged(before, small)
     assert SETUP_KEY not in small.uns
 

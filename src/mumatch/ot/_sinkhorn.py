@@ -59,7 +59,6 @@ EPSILON_DECAY = 0.25
 # accelerated step that raises the marginal error is replaced by the plain Sinkhorn step it stood for (plain Sinkhorn
 # always converges) and the history starts again. Unbalanced solves iterate plainly.
 ANDERSON_DEPTH = 4
-RETRACT_FACTOR = 1.0
 # Intermediate stages stop at this marginal error (or at the final tolerance when that is looser).
 STAGE_TOL = 1e-2
 
@@ -380,10 +379,10 @@ class _TiledSolver(_Solver):
                     break
                 if error > previous_error:
                     mixer.reset()  # the last step made things worse: the next one is plain
-                if plain_g is not None and error > RETRACT_FACTOR * previous_error:
-                    # The accelerated step made things much worse: take the plain step it replaced instead.
-                    g, plain_g = plain_g, None
-                    continue
+                    if plain_g is not None:
+                        # That step was accelerated: take the plain step it replaced instead.
+                        g, plain_g = plain_g, None
+                        continue
                 previous_error = error
                 log_sums = column_sums.clamp_min(1e-300).log()
                 g_sinkhorn = lam * (epsilon * (log_b64 - log_sums) + g.double())
@@ -603,8 +602,8 @@ class _DenseSolver(_Solver):
                     break
                 if error > previous_error:
                     mixer.reset()  # the last step made things worse: the next one is plain
-                if plain_log_v is not None and error > RETRACT_FACTOR * previous_error:
-                    # The accelerated step made things much worse: take the plain step it replaced instead.
+                if plain_log_v is not None and error > previous_error:
+                    # That step was accelerated: take the plain step it replaced instead.
                     next_log_v, plain_log_v = plain_log_v, None
                 else:
                     previous_error = error
