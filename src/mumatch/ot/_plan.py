@@ -11,6 +11,7 @@ import torch
 from ._cost import (
     BLOCK_COLS,
     DEFAULT_MEMORY_BUDGET,
+    LOG2E,
     SHIFTED_SUM_RANGE,
     STRIP_ROWS,
     _buffer,
@@ -283,7 +284,7 @@ class _StripStats:
         shifted = work[0][: height * width].view(height, width)
         scaled = work[1][: height * width].view(height, width)
         torch.sub(log_plan, self.shift[:, None], out=shifted)
-        torch.exp(shifted, out=scaled)
+        torch.mul(shifted, LOG2E, out=scaled).exp2_()  # faster than exp (see LOG2E), even with the product
         ones = self.ones[:width]
         self.row_sums += torch.mv(scaled, ones)
         torch.mv(scaled.T, self.exp_shift, out=col_sums)

@@ -31,6 +31,7 @@ from ._cost import (
     BLOCK_COLS,
     DEFAULT_MEMORY_BUDGET,
     DENSE_BLOCK_BYTES,
+    LOG2E,
     SHIFTED_SUM_RANGE,
     STRIP_ROWS,
     PointCloudCost,
@@ -411,8 +412,9 @@ class _TiledSolver(_Solver):
         n_rows, n_cols = geometry.shape
         lam = self.exponent(epsilon)
         inv_epsilon = 1.0 / epsilon
-        alpha = geometry.scale * inv_epsilon
-        column_bias = (g - geometry.col) * inv_epsilon
+        # The strips' exponents are in base 2 (see LOG2E); shifts and log sums are in natural units.
+        alpha = geometry.scale * inv_epsilon * LOG2E
+        column_bias = (g - geometry.col) * (inv_epsilon * LOG2E)
         strip_rows = min(STRIP_ROWS, tile_rows(n_cols, geometry.x.element_size(), self.memory_budget, n_buffers=1))
         self.buffer = _buffer(self.buffer, strip_rows, n_cols, geometry.x).view(-1)
         column_ranges = [(j, min(j + BLOCK_COLS, n_cols)) for j in range(0, n_cols, BLOCK_COLS)]
@@ -448,13 +450,13 @@ class _TiledSolver(_Solver):
     def _row_max(
         self, blocks: list[torch.Tensor], column_ranges: list, rows: slice, alpha: float, column_bias: torch.Tensor
     ) -> torch.Tensor:
-        """Write the strip's shifted cost into ``blocks`` and return each row's max."""
+        """Write the strip's shifted cost (base 2) into ``blocks`` and return each row's max (natural units)."""
         row_max = None
         for (j0, j1), block in zip(column_ranges, blocks, strict=True):
             self.geometry.shifted_block(rows, slice(j0, j1), alpha, column_bias, out=block)
             block_max = block.amax(dim=1)
             row_max = block_max if row_max is None else torch.maximum(row_max, block_max)
-        return row_max
+        return row_max / LOG2E
 
     def _exp_strip(
         self,
@@ -466,13 +468,17 @@ class _TiledSolver(_Solver):
         shift: torch.Tensor,
         computed: bool = False,
     ) -> torch.Tensor:
-        """``exp(shifted cost - shift)`` into ``blocks`` (recomputed unless ``computed``); return the row sums."""
+        """``exp(shifted cost - shift)`` into ``blocks`` (recomputed unless ``computed``); return the row sums.
+
+        ``alpha`` and ``column_bias`` give the exponents in base 2, ``shift`` is in natural units.
+        """
         row_sums = torch.zeros(blocks[0].shape[0], dtype=self.dtype, device=shift.device)
         ones = self.ones(BLOCK_COLS, shift)
+        shift = shift * LOG2E
         for (j0, j1), block in zip(column_ranges, blocks, strict=True):
             if not computed:
                 self.geometry.shifted_block(rows, slice(j0, j1), alpha, column_bias, out=block)
-            block.sub_(shift[:, None]).exp_()
+            block.sub_(shift[:, None]).exp2_()
             # A matrix-vector product sums rows several times faster than tensor.sum on CPU (measured).
             row_sums += torch.mv(block, ones[: j1 - j0])
         return row_sums
@@ -508,18 +514,20 @@ class _DenseSolver(_Solver):
             tile = store[start:stop]
             # (g - C) / epsilon up to a per-row constant, minus each row's max: the exponents of the stable row
             # logsumexp. The first pass over the product knows the row maxima: two passes over the tile, not four.
+            # The exponents are in base 2 (see LOG2E); row_shift is in natural units.
             if raw:
                 kappa, c0 = self.geometry.raw_affine
                 raw_max = self.geometry.raw_row_max[start:stop]
                 scale = kappa * inv_epsilon
-                torch.add((-scale * raw_max)[:, None], tile, alpha=scale, out=tile)  # one pass, not sub_ then mul_
+                # One pass, not sub_ then mul_.
+                torch.add((-scale * LOG2E * raw_max)[:, None], tile, alpha=scale * LOG2E, out=tile)
                 row_shift = raw_max * scale + c0 * inv_epsilon
             else:
-                self.geometry.shifted_tile(start, stop, inv_epsilon, g, out=tile)
+                self.geometry.shifted_tile(start, stop, inv_epsilon * LOG2E, g, out=tile)
                 row_max = tile.amax(dim=1)
                 tile.sub_(row_max[:, None])
-                row_shift = row_max + self.geometry.row_constant(start, stop, inv_epsilon)
-            tile.exp_()
+                row_shift = row_max / LOG2E + self.geometry.row_constant(start, stop, inv_epsilon)
+            tile.exp2_()
             # A matrix-vector product sums rows several times faster than tensor.sum on CPU (measured).
             log_sums = row_shift + torch.mv(tile, self.ones(n_cols, tile)).log()
             # The kernel keeps the potential -epsilon · row_shift; the exact update lives in the row scaling.
