@@ -134,8 +134,9 @@ def run_one(name: str, seed: int, variant: str, max_epochs: int | None = None, p
         # patience 0 trains on every cell for max_epochs epochs, without validation or early stopping.
         **({} if patience is None else {"patience": patience} if patience else {"validation_fraction": 0.0}),
     )
+    balanced = mdata.uns["X_clue_ensemble"]["params"]["normalize_subspaces"]  # the first model as train_clue writes it
     for mod in (mod1, mod2):
-        mdata[mod].obsm["X_clue"] = models[0].get_latent_representation(mdata, mod)
+        mdata[mod].obsm["X_clue"] = models[0].get_latent_representation(mdata, mod, normalize_subspaces=balanced)
     reps = {"CLUE (1 model)": "X_clue"}
     timings = {"CLUE (1 model)": models[0].train_info["train_s"]}
     if n_models > 1:

@@ -266,6 +266,42 @@ def test_matching_monitor_falls_back_to_the_loss_without_held_out_pairs(small):
     assert model.train_info["monitor"] == "validation_loss" and "validation_foscttm" not in model.history
 
 
+def test_learning_rate_drops_tenfold_on_plateaus_of_the_monitored_loss(small):
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    # So small a rate that the validation loss only moves by its sampling noise: a plateau.
+    model.train(max_epochs=8, batch_size=64, lr=1e-6, reduce_lr_patience=1, early_stopping=False)
+    lr = model.history["lr"]["lr"].to_numpy()
+    loss = model.history["validation_loss"]["validation_loss"].to_numpy()
+    assert lr[0] == pytest.approx(1e-6)
+    drops = np.flatnonzero(lr[1:] < lr[:-1])
+    np.testing.assert_array_equal(drops, [2, 4])  # on this seed
+    np.testing.assert_allclose(lr[drops + 1] / lr[drops], 0.1, rtol=1e-5)
+    for epoch in drops:  # a drop follows two epochs (patience 1) that did not beat the best before them
+        assert loss[epoch - 1 : epoch + 1].min() >= loss[: epoch - 1].min() * (1 - 1e-4)
+
+    model = mm.model.CLUE(small, **TINY)
+    model.train(max_epochs=8, batch_size=64, lr=1e-6, reduce_lr_patience=None, early_stopping=False)
+    np.testing.assert_allclose(model.history["lr"]["lr"], 1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"reduce_lr_patience": 0}, "reduce_lr_patience must be an integer"),
+        ({"reduce_lr_patience": 2.5}, "reduce_lr_patience must be an integer"),
+        ({"reduce_lr_patience": "3"}, "reduce_lr_patience must be an integer"),
+        ({"reduce_lr_patience": 5, "patience": 5}, r"reduce_lr_patience \(5\) must be smaller than patience"),
+    ],
+)
+def test_train_rejects_bad_reduce_lr_patience(small, kwargs, message):
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    with pytest.raises(ValueError, match=message):
+        model.train(**kwargs, **QUICK)
+    assert not model.is_trained
+
+
 def test_train_rejects_unknown_monitor(small):
     mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
     model = mm.model.CLUE(small, **TINY)

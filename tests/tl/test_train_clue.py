@@ -28,8 +28,10 @@ def test_train_clue_writes_embeddings_and_params(small):
     assert isinstance(model, mm.model.CLUE) and model.is_trained
     for mod in ("rna", "adt"):
         assert small[mod].obsm["emb"].shape == (small[mod].n_obs, 2 * TINY["n_latent"])
-        np.testing.assert_array_equal(small[mod].obsm["emb"], model.get_latent_representation(modality=mod))
+        expected = model.get_latent_representation(modality=mod, normalize_subspaces=True)
+        np.testing.assert_array_equal(small[mod].obsm["emb"], expected)
     params = small.uns["emb"]["params"]
+    assert params["normalize_subspaces"] is True
     assert params["use_rep"] == "X_pca" and params["max_epochs"] == QUICK["max_epochs"]
     assert params["likelihood"] == {"rna": "nb", "adt": "nb"} and params["n_latent"] == TINY["n_latent"]
     assert small.uns["emb"]["train_info"]["epochs"] == QUICK["max_epochs"]
@@ -58,7 +60,7 @@ def test_train_clue_ensemble_averages_cosine_similarities(small):
     assert isinstance(models, list) and len(models) == 2
     assert [model.init_params["random_state"] for model in models] == [3, 4]
     members = [
-        (model.get_latent_representation(modality="rna"), model.get_latent_representation(modality="adt"))
+        tuple(model.get_latent_representation(modality=mod, normalize_subspaces=True) for mod in ("rna", "adt"))
         for model in models
     ]
     rna, adt = small["rna"].obsm["X_clue"], small["adt"].obsm["X_clue"]
@@ -73,6 +75,36 @@ def test_train_clue_ensemble_averages_cosine_similarities(small):
     info = small.uns["X_clue"]
     assert info["params"]["ensemble"] == 2 and set(info["models"]) == {"0", "1"}
     assert all(member["train_s"] > 0 for member in info["models"].values())
+
+
+def test_subspaces_weigh_the_same_in_the_cosine(small):
+    model = mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, normalize_subspaces=False, **QUICK)
+    raw = {mod: model.get_latent_representation(modality=mod) for mod in ("rna", "adt")}
+    np.testing.assert_array_equal(small["rna"].obsm["X_clue"], raw["rna"])
+    assert small.uns["X_clue"]["params"]["normalize_subspaces"] is False
+    balanced = {mod: model.get_latent_representation(modality=mod, normalize_subspaces=True) for mod in raw}
+    d = TINY["n_latent"]
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    for mod in raw:
+        for k in range(2):  # each subspace keeps its direction, with norm 1/sqrt(K)
+            np.testing.assert_allclose(
+                balanced[mod][:, k * d : (k + 1) * d], unit(raw[mod][:, k * d : (k + 1) * d]) / np.sqrt(2), atol=1e-6
+            )
+    subspace_cosines = [
+        unit(raw["rna"][:, k * d : (k + 1) * d]) @ unit(raw["adt"][:, k * d : (k + 1) * d]).T for k in range(2)
+    ]
+    np.testing.assert_allclose(balanced["rna"] @ balanced["adt"].T, np.mean(subspace_cosines, axis=0), atol=1e-5)
+
+
+def test_train_clue_bad_normalize_subspaces_leaves_mudata_unchanged(small):
+    before = snapshot(small)
+    with pytest.raises(ValueError, match="normalize_subspaces must be True or False"):
+        mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, normalize_subspaces="yes", **QUICK)
+    assert_unchanged(before, small)
+    assert SETUP_KEY not in small.uns
 
 
 def test_train_clue_bad_ensemble_leaves_mudata_unchanged(small):

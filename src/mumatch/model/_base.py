@@ -48,6 +48,8 @@ from .._validate import check_mod, check_mudata, check_rep
 SETUP_KEY = "_mumatch_setup"
 WEIGHTS_FILE = "model.pt"
 METADATA_FILE = "model.json"
+# ReduceLROnPlateau's factor (torch's default, which scglue's trainers use).
+LR_REDUCTION_FACTOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -147,13 +149,24 @@ def row_loader(*arrays: np.ndarray, batch_size: int, shuffle: bool, seed: int = 
 class TrainingPlan(lp.LightningModule):
     """Adam on ``module.loss(*batch).loss``; logs ``train_loss``, ``validation_loss`` and the loss's extra metrics.
 
-    A non-finite training loss stops training with a FloatingPointError that says what to try.
+    A non-finite training loss stops training with a FloatingPointError that says what to try. With
+    ``reduce_lr_patience``, the learning rate is divided by 10 whenever the validation metric ``monitor`` has not
+    improved for that many epochs (as scglue's trainers do).
     """
 
-    def __init__(self, module: torch.nn.Module, lr: float, weight_decay: float):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        lr: float,
+        weight_decay: float,
+        *,
+        reduce_lr_patience: int | None = None,
+        monitor: str = "validation_loss",
+    ):
         super().__init__()
         self.module = module
         self.lr, self.weight_decay = lr, weight_decay
+        self.reduce_lr_patience, self.monitor = reduce_lr_patience, monitor
 
     def _step(self, batch: Sequence[torch.Tensor], prefix: str) -> torch.Tensor:
         output = self.module.loss(*batch)
@@ -171,16 +184,24 @@ class TrainingPlan(lp.LightningModule):
         return loss
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """One optimisation step."""
+        """One optimisation step; the first of an epoch also logs the learning rate (``history["lr"]``)."""
+        if batch_idx == 0:
+            self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=1)
         return self._step(batch, "train")
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
         """The loss on held-out cells."""
         self._step(batch, "validation")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam with weight decay, as MatchCLOT trains its encoders."""
-        return torch.optim.Adam(self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """Adam with weight decay, as MatchCLOT trains its encoders; divided by 10 on plateaus if asked."""
+        optimizer = torch.optim.Adam(self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.reduce_lr_patience is None:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=LR_REDUCTION_FACTOR, patience=self.reduce_lr_patience
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
 
 
 class BestWeights(Callback):

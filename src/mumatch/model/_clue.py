@@ -67,6 +67,9 @@ DEFAULT_BATCH_SIZE = 128
 # Early stopping: scglue stops after a long plateau; 30 epochs of patience on a 10 % validation split works on the
 # starters and on pbmc10k_cite (docs/benchmarks.md).
 DEFAULT_PATIENCE = 30
+# By default the learning rate drops 10x after a third of the patience without improvement, as in scglue's CLUE
+# schedule (REDUCE_LR_PATIENCE_PRG / PATIENCE_PRG = 3 / 9), and training goes on at the lower rate.
+REDUCE_LR_PATIENCE_FRACTION = 1 / 3
 DEFAULT_VALIDATION_FRACTION = 0.1
 # About 40,000 gradient steps at most, about what scglue's automatic schedule runs on small data (PEERS.md), capped
 # at 1,000 epochs; early stopping usually ends far earlier.
@@ -298,6 +301,7 @@ class CLUE(MuDataModel):
         batch_size: int = DEFAULT_BATCH_SIZE,
         early_stopping: bool = True,
         patience: int = DEFAULT_PATIENCE,
+        reduce_lr_patience: int | Literal["auto"] | None = "auto",
         validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
         monitor: Literal["loss", "matching"] = "loss",
         random_state: int = 0,
@@ -321,6 +325,10 @@ class CLUE(MuDataModel):
             Stop when the validation loss has not improved for ``patience`` epochs; the best weights are restored.
         patience
             Epochs without improvement before stopping.
+        reduce_lr_patience
+            Epochs without improvement of the monitored metric after which the learning rate is divided by 10
+            (again after each further such plateau); ``"auto"``: a third of ``patience``, rounded (scglue's
+            ratio); ``None`` keeps the rate constant. Must be smaller than ``patience``. Needs a validation split.
         validation_fraction
             Fraction of the cells (paired and unpaired, drawn with ``random_state``) held out for validation; 0
             trains on all cells without early stopping.
@@ -338,6 +346,14 @@ class CLUE(MuDataModel):
         """
         check_int(batch_size, "batch_size", minimum=2)
         check_int(patience, "patience")
+        if reduce_lr_patience == "auto":
+            reduce_lr_patience = round(patience * REDUCE_LR_PATIENCE_FRACTION) or None  # none below patience 2
+        check_int(reduce_lr_patience, "reduce_lr_patience", allow_none=True)
+        if early_stopping and reduce_lr_patience is not None and reduce_lr_patience >= patience:
+            raise ValueError(
+                f"reduce_lr_patience ({reduce_lr_patience}) must be smaller than patience ({patience}): training "
+                "would stop before the learning rate drops; lower it, or pass None for a constant rate"
+            )
         check_int(max_epochs, "max_epochs", allow_none=True)
         check_positive(lr, "lr")
         if not 0 <= validation_fraction < 1:
@@ -370,7 +386,15 @@ class CLUE(MuDataModel):
                 f"fewer than {MIN_MATCHING_CELLS} held-out cells are paired; early stopping watches the validation "
                 "loss (raise validation_fraction to monitor matching)"
             )
-        plan = MatchingTrainingPlan(self.module, lr=lr, weight_decay=weight_decay, pairs=pairs)
+        monitored = "validation_foscttm" if monitor == "matching" and pairs else "validation_loss"
+        plan = MatchingTrainingPlan(
+            self.module,
+            lr=lr,
+            weight_decay=weight_decay,
+            pairs=pairs,
+            reduce_lr_patience=reduce_lr_patience if validation_loader is not None else None,
+            monitor=monitored,
+        )
         self._fit(
             plan,
             train_loader,
@@ -378,7 +402,7 @@ class CLUE(MuDataModel):
             max_epochs=max_epochs,
             early_stopping=early_stopping and validation_loader is not None,
             patience=patience,
-            monitor="validation_foscttm" if monitor == "matching" and pairs else "validation_loss",
+            monitor=monitored,
             accelerator=accelerator,
             devices=devices,
             progress_bar=progress_bar,
@@ -390,7 +414,12 @@ class CLUE(MuDataModel):
     # ----- inference ----------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def get_latent_representation(
-        self, mdata: MuData | None = None, modality: str | None = None, *, batch_size: int = 4096
+        self,
+        mdata: MuData | None = None,
+        modality: str | None = None,
+        *,
+        normalize_subspaces: bool = False,
+        batch_size: int = 4096,
     ) -> np.ndarray:
         """The embedding of every cell of one modality, computed from that modality alone.
 
@@ -401,6 +430,10 @@ class CLUE(MuDataModel):
             preprocessing as the training data.
         modality
             The modality whose cells to embed (default: the first registered one).
+        normalize_subspaces
+            L2-normalise each modality's subspace and scale it by ``1/√K``, so that the cosine similarity of two
+            cells is the mean of their K subspace cosine similarities. Without it, the subspace whose posterior
+            means have the largest norm dominates the cosine.
         batch_size
             Cells per forward pass.
 
@@ -419,7 +452,12 @@ class CLUE(MuDataModel):
         pieces = [
             self.module.embed(index, inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)
         ]
-        embedding = torch.cat(pieces).numpy() if pieces else np.zeros((0, self.module.n_mods * self.module.n_latent))
+        n_mods, n_latent = self.module.n_mods, self.module.n_latent
+        embedding = torch.cat(pieces).numpy() if pieces else np.zeros((0, n_mods * n_latent))
+        if normalize_subspaces:
+            subspaces = embedding.reshape(len(embedding), n_mods, n_latent)
+            norms = np.maximum(np.linalg.norm(subspaces, axis=2, keepdims=True), np.finfo(np.float32).tiny)
+            embedding = (subspaces / (norms * np.sqrt(n_mods))).reshape(len(embedding), n_mods * n_latent)
         return embedding.astype(np.float32)
 
 
@@ -437,8 +475,9 @@ class MatchingTrainingPlan(TrainingPlan):
         lr: float,
         weight_decay: float,
         pairs: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]] = (),
+        **plan_kwargs: Any,
     ):
-        super().__init__(module, lr, weight_decay)
+        super().__init__(module, lr, weight_decay, **plan_kwargs)
         self.pairs = list(pairs)
 
     def on_validation_epoch_end(self) -> None:

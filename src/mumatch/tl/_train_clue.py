@@ -28,6 +28,7 @@ def train_clue(
     config: Literal["auto", "cite", "multiome"] = "auto",
     model_kwargs: Mapping[str, Any] | None = None,
     ensemble: int | None = None,
+    normalize_subspaces: bool = True,
     key_added: str = "X_clue",
     random_state: int = 0,
     **train_kwargs: Any,
@@ -61,6 +62,10 @@ def train_clue(
         ``random_state + i`` (each its own initialisation, validation split and minibatches); their embeddings are
         L2-normalised and concatenated, scaled by ``1/√n``, so that the cosine similarity of two cells is the mean
         of the members' cosine similarities (as :func:`~mumatch.tl.train_clip` combines its ensemble).
+    normalize_subspaces
+        Write each model's embedding with every modality's subspace L2-normalised and scaled by ``1/√K``
+        (:meth:`~mumatch.model.CLUE.get_latent_representation`), so that each subspace weighs the same in the
+        cosine cost of :func:`~mumatch.tl.match_ot`; ``False``: the posterior means as they are.
     key_added
         Key of the embedding in each modality's ``.obsm`` and of the parameters in ``mdata.uns``.
     random_state
@@ -89,6 +94,8 @@ def train_clue(
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
     check_int(ensemble, "ensemble", allow_none=True)
+    if not isinstance(normalize_subspaces, bool | np.bool_):
+        raise ValueError(f"normalize_subspaces must be True or False, got {normalize_subspaces!r}")
     seeds = [random_state] if ensemble is None else [random_state + offset for offset in range(ensemble)]
     previous_setup = copy.deepcopy(mdata.uns.get(SETUP_KEY))
     start = logg.info(f"training {len(seeds)} CLUE model(s) on {', '.join(mods)}")
@@ -101,7 +108,9 @@ def train_clue(
             model.train(random_state=seed, **train_kwargs)
             model.train_info["train_s"] = time.perf_counter() - model_start
             models.append(model)
-        embeddings = {mod: _combined_embedding(models, mdata, mod, ensemble is not None) for mod in mods}
+        embeddings = {
+            mod: _combined_embedding(models, mdata, mod, ensemble is not None, normalize_subspaces) for mod in mods
+        }
     except BaseException:
         if previous_setup is None:
             mdata.uns.pop(SETUP_KEY, None)
@@ -122,6 +131,7 @@ def train_clue(
             "likelihood": models[0].setup_args["likelihoods"],
             "random_state": random_state,
             "ensemble": ensemble if ensemble is not None else "none",
+            "normalize_subspaces": bool(normalize_subspaces),
             **models[0].init_params,
             **{name: value for name, value in train_kwargs.items() if isinstance(value, int | float | str | bool)},
         },
@@ -137,9 +147,11 @@ def train_clue(
     return models if ensemble is not None else models[0]
 
 
-def _combined_embedding(models: Sequence[CLUE], mdata: MuData, mod: str, ensemble: bool) -> np.ndarray:
+def _combined_embedding(
+    models: Sequence[CLUE], mdata: MuData, mod: str, ensemble: bool, normalize_subspaces: bool
+) -> np.ndarray:
     """One model's embedding as it is, or the members' combined so that cosine similarities average."""
-    parts = [model.get_latent_representation(mdata, mod) for model in models]
+    parts = [model.get_latent_representation(mdata, mod, normalize_subspaces=normalize_subspaces) for model in models]
     return concatenate_members(parts).astype(np.float32) if ensemble else parts[0]
 
 
