@@ -101,7 +101,14 @@ def scores(plan, truth: np.ndarray, similarity: np.ndarray) -> dict[str, float]:
     return {name: float(result[name]) for name in ("match_score", "top1", "top5", "foscttm")}
 
 
-def run_one(name: str, seed: int, variant: str, max_epochs: int | None = None, patience: int | None = None) -> dict:
+def run_one(
+    name: str,
+    seed: int,
+    variant: str,
+    max_epochs: int | None = None,
+    patience: int | None = None,
+    raw_subspaces: bool = False,
+) -> dict:
     """One run in this process: preprocessing, training, matching, scores."""
     import torch
 
@@ -126,6 +133,7 @@ def run_one(name: str, seed: int, variant: str, max_epochs: int | None = None, p
         mdata,
         [mod1, mod2],
         model_kwargs=VARIANTS[variant],
+        normalize_subspaces=not raw_subspaces,
         ensemble=n_models,
         key_added="X_clue_ensemble",
         random_state=seed,
@@ -269,14 +277,20 @@ def main() -> None:
         help="CLUE's early-stopping patience (default: its own; 0: no validation, train max-epochs)",
     )
     parser.add_argument(
-        "--one", nargs=5, metavar=("SET", "SEED", "VARIANT", "MAX_EPOCHS", "PATIENCE"), help=argparse.SUPPRESS
+        "--raw-subspaces",
+        action="store_true",
+        help="CLUE embeddings as raw posterior means (normalize_subspaces=False), as before that option existed",
+    )
+    parser.add_argument(
+        "--one", nargs=6, metavar=("SET", "SEED", "VARIANT", "MAX_EPOCHS", "PATIENCE", "RAW"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.one:
-        name, seed, variant, max_epochs, patience = args.one
+        name, seed, variant, max_epochs, patience, raw = args.one
         max_epochs = int(max_epochs) if max_epochs != "None" else None
         patience = int(patience) if patience != "None" else None
-        print("__RESULT__" + json.dumps(run_one(name, int(seed), variant, max_epochs, patience)))
+        result = run_one(name, int(seed), variant, max_epochs, patience, raw_subspaces=raw == "True")
+        print("__RESULT__" + json.dumps(result))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
@@ -296,6 +310,7 @@ def main() -> None:
                             variant,
                             str(args.max_epochs),
                             str(args.patience),
+                            str(args.raw_subspaces),
                         ],
                         capture_output=True,
                         text=True,

@@ -291,7 +291,8 @@ def test_learning_rate_drops_tenfold_on_plateaus_of_the_monitored_loss(small):
         ({"reduce_lr_patience": 0}, "reduce_lr_patience must be an integer"),
         ({"reduce_lr_patience": 2.5}, "reduce_lr_patience must be an integer"),
         ({"reduce_lr_patience": "3"}, "reduce_lr_patience must be an integer"),
-        ({"reduce_lr_patience": 5, "patience": 5}, r"reduce_lr_patience \(5\) must be smaller than patience"),
+        ({"reduce_lr_patience": 5, "patience": 5}, r"reduce_lr_patience \(5\) must be at most patience - 2"),
+        ({"reduce_lr_patience": 4, "patience": 5}, r"reduce_lr_patience \(4\) must be at most patience - 2"),
     ],
 )
 def test_train_rejects_bad_reduce_lr_patience(small, kwargs, message):
@@ -300,6 +301,32 @@ def test_train_rejects_bad_reduce_lr_patience(small, kwargs, message):
     with pytest.raises(ValueError, match=message):
         model.train(**kwargs, **QUICK)
     assert not model.is_trained
+
+
+def test_learning_rate_schedule_follows_the_validation_interval(small):
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    # Validation every 2nd epoch: the schedule steps on those epochs only (it used to fail on the others).
+    model.train(
+        max_epochs=12, batch_size=64, lr=1e-6, reduce_lr_patience=1, early_stopping=False, check_val_every_n_epoch=2
+    )
+    lr = model.history["lr"]["lr"].to_numpy()
+    drops = np.flatnonzero(lr[1:] < lr[:-1])
+    assert lr[0] == pytest.approx(1e-6) and drops.size >= 1
+    assert (drops % 2 == 1).all()  # right after a validating epoch (1, 3, 5, ...)
+
+
+def test_automatic_reduce_lr_patience_leaves_room_for_the_lower_rate(small):
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    model.train(max_epochs=8, batch_size=64, lr=1e-6, patience=2)  # a third of 2 would drop on the stopping epoch
+    np.testing.assert_allclose(model.history["lr"]["lr"], 1e-6, rtol=1e-5)
+
+
+def test_latent_representation_rejects_a_non_boolean_normalize_subspaces(small):
+    model = train_model(small)
+    with pytest.raises(ValueError, match="normalize_subspaces must be True or False"):
+        model.get_latent_representation(modality="rna", normalize_subspaces="no")
 
 
 def test_train_rejects_unknown_monitor(small):

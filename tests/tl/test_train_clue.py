@@ -78,7 +78,10 @@ def test_train_clue_ensemble_averages_cosine_similarities(small):
 
 
 def test_subspaces_weigh_the_same_in_the_cosine(small):
-    model = mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, normalize_subspaces=False, **QUICK)
+    model = mm.tl.train_clue(
+        small, use_rep="X_pca", model_kwargs=TINY, normalize_subspaces=False, reduce_lr_patience=None, **QUICK
+    )
+    assert small.uns["X_clue"]["params"]["reduce_lr_patience"] == "none"
     raw = {mod: model.get_latent_representation(modality=mod) for mod in ("rna", "adt")}
     np.testing.assert_array_equal(small["rna"].obsm["X_clue"], raw["rna"])
     assert small.uns["X_clue"]["params"]["normalize_subspaces"] is False

@@ -151,7 +151,7 @@ class TrainingPlan(lp.LightningModule):
 
     A non-finite training loss stops training with a FloatingPointError that says what to try. With
     ``reduce_lr_patience``, the learning rate is divided by 10 whenever the validation metric ``monitor`` has not
-    improved for that many epochs (as scglue's trainers do).
+    improved for more than that many validations (torch's ``ReduceLROnPlateau``, as scglue's trainers use it).
     """
 
     def __init__(
@@ -201,7 +201,11 @@ class TrainingPlan(lp.LightningModule):
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, factor=LR_REDUCTION_FACTOR, patience=self.reduce_lr_patience
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
+        # Step only on the epochs that validate (check_val_every_n_epoch), where the monitored metric exists; with a
+        # validation interval in steps instead, skip the epochs without it.
+        every = self.trainer.check_val_every_n_epoch
+        config = {"scheduler": scheduler, "monitor": self.monitor, "frequency": every or 1, "strict": every is not None}
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
 
 class BestWeights(Callback):

@@ -326,9 +326,11 @@ class CLUE(MuDataModel):
         patience
             Epochs without improvement before stopping.
         reduce_lr_patience
-            Epochs without improvement of the monitored metric after which the learning rate is divided by 10
-            (again after each further such plateau); ``"auto"``: a third of ``patience``, rounded (scglue's
-            ratio); ``None`` keeps the rate constant. Must be smaller than ``patience``. Needs a validation split.
+            The learning rate is divided by 10 when the monitored metric has not improved for more than this many
+            epochs (again after each further such plateau; torch's ``ReduceLROnPlateau``); ``"auto"``: a third of
+            ``patience``, rounded (scglue's ratio), or ``None`` below patience 3; ``None`` keeps the rate constant.
+            At most ``patience - 2`` with early stopping, so that some epoch trains at the lower rate. Needs a
+            validation split.
         validation_fraction
             Fraction of the cells (paired and unpaired, drawn with ``random_state``) held out for validation; 0
             trains on all cells without early stopping.
@@ -347,12 +349,24 @@ class CLUE(MuDataModel):
         check_int(batch_size, "batch_size", minimum=2)
         check_int(patience, "patience")
         if reduce_lr_patience == "auto":
-            reduce_lr_patience = round(patience * REDUCE_LR_PATIENCE_FRACTION) or None  # none below patience 2
+            reduce_lr_patience = round(patience * REDUCE_LR_PATIENCE_FRACTION)
+            # The rate drops on the (reduce_lr_patience + 1)-th epoch without improvement, early stopping comes on the
+            # patience-th: below patience 3 there is no room for an epoch at the lower rate.
+            reduce_lr_patience = reduce_lr_patience if reduce_lr_patience + 1 < patience else None
+            auto_patience = True
+        else:
+            auto_patience = False
         check_int(reduce_lr_patience, "reduce_lr_patience", allow_none=True)
-        if early_stopping and reduce_lr_patience is not None and reduce_lr_patience >= patience:
+        validates = validation_fraction > 0
+        if early_stopping and validates and reduce_lr_patience is not None and reduce_lr_patience + 1 >= patience:
             raise ValueError(
-                f"reduce_lr_patience ({reduce_lr_patience}) must be smaller than patience ({patience}): training "
-                "would stop before the learning rate drops; lower it, or pass None for a constant rate"
+                f"reduce_lr_patience ({reduce_lr_patience}) must be at most patience - 2 ({patience - 2}): the rate "
+                "drops after reduce_lr_patience + 1 epochs without improvement and training stops after patience; "
+                "lower it, or pass None for a constant rate"
+            )
+        if reduce_lr_patience is not None and not validates and not auto_patience:
+            logg.warning(
+                "reduce_lr_patience needs a validation split (validation_fraction > 0); the rate stays constant"
             )
         check_int(max_epochs, "max_epochs", allow_none=True)
         check_positive(lr, "lr")
@@ -441,6 +455,8 @@ class CLUE(MuDataModel):
         -------
         ``(mdata[modality].n_obs, K * n_latent)`` float32: the posterior means of all K subspaces, concatenated.
         """
+        if not isinstance(normalize_subspaces, bool | np.bool_):
+            raise ValueError(f"normalize_subspaces must be True or False, got {normalize_subspaces!r}")
         mdata = self._check_query(mdata)
         mods = self.setup_args["mods"]
         modality = modality or mods[0]

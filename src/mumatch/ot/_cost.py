@@ -45,7 +45,8 @@ SHIFTED_SUM_RANGE = {torch.float32: (1e-20, 1e30), torch.float64: (1e-200, 1e200
 POPULATE_BYTES = 16 * 2**20
 # Kernel exponents are computed in base 2 (scaled by log2(e), folded into the affine constants of the cost) and
 # exponentiated with exp2: torch's CPU exp2 is 1.6-2x faster than its exp (AVX2, float32, 1M entries in cache:
-# 1.2-1.5 against 2.4 ms), with the same 1-ulp accuracy, and the scaled exponent is rounded once, as before.
+# 1.2-1.5 against 2.4 ms), with the same 1-ulp accuracy. In the solvers the scaled exponent is rounded once, as
+# before; the sparse plan's statistics scale an already rounded exponent (one more rounding, ~|x| * 6e-8).
 LOG2E = 1.4426950408889634
 
 

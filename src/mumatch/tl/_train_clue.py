@@ -133,7 +133,12 @@ def train_clue(
             "ensemble": ensemble if ensemble is not None else "none",
             "normalize_subspaces": bool(normalize_subspaces),
             **models[0].init_params,
-            **{name: value for name, value in train_kwargs.items() if isinstance(value, int | float | str | bool)},
+            # None ("off", e.g. reduce_lr_patience=None) as the string "none": .uns holds no None in an .h5mu file.
+            **{
+                name: "none" if value is None else value
+                for name, value in train_kwargs.items()
+                if value is None or isinstance(value, int | float | str | bool)
+            },
         },
         "train_info": _info(models[0]),
     }
