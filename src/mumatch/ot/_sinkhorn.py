@@ -589,6 +589,9 @@ class _DenseSolver(_Solver):
             rebuilt = True
             previous, previous_error = None, math.inf
             plain_log_v = None  # the plain Sinkhorn step that an accelerated iterate replaced
+            # The final stage's best iterate, returned if max_iter cuts the solve short after a worse step.
+            final = stage == len(schedule) - 1
+            best_error, best_state = math.inf, None
             while True:
                 if log_v is None:
                     # (Re)build: the potentials absorb the scalings and the rows become exact for v = 1.
@@ -606,7 +609,12 @@ class _DenseSolver(_Solver):
                 else:
                     error = math.inf if previous is None else (column_marginal - previous).abs().sum().item()
                     previous = column_marginal
+                if final and self.tau is None and error < best_error:
+                    best_error, best_state = error, (f, g, log_u, log_v)
                 if error <= stage_tol or n_iter >= max_iter:
+                    if error > best_error:
+                        # Cut short after a step that made things worse (an accelerated one, before its retraction).
+                        (f, g, log_u, log_v), error = best_state, best_error
                     break
                 if error > previous_error:
                     mixer.reset()  # the last step made things worse: the next one is plain
