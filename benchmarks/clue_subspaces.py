@@ -22,16 +22,7 @@ import torch
 
 import mumatch.ot as ot
 from mumatch._pipeline import MATCH_EPSILON, MATCH_MAX_ITER
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def balanced(x: np.ndarray, n_pieces: int) -> np.ndarray:
-    """Each of ``n_pieces`` equal column blocks L2-normalised, scaled by ``1/√n_pieces``."""
-    width = x.shape[1] // n_pieces
-    return np.hstack([unit(x[:, i * width : (i + 1) * width]) for i in range(n_pieces)]) / np.sqrt(n_pieces)
+from mumatch.tl._ensemble import concatenate_members
 
 
 def match_score(x: np.ndarray, y: np.ndarray, truth: np.ndarray) -> float:
@@ -57,10 +48,12 @@ def main() -> None:
             n_models = stored[f"{key}_1"].shape[1] // stored["X_clue_1"].shape[1]
         pieces = n_models * args.n_mods
         for variant in ("concat", "per-subspace"):
-            clue = [stored[f"{key}_{side}"] for side in "12"]
-            clue = [balanced(part, pieces) if variant == "per-subspace" else unit(part) for part in clue]
-            clip = [unit(stored[f"X_clip_{side}"]) for side in "12"]
-            both = [np.hstack([a, b]) / np.sqrt(2) for a, b in zip(clip, clue, strict=True)]
+            # Each piece L2-normalised, scaled by 1/sqrt(pieces): cosines average over the pieces.
+            split = pieces if variant == "per-subspace" else 1
+            clue = [concatenate_members(np.split(stored[f"{key}_{side}"], split, axis=1)) for side in "12"]
+            both = [
+                concatenate_members([stored[f"X_clip_{side}"], part]) for side, part in zip("12", clue, strict=True)
+            ]
             name = re.sub(r"_full_\d+$", "", path.stem)
             records.append(
                 {

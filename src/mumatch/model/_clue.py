@@ -348,14 +348,12 @@ class CLUE(MuDataModel):
         """
         check_int(batch_size, "batch_size", minimum=2)
         check_int(patience, "patience")
-        if reduce_lr_patience == "auto":
-            reduce_lr_patience = round(patience * REDUCE_LR_PATIENCE_FRACTION)
+        explicit_reduce_lr = not (isinstance(reduce_lr_patience, str) and reduce_lr_patience == "auto")
+        if not explicit_reduce_lr:
             # The rate drops on the (reduce_lr_patience + 1)-th epoch without improvement, early stopping comes on the
             # patience-th: below patience 3 there is no room for an epoch at the lower rate.
-            reduce_lr_patience = reduce_lr_patience if reduce_lr_patience + 1 < patience else None
-            auto_patience = True
-        else:
-            auto_patience = False
+            third = round(patience * REDUCE_LR_PATIENCE_FRACTION)
+            reduce_lr_patience = third if third + 1 < patience else None
         check_int(reduce_lr_patience, "reduce_lr_patience", allow_none=True)
         validates = validation_fraction > 0
         if early_stopping and validates and reduce_lr_patience is not None and reduce_lr_patience + 1 >= patience:
@@ -364,7 +362,7 @@ class CLUE(MuDataModel):
                 "drops after reduce_lr_patience + 1 epochs without improvement and training stops after patience; "
                 "lower it, or pass None for a constant rate"
             )
-        if reduce_lr_patience is not None and not validates and not auto_patience:
+        if reduce_lr_patience is not None and not validates and explicit_reduce_lr:
             logg.warning(
                 "reduce_lr_patience needs a validation split (validation_fraction > 0); the rate stays constant"
             )
