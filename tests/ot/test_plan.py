@@ -84,7 +84,13 @@ def test_tiles_do_not_change_the_sparse_plan():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"top_k": 0}, "top_k"), ({"top_k": 2.5}, "top_k"), ({"mass": 0.0}, "mass"), ({"max_per_row": 0}, "max_per_row")],
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"mass": 0.0}, "mass"),
+        ({"max_per_row": 0}, "max_per_row"),
+        ({"memory_budget": 0}, "memory_budget"),
+    ],
 )
 def test_bad_sparsify_arguments(kwargs, message):
     x, y, result = solved()
@@ -124,6 +130,8 @@ def test_mutual_knn():
     np.testing.assert_allclose(sparse.plan.sum(1).A1, 1, rtol=1e-6)
     with pytest.raises(ValueError, match="n_neighbors"):
         mm.ot.mutual_knn(x, y, n_neighbors=0)
+    with pytest.raises(ValueError, match="memory_budget"):
+        mm.ot.mutual_knn(x, y, memory_budget=-1)
 
 
 def test_plan_tile_rows():

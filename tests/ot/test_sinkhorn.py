@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mumatch as mm
+from mumatch.ot import _cost as cost_module
 from mumatch.ot import _sinkhorn as sinkhorn_module
 
 FAST = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -137,6 +138,34 @@ def test_auto_mode_follows_the_memory_budget():
     x, y = clouds(50, 40, 4, 0)
     assert mm.ot.sinkhorn(x, y, device="cpu").mode == "dense"
     assert mm.ot.sinkhorn(x, y, device="cpu", memory_budget=1000).mode == "tiled"
+    assert mm.ot.sinkhorn(x, y, device="cpu", memory_budget=50 * 40 * 4.0).mode == "dense"  # a float is fine
+
+
+def test_automatic_memory_budget_is_a_quarter_of_the_available_memory(monkeypatch):
+    cpu = torch.device("cpu")
+    available = {"bytes": 4 * 2**30}
+    monkeypatch.setattr(cost_module, "available_memory", lambda device: available["bytes"])
+    assert cost_module.resolve_memory_budget(None, cpu) == 2**30
+    available["bytes"] = 64 * 2**30
+    assert cost_module.resolve_memory_budget(None, cpu) == cost_module.AUTO_BUDGET_CAP
+    available["bytes"] = 2**20
+    assert cost_module.resolve_memory_budget(None, cpu) == cost_module.AUTO_BUDGET_FLOOR
+    available["bytes"] = None
+    assert cost_module.resolve_memory_budget(None, cpu) == cost_module.DEFAULT_MEMORY_BUDGET
+    assert cost_module.resolve_memory_budget(12345, cpu) == 12345
+    # With little memory left, a problem that would be dense under the cap is solved tiled (floor lowered, so that a
+    # small problem shows it).
+    monkeypatch.setattr(cost_module, "AUTO_BUDGET_FLOOR", 1)
+    x, y = clouds(300, 200, 4, 0)
+    available["bytes"] = 4 * 300 * 200 * 4 - 4
+    assert mm.ot.sinkhorn(x, y, device="cpu").mode == "tiled"
+    available["bytes"] = 4 * 300 * 200 * 4
+    assert mm.ot.sinkhorn(x, y, device="cpu").mode == "dense"
+
+
+def test_available_memory_is_read_on_this_machine():
+    available = cost_module.available_memory(torch.device("cpu"))
+    assert available is not None and available > 0
 
 
 @pytest.mark.parametrize("mode", ["dense", "tiled"])
@@ -203,6 +232,11 @@ def test_accepts_torch_tensors():
         ({"device": "tpu"}, "device"),
         ({"a": np.ones(3)}, "'a'"),
         ({"b": np.full(10, 0.2)}, "'b'"),
+        ({"memory_budget": 0}, "memory_budget"),
+        ({"memory_budget": -5}, "memory_budget"),
+        ({"memory_budget": "2GB"}, "memory_budget"),
+        ({"memory_budget": True}, "memory_budget"),
+        ({"memory_budget": float("inf")}, "memory_budget"),
     ],
 )
 def test_bad_arguments(kwargs, message):

@@ -84,6 +84,7 @@ def test_outputs_and_diagnostics(cite_embedded):
     uns = mdata.uns["m"]
     assert uns["params"]["epsilon"] == 0.01 and uns["params"]["method"] == "sinkhorn"
     assert "tau" not in uns["params"]  # None is left out (not storable in .h5mu)
+    assert 0 < uns["params"]["memory_budget"] <= 2 * 2**30  # the automatic budget, as resolved
     (block,) = uns["blocks"].values()
     assert block["status"] == "solved" and block["converged"]
     assert block["n_cells1"] == block["n_cells2"] == 289
@@ -221,6 +222,7 @@ def test_boolean_cell_selection(cite_embedded):
         ({"tau": 0}, ValueError, "tau"),
         ({"use_rep": {"rna": "X_shared"}}, KeyError, "adt"),
         ({"device": "tpu"}, ValueError, "device"),
+        ({"memory_budget": 0}, ValueError, "memory_budget"),
     ],
 )
 def test_bad_inputs_leave_mudata_unchanged(cite_embedded, kwargs, error, message):

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ._cost import DEFAULT_MEMORY_BUDGET, _buffer, check_points, prepare_cost, resolve_device, tile_rows
+from ._cost import _buffer, check_points, prepare_cost, resolve_device, resolve_memory_budget, tile_rows
 from ._plan import SparsePlan, sparse_plan_stats
 
 # Neighbours searched on each side.
@@ -23,7 +23,7 @@ def mutual_knn(
     epsilon: float = DEFAULT_EPSILON,
     cost: str = "cosine",
     device: str = "auto",
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
 ) -> SparsePlan:
     """Mutual nearest-neighbour matching.
 
@@ -54,6 +54,7 @@ def mutual_knn(
     if not isinstance(epsilon, int | float) or not np.isfinite(epsilon) or epsilon <= 0:
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
     torch_device = resolve_device(device)
+    memory_budget = resolve_memory_budget(memory_budget, torch_device)
     forward = prepare_cost(x, y, cost, dtype=torch.float32, device=torch_device, memory_budget=memory_budget)
     backward = prepare_cost(y, x, cost, dtype=torch.float32, device=torch_device, memory_budget=memory_budget)
     n_rows, n_cols = forward.shape

@@ -10,7 +10,6 @@ import torch
 
 from ._cost import (
     BLOCK_COLS,
-    DEFAULT_MEMORY_BUDGET,
     LOG2E,
     SHIFTED_SUM_RANGE,
     STRIP_ROWS,
@@ -19,6 +18,7 @@ from ._cost import (
     prepare_cost,
     resolve_device,
     resolve_dtype,
+    resolve_memory_budget,
     tile_rows,
 )
 
@@ -102,7 +102,7 @@ def sparsify_plan(
     max_per_row: int = MAX_PER_ROW,
     dtype: str = "float32",
     device: str = "auto",
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
 ) -> SparsePlan:
     """Sparse plan from the potentials, built in row tiles (the ``N × M`` plan never exists).
 
@@ -136,6 +136,7 @@ def sparsify_plan(
         raise ValueError(f"max_per_row must be an integer >= 1, got {max_per_row!r}")
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
+    memory_budget = resolve_memory_budget(memory_budget, torch_device)
     geometry = prepare_cost(x, y, cost["kind"], dtype=torch_dtype, device=torch_device, params=cost)
     n_rows, n_cols = geometry.shape
     k = min(top_k if top_k is not None else max_per_row, n_cols)

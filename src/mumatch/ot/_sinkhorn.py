@@ -29,7 +29,6 @@ import torch
 
 from ._cost import (
     BLOCK_COLS,
-    DEFAULT_MEMORY_BUDGET,
     DENSE_BLOCK_BYTES,
     LOG2E,
     SHIFTED_SUM_RANGE,
@@ -41,6 +40,7 @@ from ._cost import (
     prepare_cost,
     resolve_device,
     resolve_dtype,
+    resolve_memory_budget,
     tile_rows,
 )
 
@@ -155,7 +155,7 @@ def sinkhorn(
     mode: str = "auto",
     dtype: str = "float32",
     device: str = "auto",
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
 ) -> SinkhornResult:
     """Entropic optimal transport between two point clouds.
 
@@ -192,7 +192,9 @@ def sinkhorn(
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     memory_budget
-        Bytes for ``N × M`` work arrays: the dense kernel, or one row tile.
+        Bytes for ``N × M`` work arrays: the dense kernel, or one row tile. ``None`` (default): a quarter of the
+        memory available on the device, at most 2 GiB, so that the kernel is stored up to ~23k × 23k cells in
+        float32 (a stored kernel makes each iteration a pass over memory instead of a product and an ``exp``).
 
     Returns
     -------
@@ -213,13 +215,13 @@ def sinkhorn(
     _check_positive(tol, "tol")
     _check_positive(tau, "tau", allow_none=True)
     _check_positive(epsilon_start, "epsilon_start", allow_none=True)
-    _check_positive(memory_budget, "memory_budget")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int | np.integer) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if mode not in ("auto", "dense", "tiled"):
         raise ValueError(f"mode must be 'auto', 'dense' or 'tiled', got {mode!r}")
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
+    memory_budget = resolve_memory_budget(memory_budget, torch_device)
     n_rows, n_cols = x.shape[0], y.shape[0]
     log_a = _log_marginal(a, n_rows, "a", torch_dtype, torch_device)
     log_b = _log_marginal(b, n_cols, "b", torch_dtype, torch_device)

@@ -13,7 +13,7 @@ from scanpy import logging as logg
 from .. import ot
 from .._layout import batch_blocks, embed_block, unpaired_mask
 from .._validate import check_int, check_mod, check_mudata, check_positive, check_rep
-from ..ot._cost import COSTS, DEFAULT_MEMORY_BUDGET, resolve_device, resolve_dtype
+from ..ot._cost import COSTS, resolve_device, resolve_dtype, resolve_memory_budget
 from ._ensemble import concatenate_members
 
 METHODS = ("sinkhorn", "exact", "knn")
@@ -123,7 +123,7 @@ def match_ot(
     n_neighbors: int = 10,
     dtype: Literal["float32", "float64"] = "float32",
     device: str = "auto",
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
     key_added: str = "match",
     copy: bool = False,
 ) -> MuData | None:
@@ -167,8 +167,8 @@ def match_ot(
     n_neighbors
         Neighbours searched on each side by ``method="knn"``.
     dtype, device, memory_budget
-        Precision, device (``"auto"``: CUDA when available) and the bytes allowed for ``N × M`` work arrays (see
-        :func:`mumatch.ot.sinkhorn`).
+        Precision, device (``"auto"``: CUDA when available) and the bytes allowed for ``N × M`` work arrays
+        (``None``: a quarter of the memory available, at most 2 GiB; see :func:`mumatch.ot.sinkhorn`).
     key_added
         Name of the outputs.
     copy
@@ -202,6 +202,8 @@ def match_ot(
     if mod1 == mod2:
         raise ValueError(f"mod1 and mod2 must differ, both are {mod1!r}")
     _check_arguments(method, cost, epsilon, tau, top_k, max_iter, tol, n_neighbors, key_added, dtype, device)
+    # Resolved once, so that every block works under the same budget (recorded in the params).
+    memory_budget = resolve_memory_budget(memory_budget, resolve_device(device))
     keys = _rep_keys(use_rep, mod1, mod2)
     embeddings = _embedding(mdata, mod1, mod2, keys, cost)
     masks = _cell_masks(mdata, mod1, mod2, cells)
@@ -259,6 +261,7 @@ def match_ot(
         "tol": float(tol),
         "n_neighbors": int(n_neighbors),
         "dtype": dtype,
+        "memory_budget": memory_budget,
     }
     uns = {"params": {name: value for name, value in params.items() if value is not None}, "blocks": block_records}
     if notes:
