@@ -175,6 +175,21 @@ def test_module_loss_agrees_with_brute_force_masking(monkeypatch):
         assert output.extra_metrics[name].item() == pytest.approx(value.item(), rel=1e-5), name
 
 
+def test_generator_objective_counts_the_adversarial_term_negatively():
+    # Through the gradient reversal the encoders maximise the discriminator's cross-entropy: what they minimise (and
+    # early stopping watches, as scglue's gen_loss) is the loss with that term's sign flipped.
+    n_input, n_features = [6, 5], [20, 30]
+    module = CLUEModule(n_input, n_features, ["nb", "nb"], 2, **{**TINY, "lam_adversarial": 1.5})
+    output = module.loss(*make_batch(n_input, n_features, torch.ones(8, 2, dtype=torch.bool)))
+    adversarial = output.extra_metrics["adversarial"]
+    assert adversarial.item() > 0
+    expected = output.loss.detach() - 2 * 1.5 * adversarial
+    assert output.extra_metrics["generator"].item() == pytest.approx(expected.item(), rel=1e-6)
+    unaligned = CLUEModule(n_input, n_features, ["nb", "nb"], 2, **{**TINY, "lam_adversarial": 0.0})
+    output = unaligned.loss(*make_batch(n_input, n_features, torch.ones(8, 2, dtype=torch.bool)))
+    assert output.extra_metrics["generator"].item() == pytest.approx(output.loss.item())
+
+
 def test_module_paired_cells_train_every_term():
     n_input, n_features = [6, 5], [20, 30]
     module = CLUEModule(n_input, n_features, ["nb", "nb"], 2, **TINY)
@@ -248,7 +263,7 @@ def test_train_embeds_every_cell_of_each_modality(small):
 
 def test_training_records_and_can_monitor_the_matching_of_held_out_pairs(small):
     model = train_model(small)
-    assert model.train_info["monitor"] == "validation_loss" and "validation_foscttm" in model.history
+    assert model.train_info["monitor"] == "validation_generator" and "validation_foscttm" in model.history
     mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
     model = mm.model.CLUE(small, **TINY)
     model.train(monitor="matching", **QUICK)
@@ -263,7 +278,7 @@ def test_matching_monitor_falls_back_to_the_loss_without_held_out_pairs(small):
     mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
     model = mm.model.CLUE(small, **TINY)
     model.train(monitor="matching", validation_fraction=0.02, **QUICK)  # ~5 held-out cells: too few pairs to rank
-    assert model.train_info["monitor"] == "validation_loss" and "validation_foscttm" not in model.history
+    assert model.train_info["monitor"] == "validation_generator" and "validation_foscttm" not in model.history
 
 
 def test_learning_rate_drops_tenfold_on_plateaus_of_the_monitored_loss(small):
@@ -272,7 +287,7 @@ def test_learning_rate_drops_tenfold_on_plateaus_of_the_monitored_loss(small):
     # So small a rate that the validation loss only moves by its sampling noise: a plateau.
     model.train(max_epochs=8, batch_size=64, lr=1e-6, reduce_lr_patience=1, early_stopping=False)
     lr = model.history["lr"]["lr"].to_numpy()
-    loss = model.history["validation_loss"]["validation_loss"].to_numpy()
+    loss = model.history["validation_generator"]["validation_generator"].to_numpy()  # what the schedule watches
     assert lr[0] == pytest.approx(1e-6)
     drops = np.flatnonzero(lr[1:] < lr[:-1])
     np.testing.assert_array_equal(drops, [2, 4])  # on this seed

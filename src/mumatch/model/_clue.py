@@ -75,7 +75,7 @@ DEFAULT_VALIDATION_FRACTION = 0.1
 # at 1,000 epochs; early stopping usually ends far earlier.
 MAX_STEPS = 40_000
 MAX_EPOCHS_CAP = 1000
-# The matching monitor needs a few held-out paired cells; with fewer, early stopping watches the validation loss.
+# The matching monitor needs a few held-out paired cells; with fewer, early stopping watches the validation objective.
 MIN_MATCHING_CELLS = 10
 # Feature types (var['feature_types'], as in the competition's files) whose counts are peaks.
 PEAK_FEATURE_TYPES = ("ATAC", "Peaks", "peaks")
@@ -322,7 +322,7 @@ class CLUE(MuDataModel):
         batch_size
             Cells per minibatch.
         early_stopping
-            Stop when the validation loss has not improved for ``patience`` epochs; the best weights are restored.
+            Stop when the monitored metric has not improved for ``patience`` epochs; the best weights are restored.
         patience
             Epochs without improvement before stopping.
         reduce_lr_patience
@@ -335,7 +335,11 @@ class CLUE(MuDataModel):
             Fraction of the cells (paired and unpaired, drawn with ``random_state``) held out for validation; 0
             trains on all cells without early stopping.
         monitor
-            What early stopping and the choice of the kept weights watch: ``"loss"``, the validation loss, or
+            What early stopping, the learning-rate schedule and the choice of the kept weights watch: ``"loss"``,
+            the validation value of what the encoders and decoders minimise (``history["validation_generator"]``:
+            the loss with the discriminator's cross-entropy counted negatively, as scglue's ``gen_loss``, so that
+            better alignment counts as progress; ``validation_loss`` counts it positively, as the optimiser sees
+            it through the gradient reversal), or
             ``"matching"``, how well the held-out paired cells find their partner across modalities (FOSCTTM of
             their embeddings, cosine distance; falls back to the loss when fewer than 10 held-out cells are paired).
             Either way ``history["validation_foscttm"]`` records the matching of the held-out pairs. The loss is the
@@ -398,7 +402,7 @@ class CLUE(MuDataModel):
                 f"fewer than {MIN_MATCHING_CELLS} held-out cells are paired; early stopping watches the validation "
                 "loss (raise validation_fraction to monitor matching)"
             )
-        monitored = "validation_foscttm" if monitor == "matching" and pairs else "validation_loss"
+        monitored = "validation_foscttm" if monitor == "matching" and pairs else "validation_generator"
         plan = MatchingTrainingPlan(
             self.module,
             lr=lr,

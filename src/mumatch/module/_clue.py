@@ -221,8 +221,10 @@ class CLUEModule(nn.Module):
 
         Returns
         -------
-        scvi-tools' ``LossOutput``: ``loss`` (what the optimiser minimises) and, in ``extra_metrics``, its unweighted
-        terms ``self``, ``kl``, ``cross``, ``mse`` and ``adversarial`` (the discriminator's cross-entropy).
+        scvi-tools' ``LossOutput``: ``loss`` (what the optimiser minimises, the discriminator's cross-entropy counted
+        positively) and, in ``extra_metrics``, its unweighted terms ``self``, ``kl``, ``cross``, ``mse`` and
+        ``adversarial`` (the discriminator's cross-entropy), and ``generator``: what the encoders and decoders
+        minimise, the loss with the adversarial term counted negatively.
         """
         n_cells = observed.shape[0]
         mask = observed.float()
@@ -286,6 +288,9 @@ class CLUEModule(nn.Module):
             + self.lam_adversarial * adversarial
         )
         terms = {"self": self_nll, "kl": kl, "cross": cross, "mse": mse, "adversarial": adversarial}
+        # The gradient reversal makes the encoders minimise the loss with the adversarial term counted negatively
+        # (scglue's gen_loss): the objective to watch for early stopping, where better alignment counts as progress.
+        terms["generator"] = loss - 2 * self.lam_adversarial * adversarial
         return LossOutput(
             loss=loss,
             n_obs_minibatch=observed.shape[0],
