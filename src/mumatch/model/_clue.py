@@ -400,7 +400,7 @@ class CLUE(MuDataModel):
         if monitor == "matching" and not pairs:
             logg.warning(
                 f"fewer than {MIN_MATCHING_CELLS} held-out cells are paired; early stopping watches the validation "
-                "loss (raise validation_fraction to monitor matching)"
+                "objective (raise validation_fraction to monitor matching)"
             )
         monitored = "validation_foscttm" if monitor == "matching" and pairs else "validation_generator"
         plan = MatchingTrainingPlan(
