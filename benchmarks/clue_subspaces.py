@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 
 import mumatch.ot as ot
+from mumatch._ensemble import concatenate_members
 from mumatch._pipeline import MATCH_EPSILON, MATCH_MAX_ITER
-from mumatch.tl._ensemble import concatenate_members
 
 
 def match_score(x: np.ndarray, y: np.ndarray, truth: np.ndarray) -> float:

@@ -338,6 +338,15 @@ def test_automatic_reduce_lr_patience_leaves_room_for_the_lower_rate(small):
     np.testing.assert_allclose(model.history["lr"]["lr"], 1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("fraction", [1.0, -0.1, "0.1", True, None])
+def test_train_rejects_a_bad_validation_fraction(small, fraction):
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    with pytest.raises(ValueError, match="validation_fraction must lie in"):
+        model.train(validation_fraction=fraction, **QUICK)
+    assert not model.is_trained
+
+
 def test_latent_representation_rejects_a_non_boolean_normalize_subspaces(small):
     model = train_model(small)
     with pytest.raises(ValueError, match="normalize_subspaces must be True or False"):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mumatch.tl._ensemble import concatenate_members
+from mumatch._ensemble import concatenate_members
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import torch.nn.functional as nn_functional
 from mudata import MuData
 from scanpy import logging as logg
 
+from .._ensemble import concatenate_members
 from .._layout import MISSING_BATCH, batch_labels
 from .._validate import check_counts, check_int, check_layer, check_mods, check_mudata, check_positive
 from ..module._clue import CLUEModule
@@ -359,6 +360,9 @@ class CLUE(MuDataModel):
             third = round(patience * REDUCE_LR_PATIENCE_FRACTION)
             reduce_lr_patience = third if third + 1 < patience else None
         check_int(reduce_lr_patience, "reduce_lr_patience", allow_none=True)
+        valid_fraction = isinstance(validation_fraction, int | float | np.integer | np.floating)
+        if isinstance(validation_fraction, bool) or not valid_fraction or not 0 <= validation_fraction < 1:
+            raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction!r}")
         validates = validation_fraction > 0
         if early_stopping and validates and reduce_lr_patience is not None and reduce_lr_patience + 1 >= patience:
             raise ValueError(
@@ -372,8 +376,6 @@ class CLUE(MuDataModel):
             )
         check_int(max_epochs, "max_epochs", allow_none=True)
         check_positive(lr, "lr")
-        if not 0 <= validation_fraction < 1:
-            raise ValueError(f"validation_fraction must lie in [0, 1), got {validation_fraction!r}")
         if monitor not in ("matching", "loss"):
             raise ValueError(f"monitor must be 'loss' or 'matching', got {monitor!r}")
         table = self._cell_table(self.mdata)
@@ -471,11 +473,10 @@ class CLUE(MuDataModel):
             self.module.embed(index, inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)
         ]
         n_mods, n_latent = self.module.n_mods, self.module.n_latent
-        embedding = torch.cat(pieces).numpy() if pieces else np.zeros((0, n_mods * n_latent))
+        embedding = torch.cat(pieces).numpy() if pieces else np.zeros((0, n_mods * n_latent), dtype=np.float32)
         if normalize_subspaces:
-            subspaces = embedding.reshape(len(embedding), n_mods, n_latent)
-            norms = np.maximum(np.linalg.norm(subspaces, axis=2, keepdims=True), np.finfo(np.float32).tiny)
-            embedding = (subspaces / (norms * np.sqrt(n_mods))).reshape(len(embedding), n_mods * n_latent)
+            # The subspaces combine as an ensemble's members do: cosine similarities average.
+            embedding = concatenate_members(np.split(embedding, n_mods, axis=1))
         return embedding.astype(np.float32)
 
 

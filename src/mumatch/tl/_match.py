@@ -11,10 +11,10 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .. import ot
+from .._ensemble import concatenate_members
 from .._layout import batch_blocks, embed_block, unpaired_mask
 from .._validate import check_int, check_mod, check_mudata, check_positive, check_rep
 from ..ot._cost import COSTS, resolve_device, resolve_dtype, resolve_memory_budget
-from ._ensemble import concatenate_members
 
 METHODS = ("sinkhorn", "exact", "knn")
 # MatchCLOT's entropic regularisation on its [0, 1] cosine cost.

@@ -9,10 +9,10 @@ import numpy as np
 from mudata import MuData
 from scanpy import logging as logg
 
+from .._ensemble import concatenate_members
 from .._layout import batch_labels, paired_positions
 from .._validate import check_int, check_mod, check_mudata, check_rep
 from ..model import CLIP
-from ._ensemble import concatenate_members
 
 
 def _ensemble_members(

@@ -11,10 +11,10 @@ import numpy as np
 from mudata import MuData
 from scanpy import logging as logg
 
+from .._ensemble import concatenate_members
 from .._validate import check_int, check_mods, check_mudata
 from ..model._base import SETUP_KEY
 from ..model._clue import CLUE
-from ._ensemble import concatenate_members
 
 
 def train_clue(
