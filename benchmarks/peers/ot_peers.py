@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import resource
+import sys
 import time
 
 import numpy as np
@@ -110,14 +111,31 @@ def load_mumatch_ot():
     return importlib.import_module("mumatch.ot")
 
 
-def solve(solver: str, x: np.ndarray, y: np.ndarray, span: float, high: float) -> dict:
-    """Run one solver; return its timing, iterations and evaluation."""
+def warm_up(solver: str, device: str) -> None:
+    """Start the device (CUDA context, kernels) before the clock runs: the first call on a GPU pays for it."""
+    if device == "cpu":
+        return
+    x, y = planted(256, 1)
+    if solver.startswith("mumatch"):
+        load_mumatch_ot().sinkhorn(x, y, epsilon=EPSILON, tol=TOL, device=device)
+    elif solver.startswith(("pot_log", "geomloss")):
+        import torch
+
+        torch.ones(1, device=device).sum().item()
+    elif solver == "ott_online":
+        import jax
+
+        jax.numpy.ones(1).sum().block_until_ready()
+
+
+def solve(solver: str, x: np.ndarray, y: np.ndarray, span: float, high: float, device: str = "cpu") -> dict:
+    """Run one solver on ``device`` (``"cpu"``, or ``"cuda"`` for the torch solvers); timing, iterations, evaluation."""
     n = x.shape[0]
     notes = []
     if solver in ("mumatch", "mumatch_tiled", "reference"):
         mm = load_mumatch_ot()
 
-        kwargs = {"epsilon": EPSILON, "tol": TOL, "device": "cpu"}
+        kwargs = {"epsilon": EPSILON, "tol": TOL, "device": device}
         if solver == "mumatch_tiled":
             kwargs["mode"] = "tiled"
         if solver == "reference":
@@ -131,7 +149,7 @@ def solve(solver: str, x: np.ndarray, y: np.ndarray, span: float, high: float) -
         if solver != "reference":
             # What match_ot adds to the solve: the sparse plan (default: 99.9 % of each row's mass, ≤ 1000 per row).
             start = time.perf_counter()
-            sparse = mm.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, device="cpu")
+            sparse = mm.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, device=device)
             sparse_record = {
                 "sparsify_s": time.perf_counter() - start,
                 "nnz_per_row": sparse.plan.nnz / n,
@@ -166,13 +184,14 @@ def solve(solver: str, x: np.ndarray, y: np.ndarray, span: float, high: float) -
         import ot
 
         start = time.perf_counter()
-        xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+        xt = torch.as_tensor(x, dtype=torch.float32, device=device)
+        yt = torch.as_tensor(y, dtype=torch.float32, device=device)
         cost = (1 + high - xt @ yt.T) / span
-        a = torch.full((n,), 1.0 / n)
+        a = torch.full((n,), 1.0 / n, device=device)
         # POT stops on the L2 norm of the column error, checked every 10 iterations; L1 ≈ √n · L2 for spread errors.
         plan, log = ot.bregman.sinkhorn_log(a, a, cost, EPSILON, numItermax=5000, stopThr=TOL / math.sqrt(n), log=True)
         solve_s = time.perf_counter() - start
-        out = evaluate_dense(plan.double().numpy())
+        out = evaluate_dense(plan.double().cpu().numpy())
         out["n_iter"] = int(log.get("niter", -1))
         notes.append("ot.bregman.sinkhorn_log, torch float32, stopThr = 1e-3/sqrt(n) on its L2 error")
     elif solver == "pot_lazy":
@@ -199,13 +218,14 @@ def solve(solver: str, x: np.ndarray, y: np.ndarray, span: float, high: float) -
         backend = solver.removeprefix("geomloss_")
         eps_geom = EPSILON * span  # GeomLoss's p=2 cost is |x - y|² / 2 = d
         start = time.perf_counter()
-        xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+        xt = torch.as_tensor(x, dtype=torch.float32, device=device)
+        yt = torch.as_tensor(y, dtype=torch.float32, device=device)
         loss = SamplesLoss(
             "sinkhorn", p=2, blur=math.sqrt(eps_geom), scaling=0.9, debias=False, potentials=True, backend=backend
         )
         f_pot, g_pot = loss(xt, yt)
         solve_s = time.perf_counter() - start
-        f_np, g_np = f_pot.double().numpy().ravel(), g_pot.double().numpy().ravel()
+        f_np, g_np = f_pot.double().cpu().numpy().ravel(), g_pot.double().cpu().numpy().ravel()
 
         def log_plan_tile(lo, hi):
             half_sq = np.maximum(1 - x[lo:hi] @ y.T, 0)
@@ -246,6 +266,10 @@ def solve(solver: str, x: np.ndarray, y: np.ndarray, span: float, high: float) -
     else:
         raise ValueError(f"unknown solver {solver!r}")
     out.update({"solve_s": solve_s, "notes": notes})
+    if device != "cpu" and "torch" in sys.modules:
+        import torch
+
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
@@ -256,11 +280,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     parser.add_argument("--argmax-out", default=None)
+    parser.add_argument("--device", default="cpu", help="cuda: the torch solvers on the GPU (ott-jax: jax's default)")
     args = parser.parse_args()
     x, y = planted(args.n, args.seed)
     low, high = cosine_extremes(x, y)
     span = high - low + 1
-    result = solve(args.solver, x, y, span, high)
+    warm_up(args.solver, args.device)
+    result = solve(args.solver, x, y, span, high, args.device)
     argmax = result.pop("argmax")
     result.update(
         {
@@ -269,6 +295,7 @@ def main() -> None:
             "seed": args.seed,
             "top1": float((argmax == np.arange(args.n)).mean()),
             "span": span,
+            "device": args.device,
         }
     )
     if args.argmax_out:

@@ -463,3 +463,30 @@ def test_coinciding_points_give_a_uniform_plan_not_amplified_rounding(mode, shap
     plan = full_plan(x, y, result)
     assert result.converged and result.cost["scale"] == 2.0
     np.testing.assert_allclose(plan, np.full(shape, 1.0 / (shape[0] * shape[1])), rtol=1e-5)
+
+
+@pytest.mark.parametrize("collinear", [False, True])
+def test_anderson_least_squares_off_the_cpu_matches_lapack(collinear):
+    # CUDA's lstsq lacks the rank-revealing driver: off the CPU the system is reduced by QR first. Same minimiser.
+    rng = np.random.default_rng(0)
+    differences = torch.as_tensor(rng.normal(size=(500, 4)))
+    if collinear:
+        differences[:, 3] = differences[:, 1] * (1 + 1e-14)  # Anderson's residual differences often nearly are
+    residual = torch.as_tensor(rng.normal(size=(500, 1)))
+    lapack = torch.linalg.lstsq(differences, residual, driver="gelsy").solution
+    reduced = sinkhorn_module._least_squares_after_qr(differences, residual)
+
+    def misfit(gamma):
+        return torch.linalg.norm(residual - differences @ gamma)
+
+    np.testing.assert_allclose(misfit(reduced), misfit(lapack), rtol=1e-10)
+    np.testing.assert_allclose(reduced, lapack, atol=1e-8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_solve_agrees_with_cpu():
+    x, y = clouds(300, 300, 8, 0)
+    on_cpu = mm.ot.sinkhorn(x, y, epsilon=0.01, device="cpu")
+    on_gpu = mm.ot.sinkhorn(x, y, epsilon=0.01, device="cuda")
+    assert on_gpu.converged and on_gpu.marginal_error <= 1e-3
+    np.testing.assert_array_equal(full_plan(x, y, on_gpu).argmax(1), full_plan(x, y, on_cpu).argmax(1))

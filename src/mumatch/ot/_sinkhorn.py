@@ -259,6 +259,25 @@ def sinkhorn(
     )
 
 
+def anderson_coefficients(differences: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Least-squares coefficients γ minimising ‖residual − differences·γ‖, tolerant of nearly collinear columns.
+
+    On the CPU, LAPACK's rank-revealing QR driver (``gelsy``) solves it. CUDA's ``lstsq`` only has ``gels``, which
+    needs full column rank, so there the tall system is reduced by a QR on the device to its small triangular one
+    (depth × depth), which ``gelsy`` solves on the CPU: the same minimiser, and no N-long copy per iteration.
+    """
+    if differences.device.type == "cpu":
+        return torch.linalg.lstsq(differences, residual, driver="gelsy").solution
+    return _least_squares_after_qr(differences, residual)
+
+
+def _least_squares_after_qr(differences: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """:func:`anderson_coefficients` off the CPU: QR where the data are, the small triangular solve on the CPU."""
+    q, r = torch.linalg.qr(differences)
+    projected = q.mT @ residual
+    return torch.linalg.lstsq(r.cpu(), projected.cpu(), driver="gelsy").solution.to(differences.device)
+
+
 class _AndersonMixer:
     """Anderson acceleration (type II) of a fixed-point iteration ``x ← F(x)`` over the last ``depth`` steps.
 
@@ -298,9 +317,7 @@ class _AndersonMixer:
             return image
         images = torch.stack(self.images, dim=1)
         residuals = images - torch.stack(self.iterates, dim=1)
-        # Least squares in the differences: residual_k - Σ γ_j Δresidual_j, solved by a QR-based driver that
-        # tolerates nearly collinear residuals.
-        gamma = torch.linalg.lstsq(residuals.diff(dim=1), residuals[:, -1:], driver="gelsy").solution
+        gamma = anderson_coefficients(residuals.diff(dim=1), residuals[:, -1:])
         extrapolation = (images.diff(dim=1) @ gamma)[:, 0]
         if self.shift_invariant:
             # The residuals cannot see a constant added to every potential (the plan does not change), so nothing
