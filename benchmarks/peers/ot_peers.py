@@ -76,6 +76,28 @@ def evaluate_potentials(x, y, log_plan_tile) -> dict:
     return {"marginal_error": float(error), "argmax": argmax}
 
 
+def evaluate_potentials_on_device(x, y, f, g, offset: float, scale: float, device: str) -> dict:
+    """:func:`evaluate_potentials` for mumatch's potentials, in float64 torch on ``device`` (a GPU: seconds at 100k)."""
+    import torch
+
+    xt, yt = (torch.as_tensor(a, dtype=torch.float64, device=device) for a in (x, y))
+    ft, gt = (torch.as_tensor(a, dtype=torch.float64, device=device) for a in (f, g))
+    n_rows, n_cols = xt.shape[0], yt.shape[0]
+    rows = torch.empty(n_rows, dtype=torch.float64, device=device)
+    cols = torch.zeros(n_cols, dtype=torch.float64, device=device)
+    argmax = torch.empty(n_rows, dtype=torch.int64, device=device)
+    step = max(1, 16 * EVAL_TILE_ENTRIES // n_cols)
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        log_plan = (ft[start:stop, None] + gt[None, :] - (offset - scale * (xt[start:stop] @ yt.T))) / EPSILON
+        argmax[start:stop] = log_plan.argmax(dim=1)
+        plan = log_plan.exp_()
+        rows[start:stop] = plan.sum(dim=1)
+        cols += plan.sum(dim=0)
+    error = (rows - 1 / n_rows).abs().sum() + (cols - 1 / n_cols).abs().sum()
+    return {"marginal_error": float(error), "argmax": argmax.cpu().numpy()}
+
+
 def evaluate_dense(plan: np.ndarray) -> dict:
     plan = np.asarray(plan, dtype=np.float64)
     n_rows, n_cols = plan.shape
@@ -128,14 +150,22 @@ def warm_up(solver: str, device: str) -> None:
         jax.numpy.ones(1).sum().block_until_ready()
 
 
-def solve(solver: str, x: np.ndarray, y: np.ndarray, span: float, high: float, device: str = "cpu") -> dict:
+def solve(
+    solver: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    span: float,
+    high: float,
+    device: str = "cpu",
+    memory_budget: int | None = None,
+) -> dict:
     """Run one solver on ``device`` (``"cpu"``, or ``"cuda"`` for the torch solvers); timing, iterations, evaluation."""
     n = x.shape[0]
     notes = []
     if solver in ("mumatch", "mumatch_tiled", "reference"):
         mm = load_mumatch_ot()
 
-        kwargs = {"epsilon": EPSILON, "tol": TOL, "device": device}
+        kwargs = {"epsilon": EPSILON, "tol": TOL, "device": device, "memory_budget": memory_budget}
         if solver == "mumatch_tiled":
             kwargs["mode"] = "tiled"
         if solver == "reference":
@@ -157,12 +187,19 @@ def solve(solver: str, x: np.ndarray, y: np.ndarray, span: float, high: float, d
             }
             del sparse
         solve_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if device != "cpu":
+            import torch
+
+            sparse_record["solve_gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20  # before the evaluation
 
         def log_plan_tile(lo, hi):
             cost = geometry[0] - geometry[1] * (x[lo:hi] @ y.T)
             return (result.f[lo:hi, None] + result.g[None, :] - cost) / EPSILON
 
-        out = evaluate_potentials(x, y, log_plan_tile)
+        if device == "cpu":
+            out = evaluate_potentials(x, y, log_plan_tile)
+        else:
+            out = evaluate_potentials_on_device(x, y, result.f, result.g, *geometry, device)
         out.update({"n_iter": result.n_iter, "mode": result.mode, "reported_error": result.marginal_error})
         out.update({**sparse_record, "solve_peak_rss_mb": solve_peak_rss_mb})
     elif solver == "pot_matchclot":
@@ -281,12 +318,14 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--argmax-out", default=None)
     parser.add_argument("--device", default="cpu", help="cuda: the torch solvers on the GPU (ott-jax: jax's default)")
+    parser.add_argument("--memory-budget", type=float, default=None, help="mumatch's memory_budget in GiB")
     args = parser.parse_args()
     x, y = planted(args.n, args.seed)
     low, high = cosine_extremes(x, y)
     span = high - low + 1
     warm_up(args.solver, args.device)
-    result = solve(args.solver, x, y, span, high, args.device)
+    budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
+    result = solve(args.solver, x, y, span, high, args.device, budget)
     argmax = result.pop("argmax")
     result.update(
         {

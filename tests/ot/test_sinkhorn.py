@@ -490,3 +490,41 @@ def test_cuda_solve_agrees_with_cpu():
     on_gpu = mm.ot.sinkhorn(x, y, epsilon=0.01, device="cuda")
     assert on_gpu.converged and on_gpu.marginal_error <= 1e-3
     np.testing.assert_array_equal(full_plan(x, y, on_gpu).argmax(1), full_plan(x, y, on_cpu).argmax(1))
+
+
+def test_layout_for_accelerators_gives_the_same_solve_and_plan(monkeypatch):
+    # On a GPU, strips span whole rows and dense blocks are large (launch overhead); run that layout on the CPU.
+    from mumatch.ot import _plan as plan_module
+
+    x, y = clouds(700, 650, 8, 5)
+    kwargs = {"epsilon": 0.01, "device": "cpu", "memory_budget": 300 * 650 * 4}  # tiled, several strips
+    default = mm.ot.sinkhorn(x, y, **kwargs)
+    default_plan = mm.ot.sparsify_plan(x, y, default.f, default.g, default.epsilon, default.cost, device="cpu")
+    accelerator = torch.device("cuda")
+    assert cost_module.strip_layout(650, 4, 2**30, accelerator) == (2**30 // (650 * 4), 650)
+    assert cost_module.dense_block_rows(650, 4, accelerator) == cost_module.ACCELERATOR_BLOCK_BYTES // (650 * 4)
+
+    layout = cost_module.strip_layout
+
+    def whole_rows(n_cols, itemsize, memory_budget, device, n_buffers=1):
+        return layout(n_cols, itemsize, memory_budget, accelerator, n_buffers)
+
+    for module in (cost_module, sinkhorn_module, plan_module):
+        monkeypatch.setattr(module, "strip_layout", whole_rows)
+    big_blocks = mm.ot.sinkhorn(x, y, **kwargs)
+    plan = mm.ot.sparsify_plan(x, y, big_blocks.f, big_blocks.g, big_blocks.epsilon, big_blocks.cost, device="cpu")
+    assert big_blocks.mode == default.mode == "tiled" and big_blocks.n_iter == default.n_iter
+    np.testing.assert_allclose(big_blocks.f, default.f, atol=1e-5)
+    # Rounding can move an entry of ~1e-4 across the 99.9 % mass cut of a row; nothing else differs.
+    np.testing.assert_allclose(plan.plan.toarray(), default_plan.plan.toarray(), atol=2e-4)
+    np.testing.assert_array_equal(plan.plan.argmax(axis=1), default_plan.plan.argmax(axis=1))
+
+    dense = {**kwargs, "mode": "dense"}
+    results = []
+    for rows in (50, cost_module.dense_block_rows(650, 4, accelerator)):  # 14 blocks; one
+        for module in (cost_module, sinkhorn_module):
+            monkeypatch.setattr(module, "dense_block_rows", lambda n_cols, itemsize, device, rows=rows: rows)
+        results.append(mm.ot.sinkhorn(x, y, **dense))
+    default, big_blocks = results
+    assert big_blocks.n_iter == default.n_iter
+    np.testing.assert_allclose(big_blocks.f, default.f, atol=1e-5)

@@ -9,17 +9,15 @@ import scipy.sparse as sp
 import torch
 
 from ._cost import (
-    BLOCK_COLS,
     LOG2E,
     SHIFTED_SUM_RANGE,
-    STRIP_ROWS,
     _buffer,
     check_points,
     prepare_cost,
     resolve_device,
     resolve_dtype,
     resolve_memory_budget,
-    tile_rows,
+    strip_layout,
 )
 
 # The competition accepted at most 1000 non-zeros per row of a prediction.
@@ -143,8 +141,11 @@ def sparsify_plan(
     f_t = torch.as_tensor(np.asarray(f), dtype=torch_dtype, device=torch_device)
     g_t = torch.as_tensor(np.asarray(g), dtype=torch_dtype, device=torch_device)
     itemsize = geometry.x.element_size()
-    step = min(STRIP_ROWS, tile_rows(n_cols, itemsize, memory_budget, n_buffers=1))
-    column_ranges = [(j, min(j + BLOCK_COLS, n_cols)) for j in range(0, n_cols, BLOCK_COLS)]
+    # The strip of log P, its block and two work arrays: cache-sized blocks on the CPU, where only the strip counts;
+    # four strips on a GPU, where a block is the whole strip.
+    n_buffers = 1 if torch_device.type == "cpu" else 4
+    step, width = strip_layout(n_cols, itemsize, memory_budget, torch_device, n_buffers=n_buffers)
+    column_ranges = [(j, min(j + width, n_cols)) for j in range(0, n_cols, width)]
     inv_epsilon = 1.0 / epsilon
     alpha = geometry.scale * inv_epsilon
     column_bias = (g_t - geometry.col) * inv_epsilon
@@ -162,9 +163,9 @@ def sparsify_plan(
     col_weighted = torch.zeros(n_cols, dtype=torch.float64, device=torch_device)
     strip_col_sums = torch.empty(n_cols, dtype=torch_dtype, device=torch_device)
     strip_col_weighted = torch.empty(n_cols, dtype=torch_dtype, device=torch_device)
-    block = torch.empty(step * min(BLOCK_COLS, n_cols), dtype=torch_dtype, device=torch_device)
+    block = torch.empty(step * width, dtype=torch_dtype, device=torch_device)
     work = (torch.empty_like(block), torch.empty_like(block))
-    ones = torch.ones(BLOCK_COLS, dtype=torch_dtype, device=torch_device)
+    ones = torch.ones(width, dtype=torch_dtype, device=torch_device)
     counts, indices, weights = [], [], []
     strip = None
     with torch.no_grad():

@@ -28,20 +28,18 @@ import numpy as np
 import torch
 
 from ._cost import (
-    BLOCK_COLS,
-    DENSE_BLOCK_BYTES,
     LOG2E,
     SHIFTED_SUM_RANGE,
-    STRIP_ROWS,
     PointCloudCost,
     _buffer,
     check_points,
+    dense_block_rows,
     empty_array,
     prepare_cost,
     resolve_device,
     resolve_dtype,
     resolve_memory_budget,
-    tile_rows,
+    strip_layout,
 )
 
 # Largest |log| of a scaling before it is absorbed into the potentials: e^30 keeps every product of kernel entries
@@ -434,9 +432,9 @@ class _TiledSolver(_Solver):
         # The strips' exponents are in base 2 (see LOG2E); shifts and log sums are in natural units.
         alpha = geometry.scale * inv_epsilon * LOG2E
         column_bias = (g - geometry.col) * (inv_epsilon * LOG2E)
-        strip_rows = min(STRIP_ROWS, tile_rows(n_cols, geometry.x.element_size(), self.memory_budget, n_buffers=1))
+        strip_rows, width = strip_layout(n_cols, geometry.x.element_size(), self.memory_budget, geometry.x.device)
         self.buffer = _buffer(self.buffer, strip_rows, n_cols, geometry.x).view(-1)
-        column_ranges = [(j, min(j + BLOCK_COLS, n_cols)) for j in range(0, n_cols, BLOCK_COLS)]
+        column_ranges = [(j, min(j + width, n_cols)) for j in range(0, n_cols, width)]
         previous_log_sums = self.log_sums
         self.log_sums = torch.empty_like(f)
         low, high = SHIFTED_SUM_RANGE[self.dtype]
@@ -492,7 +490,7 @@ class _TiledSolver(_Solver):
         ``alpha`` and ``column_bias`` give the exponents in base 2, ``shift`` is in natural units.
         """
         row_sums = torch.zeros(blocks[0].shape[0], dtype=self.dtype, device=shift.device)
-        ones = self.ones(BLOCK_COLS, shift)
+        ones = self.ones(max(j1 - j0 for j0, j1 in column_ranges), shift)
         shift = shift * LOG2E
         for (j0, j1), block in zip(column_ranges, blocks, strict=True):
             if not computed:
@@ -557,8 +555,7 @@ class _DenseSolver(_Solver):
 
     def block_rows(self) -> int:
         """Rows of the kernel per block (see :data:`DENSE_BLOCK_BYTES`)."""
-        n_cols = self.geometry.shape[1]
-        return max(1, DENSE_BLOCK_BYTES // (n_cols * self.geometry.x.element_size()))
+        return dense_block_rows(self.geometry.shape[1], self.geometry.x.element_size(), self.geometry.x.device)
 
     def scaling_pass(
         self, kernel: torch.Tensor, v: torch.Tensor, f: torch.Tensor, epsilon: float
