@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import anndata as ad
+import pandas as pd
+import pytest
 import scipy.sparse as sp
 
 from mumatch.cli import main
@@ -8,9 +10,15 @@ from mumatch.cli import main
 
 def test_demo_prints_scores(tmp_path, capsys):
     assert main(["demo", "--data", "cite", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "match score" in out and "random baseline" in out
+    captured = capsys.readouterr()
+    assert "match score" in captured.out and "random baseline" in captured.out
+    assert "GPU available" not in captured.out + captured.err  # Lightning's per-model notes stay quiet
     assert (tmp_path / "result.h5mu").exists() and (tmp_path / "scores.csv").exists()
+    scores = pd.read_csv(tmp_path / "scores.csv", index_col="method")
+    # FOSCTTM of the embedding behind the plan (the sparse plan's own is ~0.5 from its ties); random: 0.5.
+    assert scores.loc["random baseline", "FOSCTTM"] == pytest.approx(0.5)
+    assert scores.loc["CLIP + OT", "FOSCTTM"] < 0.45  # 3 epochs here (conftest); 0.09 with the defaults
+    assert scores.loc["CLIP + OT", "match score"] > 1.5 * scores.loc["random baseline", "match score"]
 
 
 def test_run_writes_prediction(data_root, tmp_path):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import scanpy as sc
@@ -90,17 +93,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries whose informational logs (Lightning's per-model "GPU available", tips, dataloader notes) and future or
+# deprecation warnings (mudata's pull_on_update) would bury the score table; shown from --verbosity 3 (hints) on.
+QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+QUIET_BELOW_VERBOSITY = 3
+
+
+@contextlib.contextmanager
+def _quiet_libraries(verbosity: int) -> Iterator[None]:
+    """Silence other libraries' chatter for the duration of a command (restored afterwards)."""
+    if verbosity >= QUIET_BELOW_VERBOSITY:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mumatch`` console script."""
     args = build_parser().parse_args(argv)
     sc.settings.verbosity = args.verbosity
-    if args.command == "demo":
-        return demo(args.data, args.out, args.seed)
-    files = {
-        part: getattr(args, part)
-        for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2", "test_sol")
-    }
-    return run(files, args.out, args.seed)
+    with _quiet_libraries(args.verbosity):
+        if args.command == "demo":
+            return demo(args.data, args.out, args.seed)
+        files = {
+            part: getattr(args, part)
+            for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2", "test_sol")
+        }
+        return run(files, args.out, args.seed)
 
 
 if __name__ == "__main__":
