@@ -50,6 +50,8 @@ VARIANTS = {
     "no_mse": {"lam_mse": 0.0},
     "no_adversarial": {"lam_adversarial": 0.0},
 }
+# --extra-variant's variants, handed to each run's process.
+EXTRA_VARIANTS = "CLUE_BENCH_EXTRA_VARIANTS"
 # The CLUE competition entry's SNN matching used one neighbour.
 SNN_K = 1
 # Test-cell embeddings of every run, for matching them again without retraining.
@@ -265,7 +267,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=["full"], choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["full"], help=f"of {list(VARIANTS)} and --extra-variant's")
+    parser.add_argument(
+        "--extra-variant",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON"),
+        help="another variant: one model with these CLUE hyperparameters, e.g. drop5 '{\"dropout\": 0.5}'",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "clue")
     parser.add_argument("--scglue", type=Path, default=None, help="folder with scglue_clue.py JSON results")
     parser.add_argument("--table-only", action="store_true", help="tabulate the JSON files already in --out")
@@ -285,6 +295,12 @@ def main() -> None:
         "--one", nargs=6, metavar=("SET", "SEED", "VARIANT", "MAX_EPOCHS", "PATIENCE", "RAW"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
+    extra = {name: json.loads(kwargs) for name, kwargs in args.extra_variant}
+    extra.update(json.loads(os.environ.get(EXTRA_VARIANTS, "{}")))  # what the parent was given
+    VARIANTS.update(extra)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}: choose from {list(VARIANTS)} or add --extra-variant")
     if args.one:
         name, seed, variant, max_epochs, patience, raw = args.one
         max_epochs = int(max_epochs) if max_epochs != "None" else None
@@ -314,6 +330,7 @@ def main() -> None:
                         ],
                         capture_output=True,
                         text=True,
+                        env={**os.environ, EXTRA_VARIANTS: json.dumps(extra)},
                     )
                     lines = [line for line in completed.stdout.splitlines() if line.startswith("__RESULT__")]
                     if not lines:
