@@ -10,9 +10,8 @@ from mumatch.cli import main
 
 def test_demo_prints_scores(tmp_path, capsys):
     assert main(["demo", "--data", "cite", "--out", str(tmp_path)]) == 0
-    captured = capsys.readouterr()
-    assert "match score" in captured.out and "random baseline" in captured.out
-    assert "GPU available" not in captured.out + captured.err  # Lightning's per-model notes stay quiet
+    out = capsys.readouterr().out
+    assert "match score" in out and "random baseline" in out
     assert (tmp_path / "result.h5mu").exists() and (tmp_path / "scores.csv").exists()
     scores = pd.read_csv(tmp_path / "scores.csv", index_col="method")
     # FOSCTTM of the embedding behind the plan (the sparse plan's own is ~0.5 from its ties); random: 0.5.
@@ -53,3 +52,24 @@ def test_ensemble_choice_per_batch_or_by_size(simulated, cite):
     assert ensemble_choice(simulated, "rna", "atac") == "batch"
     # One training batch: a seed ensemble (the conftest caps it at 2 models).
     assert ensemble_choice(cite, "rna", "adt") == 2
+
+
+@pytest.mark.parametrize("verbosity", [1, 3])
+def test_other_libraries_are_quiet_below_hints_and_restored_after(verbosity):
+    import logging
+    import warnings
+
+    from mumatch.cli import QUIET_LOGGERS, _quiet_libraries
+
+    lightning = logging.getLogger(QUIET_LOGGERS[1])
+    original = lightning.level
+    lightning.setLevel(logging.INFO)  # as Lightning sets it on import
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with _quiet_libraries(verbosity):
+            quiet = lightning.getEffectiveLevel() >= logging.WARNING
+            warnings.warn("from 0.4 update() will not pull", FutureWarning, stacklevel=1)
+    assert quiet == (verbosity < 3)
+    assert len(caught) == (0 if verbosity < 3 else 1)
+    assert lightning.level == logging.INFO
+    lightning.setLevel(original)

@@ -179,7 +179,9 @@ def solve(
         if solver != "reference":
             # What match_ot adds to the solve: the sparse plan (default: 99.9 % of each row's mass, ≤ 1000 per row).
             start = time.perf_counter()
-            sparse = mm.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, device=device)
+            sparse = mm.sparsify_plan(
+                x, y, result.f, result.g, result.epsilon, result.cost, device=device, memory_budget=memory_budget
+            )
             sparse_record = {
                 "sparsify_s": time.perf_counter() - start,
                 "nnz_per_row": sparse.plan.nnz / n,

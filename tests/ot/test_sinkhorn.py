@@ -467,12 +467,13 @@ def test_coinciding_points_give_a_uniform_plan_not_amplified_rounding(mode, shap
 
 @pytest.mark.parametrize("collinear", [False, True])
 def test_anderson_least_squares_off_the_cpu_matches_lapack(collinear):
-    # CUDA's lstsq lacks the rank-revealing driver: off the CPU the system is reduced by QR first. Same minimiser.
+    # CUDA's lstsq lacks the rank-revealing driver: off the CPU the system is reduced by QR first. Same minimiser,
+    # with LAPACK's rank cutoff for the tall system (an exact copy of a column would not tell the cutoffs apart).
     rng = np.random.default_rng(0)
-    differences = torch.as_tensor(rng.normal(size=(500, 4)))
-    if collinear:
-        differences[:, 3] = differences[:, 1] * (1 + 1e-14)  # Anderson's residual differences often nearly are
-    residual = torch.as_tensor(rng.normal(size=(500, 1)))
+    differences = torch.as_tensor(rng.normal(size=(100_000, 4)))
+    if collinear:  # Anderson's residual differences often nearly are
+        differences[:, 3] = differences[:, 1] + 1e-12 * torch.as_tensor(rng.normal(size=100_000))
+    residual = torch.as_tensor(rng.normal(size=(100_000, 1)))
     lapack = torch.linalg.lstsq(differences, residual, driver="gelsy").solution
     reduced = sinkhorn_module._least_squares_after_qr(differences, residual)
 
@@ -481,50 +482,67 @@ def test_anderson_least_squares_off_the_cpu_matches_lapack(collinear):
 
     np.testing.assert_allclose(misfit(reduced), misfit(lapack), rtol=1e-10)
     np.testing.assert_allclose(reduced, lapack, atol=1e-8)
+    assert float(reduced.abs().max()) < 10  # no extrapolation along the near-null direction
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_solve_agrees_with_cpu():
-    x, y = clouds(300, 300, 8, 0)
-    on_cpu = mm.ot.sinkhorn(x, y, epsilon=0.01, device="cpu")
-    on_gpu = mm.ot.sinkhorn(x, y, epsilon=0.01, device="cuda")
+@pytest.mark.parametrize("mode", ["dense", "tiled"])
+def test_cuda_solve_and_plan_agree_with_cpu(mode):
+    x, y = clouds(900, 2500, 8, 0)
+    kwargs = {"epsilon": 0.01, "mode": mode, "memory_budget": 300 * 2500 * 4}
+    on_cpu = mm.ot.sinkhorn(x, y, device="cpu", **kwargs)
+    on_gpu = mm.ot.sinkhorn(x, y, device="cuda", **kwargs)
     assert on_gpu.converged and on_gpu.marginal_error <= 1e-3
     np.testing.assert_array_equal(full_plan(x, y, on_gpu).argmax(1), full_plan(x, y, on_cpu).argmax(1))
+    plans = [
+        mm.ot.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, device=device, memory_budget=2**22)
+        for result, device in ((on_cpu, "cpu"), (on_gpu, "cuda"))
+    ]
+    np.testing.assert_array_equal(plans[1].plan.argmax(axis=1), plans[0].plan.argmax(axis=1))
 
 
 def test_layout_for_accelerators_gives_the_same_solve_and_plan(monkeypatch):
-    # On a GPU, strips span whole rows and dense blocks are large (launch overhead); run that layout on the CPU.
+    # On a GPU, strips span whole rows and dense blocks are large (launch overhead); run that layout on the CPU,
+    # with more columns than one CPU block (BLOCK_COLS) and a budget that makes several strips.
     from mumatch.ot import _plan as plan_module
 
-    x, y = clouds(700, 650, 8, 5)
-    kwargs = {"epsilon": 0.01, "device": "cpu", "memory_budget": 300 * 650 * 4}  # tiled, several strips
-    default = mm.ot.sinkhorn(x, y, **kwargs)
-    default_plan = mm.ot.sparsify_plan(x, y, default.f, default.g, default.epsilon, default.cost, device="cpu")
+    x, y = clouds(600, 2500, 8, 5)
+    budget = 150 * 2500 * 4
+    kwargs = {"epsilon": 0.01, "device": "cpu", "memory_budget": budget}
+    default = mm.ot.sinkhorn(x, y, mode="tiled", **kwargs)
+    default_plan = mm.ot.sparsify_plan(
+        x, y, default.f, default.g, default.epsilon, default.cost, device="cpu", memory_budget=budget
+    )
     accelerator = torch.device("cuda")
-    assert cost_module.strip_layout(650, 4, 2**30, accelerator) == (2**30 // (650 * 4), 650)
+    # Whole rows, as many as the budget allows beside the other buffers, never more than there are.
+    assert cost_module.strip_layout((600, 2500), 4, budget, accelerator) == (150, 2500)
+    assert cost_module.strip_layout((600, 2500), 4, budget, accelerator, 4, extra_row_bytes=32 * 1000) == (20, 2500)
+    assert cost_module.strip_layout((100, 2500), 4, 2**30, accelerator) == (100, 2500)
+    assert cost_module.strip_layout((600, 2500), 4, budget, torch.device("cpu"))[1] == cost_module.BLOCK_COLS
     assert cost_module.dense_block_rows(650, 4, accelerator) == cost_module.ACCELERATOR_BLOCK_BYTES // (650 * 4)
 
     layout = cost_module.strip_layout
 
-    def whole_rows(n_cols, itemsize, memory_budget, device, n_buffers=1):
-        return layout(n_cols, itemsize, memory_budget, accelerator, n_buffers)
+    def whole_rows(shape, itemsize, memory_budget, device, n_buffers=1, extra_row_bytes=0):
+        return layout(shape, itemsize, memory_budget, accelerator, n_buffers, extra_row_bytes)
 
     for module in (cost_module, sinkhorn_module, plan_module):
         monkeypatch.setattr(module, "strip_layout", whole_rows)
-    big_blocks = mm.ot.sinkhorn(x, y, **kwargs)
-    plan = mm.ot.sparsify_plan(x, y, big_blocks.f, big_blocks.g, big_blocks.epsilon, big_blocks.cost, device="cpu")
-    assert big_blocks.mode == default.mode == "tiled" and big_blocks.n_iter == default.n_iter
+    big_blocks = mm.ot.sinkhorn(x, y, mode="tiled", **kwargs)
+    plan = mm.ot.sparsify_plan(
+        x, y, big_blocks.f, big_blocks.g, big_blocks.epsilon, big_blocks.cost, device="cpu", memory_budget=budget
+    )
+    assert big_blocks.n_iter == default.n_iter
     np.testing.assert_allclose(big_blocks.f, default.f, atol=1e-5)
     # Rounding can move an entry of ~1e-4 across the 99.9 % mass cut of a row; nothing else differs.
     np.testing.assert_allclose(plan.plan.toarray(), default_plan.plan.toarray(), atol=2e-4)
     np.testing.assert_array_equal(plan.plan.argmax(axis=1), default_plan.plan.argmax(axis=1))
 
-    dense = {**kwargs, "mode": "dense"}
     results = []
-    for rows in (50, cost_module.dense_block_rows(650, 4, accelerator)):  # 14 blocks; one
+    for rows in (50, cost_module.dense_block_rows(2500, 4, accelerator)):  # 12 blocks; one
         for module in (cost_module, sinkhorn_module):
             monkeypatch.setattr(module, "dense_block_rows", lambda n_cols, itemsize, device, rows=rows: rows)
-        results.append(mm.ot.sinkhorn(x, y, **dense))
+        results.append(mm.ot.sinkhorn(x, y, mode="dense", **kwargs))
     default, big_blocks = results
     assert big_blocks.n_iter == default.n_iter
     np.testing.assert_allclose(big_blocks.f, default.f, atol=1e-5)

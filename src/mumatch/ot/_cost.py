@@ -226,21 +226,33 @@ def tile_rows(n_cols: int, itemsize: int, memory_budget: int, n_buffers: int = 2
 
 
 def strip_layout(
-    n_cols: int, itemsize: int, memory_budget: int, device: torch.device, n_buffers: int = 1
+    shape: tuple[int, int],
+    itemsize: int,
+    memory_budget: int,
+    device: torch.device,
+    n_buffers: int = 1,
+    extra_row_bytes: int = 0,
 ) -> tuple[int, int]:
     """Rows per strip and columns per block of the passes that recompute the cost from the embeddings.
 
-    On the CPU, strips of :data:`STRIP_ROWS` rows in blocks of :data:`BLOCK_COLS` columns that stay in cache; on a
-    GPU, whole rows, as many as ``n_buffers`` strips in the memory budget allow (see :data:`ACCELERATOR_BLOCK_BYTES`).
+    On the CPU, strips of :data:`STRIP_ROWS` rows in blocks of :data:`BLOCK_COLS` columns that stay in cache. On a
+    GPU, where each operation costs a kernel launch, whole rows: as many as fit the memory budget with ``n_buffers``
+    strip-sized arrays and ``extra_row_bytes`` of other temporaries per row, and never more than the ``shape[0]``
+    rows there are.
     """
-    rows = tile_rows(n_cols, itemsize, memory_budget, n_buffers=n_buffers)
+    n_rows, n_cols = shape
     if device.type == "cpu":
-        return min(STRIP_ROWS, rows), min(BLOCK_COLS, n_cols)
-    return rows, n_cols
+        return min(STRIP_ROWS, tile_rows(n_cols, itemsize, memory_budget, n_buffers=1)), min(BLOCK_COLS, n_cols)
+    row_bytes = n_buffers * n_cols * itemsize + extra_row_bytes
+    return int(max(1, min(memory_budget // max(1, row_bytes), n_rows))), n_cols
 
 
 def dense_block_rows(n_cols: int, itemsize: int, device: torch.device) -> int:
-    """Rows per block of the passes over a stored kernel (see :data:`DENSE_BLOCK_BYTES`)."""
+    """Rows per block of the passes over a stored kernel.
+
+    Blocks of :data:`DENSE_BLOCK_BYTES` on the CPU (they stay in cache between the operations on them), of
+    :data:`ACCELERATOR_BLOCK_BYTES` on a GPU.
+    """
     block_bytes = DENSE_BLOCK_BYTES if device.type == "cpu" else ACCELERATOR_BLOCK_BYTES
     return max(1, block_bytes // (n_cols * itemsize))
 
@@ -326,8 +338,8 @@ def _tile_extremes(
             torch.amax(tile, dim=1, out=row_max[rows])
             lows.append(tile.amin())
         return torch.stack(lows).min().item(), row_max.max().item(), row_max
-    # Blocks of a strip of rows, each reduced while in cache (see STRIP_ROWS).
-    step, width = strip_layout(n_cols, geometry.x.element_size(), memory_budget, geometry.x.device)
+    # Blocks of a strip of rows, each reduced while in cache on the CPU (see strip_layout).
+    step, width = strip_layout(geometry.shape, geometry.x.element_size(), memory_budget, geometry.x.device)
     buffer = torch.empty(step * width, dtype=geometry.x.dtype, device=geometry.x.device)
     column_bias = -geometry.col
     low = torch.tensor(torch.inf, dtype=buffer.dtype, device=buffer.device)

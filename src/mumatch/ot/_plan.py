@@ -141,10 +141,9 @@ def sparsify_plan(
     f_t = torch.as_tensor(np.asarray(f), dtype=torch_dtype, device=torch_device)
     g_t = torch.as_tensor(np.asarray(g), dtype=torch_dtype, device=torch_device)
     itemsize = geometry.x.element_size()
-    # The strip of log P, its block and two work arrays: cache-sized blocks on the CPU, where only the strip counts;
-    # four strips on a GPU, where a block is the whole strip.
-    n_buffers = 1 if torch_device.type == "cpu" else 4
-    step, width = strip_layout(n_cols, itemsize, memory_budget, torch_device, n_buffers=n_buffers)
+    # On a GPU a block is the whole strip: the strip of log P, its block and two work arrays make four strips, and
+    # the top k of each row (values, int64 indices, weights and their masks) ~32 bytes per kept candidate.
+    step, width = strip_layout((n_rows, n_cols), itemsize, memory_budget, torch_device, 4, extra_row_bytes=32 * k)
     column_ranges = [(j, min(j + width, n_cols)) for j in range(0, n_cols, width)]
     inv_epsilon = 1.0 / epsilon
     alpha = geometry.scale * inv_epsilon

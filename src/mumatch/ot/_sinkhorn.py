@@ -273,7 +273,10 @@ def _least_squares_after_qr(differences: torch.Tensor, residual: torch.Tensor) -
     """:func:`anderson_coefficients` off the CPU: QR where the data are, the small triangular solve on the CPU."""
     q, r = torch.linalg.qr(differences)
     projected = q.mT @ residual
-    return torch.linalg.lstsq(r.cpu(), projected.cpu(), driver="gelsy").solution.to(differences.device)
+    # The rank cutoff LAPACK would use on the tall system (eps · its larger side), not that of the small one.
+    rcond = torch.finfo(differences.dtype).eps * max(differences.shape)
+    solution = torch.linalg.lstsq(r.cpu(), projected.cpu(), rcond=rcond, driver="gelsy").solution
+    return solution.to(differences.device)
 
 
 class _AndersonMixer:
@@ -432,7 +435,8 @@ class _TiledSolver(_Solver):
         # The strips' exponents are in base 2 (see LOG2E); shifts and log sums are in natural units.
         alpha = geometry.scale * inv_epsilon * LOG2E
         column_bias = (g - geometry.col) * (inv_epsilon * LOG2E)
-        strip_rows, width = strip_layout(n_cols, geometry.x.element_size(), self.memory_budget, geometry.x.device)
+        itemsize = geometry.x.element_size()
+        strip_rows, width = strip_layout(geometry.shape, itemsize, self.memory_budget, geometry.x.device)
         self.buffer = _buffer(self.buffer, strip_rows, n_cols, geometry.x).view(-1)
         column_ranges = [(j, min(j + width, n_cols)) for j in range(0, n_cols, width)]
         previous_log_sums = self.log_sums
@@ -554,7 +558,7 @@ class _DenseSolver(_Solver):
         return f, log_u, column_sums
 
     def block_rows(self) -> int:
-        """Rows of the kernel per block (see :data:`DENSE_BLOCK_BYTES`)."""
+        """Rows of the kernel per block (see :func:`dense_block_rows`)."""
         return dense_block_rows(self.geometry.shape[1], self.geometry.x.element_size(), self.geometry.x.device)
 
     def scaling_pass(
