@@ -79,7 +79,12 @@ def batch_labels(mdata: MuData, mod: str, batch_key: str | None) -> pd.Series | 
     labels = mdata[mod].obs[batch_key]
     if labels.isna().all():
         return None
-    return labels.astype(object).where(labels.notna(), MISSING_BATCH).astype(str)
+    values = labels.astype(object)
+    if pd.api.types.is_float_dtype(labels.dtype) and (labels.dropna() % 1 == 0).all():
+        # Whole-number float labels (an integer column that gained a NaN, or was read as float) name the same
+        # batches as integer labels: 1.0 and 1 are batch '1' in every modality.
+        values = labels.astype("Int64").astype(object)
+    return values.where(labels.notna(), MISSING_BATCH).astype(str)
 
 
 def batch_blocks(

@@ -27,6 +27,26 @@ def check_mod(mdata: MuData, mod: str, argument: str = "mod") -> str:
     return mod
 
 
+def check_obs_names(mdata: MuData, mod: str) -> None:
+    """Raise unless modality ``mod``'s obs names are unique and all present in ``mdata.obs_names``.
+
+    Cells are identified by their obs name across modalities (a paired cell has the same name in each), so a name
+    used twice within a modality, or a modality renamed without ``mdata.update()``, would silently mix cells up.
+    """
+    names = mdata[mod].obs_names
+    if not names.is_unique:
+        repeated = names[names.duplicated()].unique()[:3].tolist()
+        raise ValueError(
+            f"mdata['{mod}'].obs_names repeats names (e.g. {repeated}); a cell is identified by its name, so make them "
+            f"unique (mdata['{mod}'].obs_names_make_unique(), then mdata.update())"
+        )
+    if (mdata.obs_names.get_indexer(names) < 0).any():
+        raise ValueError(
+            f"mdata['{mod}'] has cells missing from mdata.obs_names (modified after the MuData was built); run "
+            "mdata.update() first"
+        )
+
+
 def check_mods(mdata: MuData, mods: Sequence[str] | str | None, argument: str = "mods") -> list[str]:
     """Resolve ``mods`` (None means all modalities) and check each name."""
     if mods is None:

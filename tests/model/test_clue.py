@@ -249,6 +249,24 @@ def test_unknown_hyperparameter(small):
         mm.model.CLUE(small, lam_cross=-1.0)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("n_hidden_discriminator", -3),
+        ("n_layers_discriminator", 0),
+        ("n_latent", 2.5),
+        ("lam_cross", "1"),
+        ("lam_mse", True),
+        ("dropout", None),
+        ("dropout", 1.0),
+    ],
+)
+def test_bad_hyperparameter_values_name_the_hyperparameter(small, name, value):
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    with pytest.raises(ValueError, match=name):
+        mm.model.CLUE(small, **{name: value})
+
+
 # ----- model: training and reliability --------------------------------------------------------------------------------
 def test_train_embeds_every_cell_of_each_modality(small):
     model = train_model(small)
@@ -401,13 +419,26 @@ def test_save_load_round_trip(small, tmp_path):
         mm.model.CLUE.load(tmp_path / "clue", narrower)
 
 
+def test_load_onto_other_features_fails_clearly_and_leaves_mudata_unchanged(small, tmp_path):
+    model = train_model(small)
+    model.save(tmp_path / "clue")
+    fewer = mudata.MuData({"rna": small["rna"][:, :-3].copy(), "atac": small["atac"].copy()})
+    fewer.uns[SETUP_KEY] = {"CLIP": "{}"}  # another model's setup, which a failed load must keep as it is
+    before = snapshot(fewer)
+    with pytest.raises(ValueError, match="does not fit mdata"):
+        mm.model.CLUE.load(tmp_path / "clue", fewer)
+    assert_unchanged(before, fewer)
+    assert dict(fewer.uns[SETUP_KEY]) == {"CLIP": "{}"}
+
+
 def test_nan_loss_is_detected(small, monkeypatch):
     mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
     model = mm.model.CLUE(small, **TINY)
     with torch.no_grad():
         model.module.log_theta[0].fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match="loss became nan"):
+    with pytest.raises(FloatingPointError, match="loss became nan") as error:
         model.train(**QUICK)
+    assert "temperature_init" not in str(error.value)  # CLIP's hyperparameter, not CLUE's
 
 
 def test_three_modalities_with_partial_pairing(triple):

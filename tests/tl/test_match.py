@@ -223,10 +223,17 @@ def test_boolean_cell_selection(cite_embedded):
         ({"use_rep": {"rna": "X_shared"}}, KeyError, "adt"),
         ({"device": "tpu"}, ValueError, "device"),
         ({"memory_budget": 0}, ValueError, "memory_budget"),
+        ({"method": "knn", "top_k": 1}, ValueError, "top_k applies to method='sinkhorn'"),
+        ({"method": "exact", "tau": 1.0}, ValueError, "tau applies to method='sinkhorn'"),
+        ({"cells": "none_chosen"}, ValueError, "selects no cell"),
+        ({"cells": "with_missing"}, ValueError, "missing values"),
     ],
 )
 def test_bad_inputs_leave_mudata_unchanged(cite_embedded, kwargs, error, message):
     mdata = cite_embedded
+    for mod in ("rna", "adt"):
+        mdata[mod].obs["none_chosen"] = False
+        mdata[mod].obs["with_missing"] = pd.array([True, None] + [True] * (mdata[mod].n_obs - 2), dtype="boolean")
     before = snapshot(mdata)
     arguments = {"mod1": "rna", "mod2": "adt", "use_rep": "X_shared", **kwargs}
     with pytest.raises(error, match=message):
@@ -246,4 +253,57 @@ def test_width_mismatch_and_non_finite_embeddings(cite_embedded):
     mdata["rna"].obsm["X_shared"][3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared")
+    assert_unchanged(before, mdata)
+
+
+def test_no_unpaired_cells_is_an_error_not_an_empty_plan(cite_embedded):
+    mdata = cite_embedded
+    paired = mdata["rna"].obs_names.intersection(mdata["adt"].obs_names)
+    mdata = mudata.MuData({mod: mdata[mod][paired].copy() for mod in ("rna", "adt")})
+    before = snapshot(mdata)
+    with pytest.raises(ValueError, match="every cell of 'rna' is also measured in 'adt'"):
+        mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared")
+    assert_unchanged(before, mdata)
+
+
+def test_duplicate_or_stale_obs_names_are_refused(cite_embedded):
+    mdata = cite_embedded
+    names = mdata["adt"].obs_names.to_numpy().copy()
+    names[1] = names[0]
+    mdata["adt"].obs_names = names
+    with pytest.raises(ValueError, match=r"repeats names .*obs_names_make_unique"):
+        mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared")
+    mdata["adt"].obs_names = [f"renamed{i}" for i in range(mdata["adt"].n_obs)]  # without mdata.update()
+    with pytest.raises(ValueError, match=r"mdata.update\(\)"):
+        mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared")
+
+
+def test_nullable_boolean_selection_and_numpy_scalars(cite_embedded):
+    mdata = cite_embedded
+    for mod, other in (("rna", "adt"), ("adt", "rna")):
+        mdata[mod].obs["chosen"] = pd.array(unpaired_mask(mdata, mod, other), dtype="boolean")
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", cells="chosen", key_added="chosen")
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", key_added="default")
+    assert (mdata.obsp["chosen"] != mdata.obsp["default"]).nnz == 0
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", method="knn", epsilon=np.float32(0.05), key_added="knn")
+    assert mdata.obsp["knn"].nnz > 0
+
+
+def test_integer_and_whole_float_batch_labels_name_the_same_batches(cite_embedded):
+    mdata = cite_embedded
+    mdata["rna"].obs["b"] = np.arange(mdata["rna"].n_obs) % 2
+    mdata["adt"].obs["b"] = (np.arange(mdata["adt"].n_obs) % 2).astype(float)
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", batch_key="b")
+    blocks = mdata.uns["match"]["blocks"].values()
+    assert sorted(block["name"] for block in blocks) == ["0", "1"]
+    assert all(block["status"] == "solved" for block in blocks)
+
+
+def test_overflowing_cost_raises_instead_of_writing_nan(cite_embedded):
+    mdata = cite_embedded
+    for mod in ("rna", "adt"):
+        mdata[mod].obsm["X_huge"] = mdata[mod].obsm["X_shared"] * 1e20
+    before = snapshot(mdata)
+    with pytest.raises(FloatingPointError, match="float64"):
+        mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_huge", cost="sqeuclidean")
     assert_unchanged(before, mdata)

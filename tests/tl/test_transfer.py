@@ -72,3 +72,77 @@ def test_copy(matched):
     result = mm.tl.transfer_labels(matched, label_key="cell_type", source_mod="rna", target_mod="adt", copy=True)
     assert_unchanged(before, matched)
     assert "cell_type_match" in result["adt"].obs
+
+
+def _paired_names(mdata, n):
+    shared = mdata["rna"].obs_names.intersection(mdata["adt"].obs_names)[:n]
+    return mdata["rna"].obs_names.get_indexer(shared), mdata["adt"].obs_names.get_indexer(shared)
+
+
+def test_plan_over_paired_cells_is_read_in_its_stored_direction(cite):
+    # Two cells measured in both modalities share obs names A and B. The plan sends rna A and rna B to adt A only,
+    # so adt B receives nothing; reading the plan in both directions (P + Pᵀ) would give adt B the vote of rna A.
+    mdata = cite
+    rna, adt = _paired_names(mdata, 2)
+    block = sp.csr_matrix(np.array([[1.0, 0.0], [1.0, 0.0]]))
+    mdata.obsp["toy"] = embed_block(mdata, "rna", "adt", block, rna, adt)
+    mdata.uns["toy"] = {"params": {"mod1": "rna", "mod2": "adt"}}
+    mdata["rna"].obs["toy_label"] = pd.Categorical([None] * mdata["rna"].n_obs, categories=["x", "y"])
+    mdata["rna"].obs.iloc[rna, mdata["rna"].obs.columns.get_loc("toy_label")] = ["y", "y"]
+    mm.tl.transfer_labels(mdata, "toy", label_key="toy_label", source_mod="rna", target_mod="adt")
+    out = mdata["adt"].obs["toy_label_toy"]
+    assert out.iloc[adt[0]] == "y" and pd.isna(out.iloc[adt[1]])
+    assert list(out.cat.categories) == ["y"]
+    # The other way round, rows are the targets: rna A and rna B each take adt A's label.
+    mdata["adt"].obs["numeric"] = np.nan
+    mdata["adt"].obs.iloc[adt, mdata["adt"].obs.columns.get_loc("numeric")] = [7.0, 3.0]
+    mm.tl.transfer_labels(mdata, "toy", label_key="numeric", source_mod="adt", target_mod="rna")
+    back = mdata["rna"].obs["numeric_toy"]
+    assert list(back.iloc[rna]) == [7.0, 7.0] and back.cat.categories.dtype.kind == "f"  # numbers stay numbers
+
+
+def test_plan_without_direction_over_paired_cells_is_refused(cite):
+    mdata = cite
+    rna, adt = _paired_names(mdata, 2)
+    mdata.obsp["toy"] = embed_block(mdata, "rna", "adt", sp.csr_matrix(np.eye(2)), rna, adt)
+    before = snapshot(mdata)
+    with pytest.raises(ValueError, match=r"uns\['toy'\]\['params'\]"):
+        mm.tl.transfer_labels(mdata, "toy", label_key="cell_type", source_mod="rna", target_mod="adt")
+    assert_unchanged(before, mdata)
+
+
+@pytest.mark.parametrize(
+    ("uns", "key_added", "message"),
+    [
+        ({"params": {"mod1": "rna", "mod2": "protein"}}, None, "matches 'rna'"),
+        (None, "match", "plan's key"),
+    ],
+)
+def test_plan_of_other_modalities_or_its_key_refused(matched, uns, key_added, message):
+    if uns is not None:
+        matched.uns["match"] = uns
+    before = snapshot(matched)
+    with pytest.raises(ValueError, match=message):
+        mm.tl.transfer_labels(matched, label_key="cell_type", source_mod="rna", target_mod="adt", key_added=key_added)
+    assert_unchanged(before, matched)
+
+
+def test_plan_of_all_cells_transfers_from_the_source_side_only(matched):
+    mdata = matched
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", cells="all", key_added="all")
+    mm.tl.transfer_labels(mdata, "all", label_key="cell_type", source_mod="rna", target_mod="adt")
+    plan = sp.csr_matrix(mdata.obsp["all"])
+    rna = mdata.obs_names.get_indexer(mdata["rna"].obs_names)
+    adt = mdata.obs_names.get_indexer(mdata["adt"].obs_names)
+    by_hand = plan[rna][:, adt].T.tocsr()  # adt cells × rna cells, the plan read from rna to adt
+    labels = mdata["rna"].obs["cell_type"]
+    one_hot = pd.get_dummies(labels).to_numpy(dtype=float)
+    votes = np.asarray(by_hand @ one_hot)
+    matched_rows = votes.sum(axis=1) > 0
+    expected = np.asarray(pd.get_dummies(labels).columns)[votes.argmax(axis=1)]
+    predicted = mdata["adt"].obs["cell_type_all"].astype(object).to_numpy()
+    assert matched_rows.all()  # with cells="all" every adt cell is matched
+    assert (predicted == expected).all()
+    np.testing.assert_allclose(
+        mdata["adt"].obs["cell_type_all_probability"], votes.max(axis=1) / votes.sum(axis=1), rtol=1e-5
+    )

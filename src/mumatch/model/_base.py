@@ -173,8 +173,9 @@ class TrainingPlan(lp.LightningModule):
         loss = output.loss
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"the {prefix} loss became {loss.item()} at epoch {self.current_epoch}; lower lr, check that the "
-                "input representation is finite and scaled (e.g. standardised LSI), or lower temperature_init"
+                f"the {prefix} loss became {loss.item()} at epoch {self.current_epoch}; lower lr, or check that "
+                "the input representation is finite and scaled (e.g. standardised LSI)"
+                + getattr(self.module, "divergence_hint", "")
             )
         size = output.n_obs_minibatch or batch[0].shape[0]
         on_step = False
@@ -497,9 +498,26 @@ class MuDataModel:
         for saved in metadata["registrations"].values():
             modality_inputs(mdata, ModalityRegistration(**{**saved, "var_names": tuple(saved["var_names"])}))
         setup = dict(metadata["setup_args"])
-        cls._register(mdata, setup.pop("mods"), setup.pop("rep_keys"), **setup)
-        model = cls(mdata, **metadata["init_params"])
-        model.module.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
+        had_setups, setups = SETUP_KEY in mdata.uns, mdata.uns.get(SETUP_KEY)
+        previous = dict(setups) if isinstance(setups, Mapping) else setups
+        try:
+            cls._register(mdata, setup.pop("mods"), setup.pop("rep_keys"), **setup)
+            model = cls(mdata, **metadata["init_params"])
+            try:
+                model.module.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
+            except RuntimeError as error:
+                mismatch = str(error).splitlines()[-1].strip()
+                raise ValueError(
+                    f"the model in {folder} does not fit mdata ({mismatch}); load it onto data with the modalities, "
+                    "features and representation widths it was trained on"
+                ) from error
+        except Exception:
+            # Nothing of a failed load stays behind in the caller's MuData.
+            if had_setups:
+                mdata.uns[SETUP_KEY] = previous
+            else:
+                mdata.uns.pop(SETUP_KEY, None)
+            raise
         model.module.eval()
         model.is_trained = metadata["is_trained"]
         model.train_info = metadata["train_info"]

@@ -82,6 +82,10 @@ MIN_MATCHING_CELLS = 10
 PEAK_FEATURE_TYPES = ("ATAC", "Peaks", "peaks")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+
+
 def _is_peaks(mdata: MuData, mod: str) -> bool:
     adata = mdata[mod]
     if "feature_types" in adata.var and adata.n_vars:
@@ -254,13 +258,14 @@ class CLUE(MuDataModel):
         if unknown:
             raise TypeError(f"unknown hyperparameters {sorted(unknown)}; choose from {sorted(CITE_CONFIG)}")
         params = {**CONFIGS[config], **hyperparameters}
-        for name in ("n_latent", "n_hidden", "n_layers", "n_hidden_decoder", "n_layers_decoder"):
+        widths = ("n_latent", "n_hidden", "n_layers", "n_hidden_decoder", "n_layers_decoder")
+        for name in (*widths, "n_hidden_discriminator", "n_layers_discriminator"):
             check_int(params[name], name)
         for name in ("lam_self", "lam_cross", "lam_mse", "lam_kl", "lam_adversarial"):
-            if not np.isfinite(params[name]) or params[name] < 0:
+            if not _is_number(params[name]) or not np.isfinite(params[name]) or params[name] < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {params[name]!r}")
-        if not 0 <= params["dropout"] < 1:
-            raise ValueError(f"dropout must lie in [0, 1), got {params['dropout']!r}")
+        if not _is_number(params["dropout"]) or not 0 <= params["dropout"] < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {params['dropout']!r}")
         n_features = [mdata[mod].n_vars for mod in mods]
         with torch.random.fork_rng():
             torch.manual_seed(random_state)

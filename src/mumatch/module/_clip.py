@@ -33,6 +33,9 @@ class CLIPModule(nn.Module):
         Initial log of the logit scale: the logits of a pair are ``exp(log_temperature) · cos(z1, z2)``.
     """
 
+    # Added to the training plan's message when the loss stops being finite.
+    divergence_hint = ", or lower temperature_init"
+
     def __init__(
         self,
         n_inputs: Sequence[int],

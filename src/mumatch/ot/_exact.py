@@ -42,7 +42,8 @@ def exact_matching(
     if max(x.shape[0], y.shape[0]) > max_size:
         raise ValueError(
             f"exact matching of {x.shape[0]} × {y.shape[0]} points exceeds max_size={max_size} (it needs the dense "
-            "cost and cubic time); use method='sinkhorn', split the cells into smaller blocks, or raise max_size"
+            "cost and cubic time); use entropic OT (match_ot's method='sinkhorn'), split the cells into smaller blocks "
+            "(match_ot's batch_key or cells), or, calling exact_matching directly, raise max_size"
         )
     geometry = prepare_cost(x, y, cost, dtype=torch.float64, device=torch.device("cpu"))
     with torch.no_grad():

@@ -51,7 +51,12 @@ def mutual_knn(
     x, y = check_points(x, y)
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer) or n_neighbors < 1:
         raise ValueError(f"n_neighbors must be an integer >= 1, got {n_neighbors!r}")
-    if not isinstance(epsilon, int | float) or not np.isfinite(epsilon) or epsilon <= 0:
+    if (
+        isinstance(epsilon, bool)
+        or not isinstance(epsilon, int | float | np.integer | np.floating)
+        or not np.isfinite(epsilon)
+        or epsilon <= 0
+    ):
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
     torch_device = resolve_device(device)
     memory_budget = resolve_memory_budget(memory_budget, torch_device)

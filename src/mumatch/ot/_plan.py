@@ -145,6 +145,8 @@ def sparsify_plan(
     # the top k of each row (values, int64 indices, weights and their masks) ~32 bytes per kept candidate.
     step, width = strip_layout((n_rows, n_cols), itemsize, memory_budget, torch_device, 4, extra_row_bytes=32 * k)
     column_ranges = [(j, min(j + width, n_cols)) for j in range(0, n_cols, width)]
+    # A block as wide as the strip is computed in the strip itself, without a copy (or a block array).
+    whole_rows = len(column_ranges) == 1
     inv_epsilon = 1.0 / epsilon
     alpha = geometry.scale * inv_epsilon
     column_bias = (g_t - geometry.col) * inv_epsilon
@@ -162,8 +164,8 @@ def sparsify_plan(
     col_weighted = torch.zeros(n_cols, dtype=torch.float64, device=torch_device)
     strip_col_sums = torch.empty(n_cols, dtype=torch_dtype, device=torch_device)
     strip_col_weighted = torch.empty(n_cols, dtype=torch_dtype, device=torch_device)
-    block = torch.empty(step * width, dtype=torch_dtype, device=torch_device)
-    work = (torch.empty_like(block), torch.empty_like(block))
+    block = None if whole_rows else torch.empty(step * width, dtype=torch_dtype, device=torch_device)
+    work = tuple(torch.empty(step * width, dtype=torch_dtype, device=torch_device) for _ in range(2))
     ones = torch.ones(width, dtype=torch_dtype, device=torch_device)
     counts, indices, weights = [], [], []
     strip = None
@@ -177,10 +179,11 @@ def sparsify_plan(
             shift = torch.full((height,), mass_shift, dtype=torch_dtype, device=torch_device)
             stats = _StripStats(height, shift, ones)
             for j0, j1 in column_ranges:
-                log_plan = block[: height * (j1 - j0)].view(height, j1 - j0)
+                log_plan = strip if whole_rows else block[: height * (j1 - j0)].view(height, j1 - j0)
                 geometry.shifted_block(rows, slice(j0, j1), alpha, column_bias, out=log_plan)
                 log_plan.add_(row_terms[rows, None])
-                strip[:, j0:j1].copy_(log_plan)
+                if not whole_rows:
+                    strip[:, j0:j1].copy_(log_plan)
                 row_max = torch.maximum(row_max, log_plan.amax(dim=1))
                 torch.maximum(col_max[j0:j1], log_plan.amax(dim=0), out=col_max[j0:j1])
                 stats.add(log_plan, work, strip_col_sums[j0:j1], strip_col_weighted[j0:j1])

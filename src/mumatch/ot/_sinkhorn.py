@@ -241,6 +241,12 @@ def sinkhorn(
             state = _TiledSolver(geometry, log_a, log_b, tau, memory_budget).run(schedule, tol, max_iter)
         del kernel
     f, g, n_iter, error, n_rebuilds = state
+    if not bool(torch.isfinite(f).all() and torch.isfinite(g).all()):
+        # Finite embeddings can still overflow the cost (e.g. squared distances of values ~1e20 in float32).
+        raise FloatingPointError(
+            f"the Sinkhorn potentials are not finite: the {cost} cost overflowed {dtype}; rescale the embeddings "
+            "(e.g. standardise them) or pass dtype='float64'"
+        )
     return SinkhornResult(
         f=f.double().cpu().numpy(),
         g=g.double().cpu().numpy(),

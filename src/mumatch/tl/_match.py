@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
@@ -13,7 +14,7 @@ from scanpy import logging as logg
 from .. import ot
 from .._ensemble import concatenate_members
 from .._layout import batch_blocks, embed_block, unpaired_mask
-from .._validate import check_int, check_mod, check_mudata, check_positive, check_rep
+from .._validate import check_int, check_mod, check_mudata, check_obs_names, check_positive, check_rep
 from ..ot._cost import COSTS, resolve_device, resolve_dtype, resolve_memory_budget
 
 METHODS = ("sinkhorn", "exact", "knn")
@@ -71,21 +72,36 @@ def _cell_masks(mdata: MuData, mod1: str, mod2: str, cells: str) -> dict[str, np
     if not isinstance(cells, str):
         raise ValueError(f"cells must be 'unpaired', 'all' or a boolean .obs column, got {cells!r}")
     if cells == "unpaired":
-        return {mod1: unpaired_mask(mdata, mod1, mod2), mod2: unpaired_mask(mdata, mod2, mod1)}
-    if cells == "all":
-        return {mod: np.ones(mdata[mod].n_obs, dtype=bool) for mod in (mod1, mod2)}
-    masks = {}
-    for mod in (mod1, mod2):
-        if cells not in mdata[mod].obs:
-            raise KeyError(
-                f"cells={cells!r} is neither 'unpaired', 'all' nor a column of mdata['{mod}'].obs; add a boolean "
-                "column or pass cells='unpaired'"
+        masks = {mod1: unpaired_mask(mdata, mod1, mod2), mod2: unpaired_mask(mdata, mod2, mod1)}
+    elif cells == "all":
+        masks = {mod: np.ones(mdata[mod].n_obs, dtype=bool) for mod in (mod1, mod2)}
+    else:
+        masks = {mod: _selection_column(mdata, mod, cells) for mod in (mod1, mod2)}
+    for mod, other in ((mod1, mod2), (mod2, mod1)):
+        if not masks[mod].any():
+            why = {"unpaired": f"every cell of '{mod}' is also measured in '{other}'", "all": "it has no cells"}
+            raise ValueError(
+                f"cells={cells!r} selects no cell of '{mod}' ({why.get(cells, 'the column is all False')}); pass "
+                "cells='all' or a boolean .obs column selecting the cells to match"
             )
-        column = mdata[mod].obs[cells]
-        if column.dtype != bool:
-            raise ValueError(f"mdata['{mod}'].obs['{cells}'] must be boolean to select cells, got {column.dtype}")
-        masks[mod] = column.to_numpy()
     return masks
+
+
+def _selection_column(mdata: MuData, mod: str, cells: str) -> np.ndarray:
+    """The boolean ``.obs`` column ``cells`` of ``mod`` as a mask."""
+    if cells not in mdata[mod].obs:
+        raise KeyError(
+            f"cells={cells!r} is neither 'unpaired', 'all' nor a column of mdata['{mod}'].obs; add a boolean "
+            "column or pass cells='unpaired'"
+        )
+    column = mdata[mod].obs[cells]
+    # pandas' nullable boolean is accepted when it has no missing value (a missing one selects nothing clearly).
+    if not pd.api.types.is_bool_dtype(column.dtype) or column.isna().any():
+        raise ValueError(
+            f"mdata['{mod}'].obs['{cells}'] must be boolean without missing values to select cells, got "
+            f"{column.dtype}{' with missing values' if column.isna().any() else ''}"
+        )
+    return column.to_numpy(dtype=bool)
 
 
 def _check_arguments(method, cost, epsilon, tau, top_k, max_iter, tol, n_neighbors, key_added, dtype, device) -> None:
@@ -99,6 +115,11 @@ def _check_arguments(method, cost, epsilon, tau, top_k, max_iter, tol, n_neighbo
     check_int(top_k, "top_k", allow_none=True)
     check_int(max_iter, "max_iter")
     check_int(n_neighbors, "n_neighbors")
+    if method != "sinkhorn":
+        # Neither the one-to-one assignment nor the mutual neighbours have marginals to relax or rows to truncate.
+        for name, value in (("top_k", top_k), ("tau", tau)):
+            if value is not None:
+                raise ValueError(f"{name} applies to method='sinkhorn' only; leave it None for method={method!r}")
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
     resolve_dtype(dtype)
@@ -158,10 +179,10 @@ def match_ot(
         ``"cosine"`` or ``"sqeuclidean"``.
     tau
         KL relaxation of the marginals (unbalanced OT) for blocks with different cell numbers or compositions;
-        ``None``: balanced.
+        ``None``: balanced. Sinkhorn only.
     top_k
         Entries kept per row of the plan; ``None`` keeps the largest entries holding 99.9 % of each row's mass, at
-        most 1000.
+        most 1000. Sinkhorn only.
     max_iter, tol
         Sinkhorn stops after ``max_iter`` iterations or when the L1 marginal error is ≤ ``tol``.
     n_neighbors
@@ -202,6 +223,9 @@ def match_ot(
     if mod1 == mod2:
         raise ValueError(f"mod1 and mod2 must differ, both are {mod1!r}")
     _check_arguments(method, cost, epsilon, tau, top_k, max_iter, tol, n_neighbors, key_added, dtype, device)
+    for mod in (mod1, mod2):
+        check_obs_names(mdata, mod)
+    epsilon, tol = float(epsilon), float(tol)
     # Resolved once, so that every block works under the same budget (recorded in the params).
     memory_budget = resolve_memory_budget(memory_budget, resolve_device(device))
     keys = _rep_keys(use_rep, mod1, mod2)

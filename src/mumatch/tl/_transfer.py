@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -9,7 +11,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._layout import obs_positions
-from .._validate import check_mod, check_mudata, check_obs_key
+from .._validate import check_mod, check_mudata, check_obs_key, check_obs_names
 
 
 def transfer_labels(
@@ -61,24 +63,32 @@ def transfer_labels(
     check_mod(mdata, target_mod, "target_mod")
     if source_mod == target_mod:
         raise ValueError(f"source_mod and target_mod must differ, both are {source_mod!r}")
+    for mod in (source_mod, target_mod):
+        check_obs_names(mdata, mod)
     if key not in mdata.obsp:
         raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
     check_obs_key(mdata, source_mod, label_key, "label_key")
     key_added = key_added or f"{label_key}_{key}"
     if not isinstance(key_added, str):
         raise ValueError(f"key_added must be a string or None, got {key_added!r}")
+    if key_added == key:
+        raise ValueError(
+            f"key_added={key_added!r} is the plan's key: mdata.uns['{key}'] holds the plan's parameters and "
+            "potentials; choose another key_added"
+        )
 
     start = logg.info(f"transferring '{label_key}' from '{source_mod}' to '{target_mod}' along .obsp['{key}']")
-    plan = sp.csr_matrix(mdata.obsp[key])
-    # The plan is stored in one direction (rows: mod1); P + Pᵀ reads it in both.
-    both = (plan + plan.T).tocsr()
-    weights = both[obs_positions(mdata, target_mod)][:, obs_positions(mdata, source_mod)].tocsr()
+    weights = _target_by_source(mdata, key, source_mod, target_mod)
     weights.data = np.maximum(weights.data, 0)
     labels = mdata[source_mod].obs[label_key]
     known = labels.notna().to_numpy()
-    categories = pd.Index(pd.unique(labels[known].astype(str)))
+    # The labels keep their type (numbers stay numbers) and a categorical column its order of categories.
+    if isinstance(labels.dtype, pd.CategoricalDtype):
+        categories = labels.cat.categories[labels.cat.categories.isin(labels[known])]
+    else:
+        categories = pd.Index(pd.unique(labels[known]))
     codes = np.full(labels.size, -1)
-    codes[known] = categories.get_indexer(labels[known].astype(str))
+    codes[known] = categories.get_indexer(labels[known])
     one_hot = sp.csr_matrix(
         (np.ones(known.sum()), (np.flatnonzero(known), codes[known])), shape=(labels.size, max(categories.size, 1))
     )
@@ -88,12 +98,7 @@ def transfer_labels(
     best = votes.argmax(axis=1)
     probability = np.full(votes.shape[0], np.nan)
     probability[matched] = votes[matched, best[matched]] / totals[matched]
-    predicted = pd.Categorical(
-        np.where(matched, categories.to_numpy(dtype=object)[np.minimum(best, categories.size - 1)], None)
-        if categories.size
-        else [None] * votes.shape[0],
-        categories=categories,
-    )
+    predicted = pd.Categorical.from_codes(np.where(matched, best, -1), categories=categories)
 
     target = mdata.copy() if copy else mdata
     for column in (key_added, f"{key_added}_probability"):
@@ -113,3 +118,37 @@ def transfer_labels(
         ),
     )
     return target if copy else None
+
+
+def _target_by_source(mdata: MuData, key: str, source_mod: str, target_mod: str) -> sp.csr_matrix:
+    """The plan as a target cells × source cells matrix (modality order), read in the direction it was stored.
+
+    A plan over ``mdata.obs_names`` has the cells of its ``mod1`` along rows and those of its ``mod2`` along
+    columns; a cell measured in both modalities has one obs name, so which modality a row or column stands for is
+    known only from the plan's parameters (``mdata.uns[key]['params']``, written by :func:`mumatch.tl.match_ot`).
+    """
+    plan = sp.csr_matrix(mdata.obsp[key])
+    uns = mdata.uns.get(key)
+    params = uns.get("params", {}) if isinstance(uns, Mapping) else {}
+    target_positions, source_positions = obs_positions(mdata, target_mod), obs_positions(mdata, source_mod)
+    if "mod1" in params and "mod2" in params:
+        mod1, mod2 = str(params["mod1"]), str(params["mod2"])
+        if {source_mod, target_mod} != {mod1, mod2}:
+            raise ValueError(
+                f"the plan in mdata.obsp['{key}'] matches '{mod1}' (rows) to '{mod2}' (columns); pass those two as "
+                f"source_mod and target_mod, got source_mod={source_mod!r}, target_mod={target_mod!r}"
+            )
+        oriented = plan.T.tocsr() if target_mod == mod2 else plan
+        return oriented[target_positions][:, source_positions].tocsr()
+    # No parameters (a plan made by hand): rows and columns can be told apart only where no cell of the plan is
+    # measured in both modalities; then P + Pᵀ reads it in both directions.
+    shared = np.intersect1d(mdata[source_mod].obs_names, mdata[target_mod].obs_names)
+    touched = (np.diff(plan.indptr) > 0) | (np.bincount(plan.indices, minlength=plan.shape[1]) > 0)
+    if touched[mdata.obs_names.get_indexer(shared)].any():
+        raise ValueError(
+            f"mdata.obsp['{key}'] involves cells measured in both '{source_mod}' and '{target_mod}', and "
+            f"mdata.uns['{key}']['params'] does not say which modality its rows belong to; store "
+            f"mdata.uns['{key}'] = {{'params': {{'mod1': ROW_MODALITY, 'mod2': COLUMN_MODALITY}}}}"
+        )
+    both = (plan + plan.T).tocsr()
+    return both[target_positions][:, source_positions].tocsr()
