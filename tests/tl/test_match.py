@@ -226,6 +226,7 @@ def test_boolean_cell_selection(cite_embedded):
         ({"method": "knn", "top_k": 1}, ValueError, "top_k applies to method='sinkhorn'"),
         ({"method": "exact", "tau": 1.0}, ValueError, "tau applies to method='sinkhorn'"),
         ({"cells": "none_chosen"}, ValueError, "selects no cell"),
+        ({"batch_key": "bacth"}, KeyError, "batch_key=None"),
         ({"cells": "with_missing"}, ValueError, "missing values"),
     ],
 )
