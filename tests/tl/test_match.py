@@ -130,6 +130,7 @@ def test_other_methods_same_format(cite_embedded, method):
     rows = mm._layout.obs_positions(mdata, "rna")[unpaired_mask(mdata, "rna", "adt")]
     np.testing.assert_allclose(plan[rows].sum(1).A1, 1, rtol=1e-5)
     assert mm.metrics.match_score(mdata, key=method, mod1="rna", mod2="adt") > 2 / 289
+    assert mdata.uns[method]["blocks"]["block0"]["block_time_s"] > 0
     if method == "exact":
         assert plan.nnz == 289 and (mdata["rna"].obs["exact_confidence"].dropna() == 1).all()
 
