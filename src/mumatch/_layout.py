@@ -14,6 +14,7 @@ cells split into batch blocks asks this module, so that the convention is writte
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,6 +154,35 @@ def extract_block(
     rows = obs_positions(mdata, mod1)[index1]
     cols = obs_positions(mdata, mod2)[index2]
     return sp.csr_matrix(matrix)[rows][:, cols].tocsr()
+
+
+def recorded_plan_mods(mdata: MuData, key: str) -> tuple[str, str] | None:
+    """The modalities of a plan's rows and columns, as ``match_ot`` recorded them in ``mdata.uns[key]['params']``."""
+    uns = mdata.uns.get(key)
+    params = uns.get("params") if isinstance(uns, Mapping) else None
+    if not isinstance(params, Mapping) or "mod1" not in params or "mod2" not in params:
+        return None
+    return str(params["mod1"]), str(params["mod2"])
+
+
+def oriented_plan(mdata: MuData, key: str, mod1: str, mod2: str) -> sp.csr_matrix:
+    """``mdata.obsp[key]`` with the cells of ``mod1`` along its rows.
+
+    A plan over ``mdata.obs_names`` stores its ``mod1``'s cells along rows; read for the opposite pair of
+    modalities it is transposed (a cell measured in both has one obs name, so its row and column are told apart only
+    by the recorded modalities). A plan recorded for other modalities is refused; a plan without a record (made by
+    hand) is taken as given.
+    """
+    plan = sp.csr_matrix(mdata.obsp[key])
+    recorded = recorded_plan_mods(mdata, key)
+    if recorded is None or recorded == (mod1, mod2):
+        return plan
+    if recorded == (mod2, mod1):
+        return plan.T.tocsr()
+    raise ValueError(
+        f"mdata.obsp['{key}'] matches '{recorded[0]}' (rows) to '{recorded[1]}' (columns), not '{mod1}' to "
+        f"'{mod2}'; pass mod1={recorded[0]!r}, mod2={recorded[1]!r} (or the reverse)"
+    )
 
 
 def split_index(mdata: MuData, mod: str, split: str = "test") -> np.ndarray:

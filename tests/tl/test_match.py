@@ -309,3 +309,17 @@ def test_overflowing_cost_raises_instead_of_writing_nan(cite_embedded):
     with pytest.raises(FloatingPointError, match="float64"):
         mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_huge", cost="sqeuclidean")
     assert_unchanged(before, mdata)
+
+
+def test_a_plan_is_scored_and_drawn_whichever_way_round_it_was_solved(cite_embedded):
+    mdata = cite_embedded
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", key_added="forward")
+    mm.tl.match_ot(mdata, "adt", "rna", use_rep="X_shared", key_added="backward")
+    forward = mm.metrics.match_score(mdata, key="forward", mod1="rna", mod2="adt")
+    backward = mm.metrics.match_score(mdata, key="backward", mod1="rna", mod2="adt")
+    # The same balanced plan solved from either side (rows renormalised); read the wrong way round it scored 0.
+    assert backward > 2 / 289
+    np.testing.assert_allclose(backward, forward, rtol=0.05)
+    mdata.uns["backward"]["params"]["mod2"] = "protein"
+    with pytest.raises(ValueError, match="matches 'adt' \\(rows\\) to 'protein'"):
+        mm.metrics.match_score(mdata, key="backward", mod1="rna", mod2="adt")

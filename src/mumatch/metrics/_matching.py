@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from mudata import MuData
 
-from .._layout import extract_block
+from .._layout import extract_block, oriented_plan
 from .._validate import check_mod, check_rep
 
 Matrix = np.ndarray | sp.spmatrix
@@ -67,7 +67,7 @@ def _from_mudata(
     if key is not None:
         if key not in mdata.obsp:
             raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
-        plan = extract_block(mdata, mdata.obsp[key], mod1, mod2, rows, cols)
+        plan = extract_block(mdata, oriented_plan(mdata, key, mod1, mod2), mod1, mod2, rows, cols)
     return plan, _truth_columns(truth, rows.size), rows, cols
 
 

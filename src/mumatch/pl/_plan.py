@@ -13,7 +13,7 @@ from matplotlib.colors import to_rgb
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 from mudata import MuData
 
-from .._layout import MISSING_BATCH, batch_labels, extract_block
+from .._layout import MISSING_BATCH, batch_labels, extract_block, oriented_plan
 from .._validate import check_int, check_mod, check_mudata, check_obs_key
 from ._utils import as_labels, category_colors, finish, ordered_categories
 
@@ -184,7 +184,7 @@ def plan(
         raise KeyError(f"truth_key={truth_key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); pass truth=None")
 
     all1, all2 = np.arange(mdata[mod1].n_obs), np.arange(mdata[mod2].n_obs)
-    matrix = extract_block(mdata, mdata.obsp[key], mod1, mod2, all1, all2)
+    matrix = extract_block(mdata, oriented_plan(mdata, key, mod1, mod2), mod1, mod2, all1, all2)
     matched = np.flatnonzero(matrix.getnnz(axis=1))
     if matched.size == 0:
         raise ValueError(f"mdata.obsp['{key}'] links no cell of '{mod1}' to a cell of '{mod2}'; check mod1/mod2")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._layout import obs_positions
+from .._layout import obs_positions, oriented_plan, recorded_plan_mods
 from .._validate import check_mod, check_mudata, check_obs_key, check_obs_names
 
 
@@ -123,25 +121,21 @@ def transfer_labels(
 def _target_by_source(mdata: MuData, key: str, source_mod: str, target_mod: str) -> sp.csr_matrix:
     """The plan as a target cells × source cells matrix (modality order), read in the direction it was stored.
 
-    A plan over ``mdata.obs_names`` has the cells of its ``mod1`` along rows and those of its ``mod2`` along
-    columns; a cell measured in both modalities has one obs name, so which modality a row or column stands for is
-    known only from the plan's parameters (``mdata.uns[key]['params']``, written by :func:`mumatch.tl.match_ot`).
+    A cell measured in both modalities has one obs name, so which modality a row or column of the plan stands for is
+    known only from the plan's record (``mdata.uns[key]['params']``, written by :func:`mumatch.tl.match_ot`).
     """
-    plan = sp.csr_matrix(mdata.obsp[key])
-    uns = mdata.uns.get(key)
-    params = uns.get("params", {}) if isinstance(uns, Mapping) else {}
     target_positions, source_positions = obs_positions(mdata, target_mod), obs_positions(mdata, source_mod)
-    if "mod1" in params and "mod2" in params:
-        mod1, mod2 = str(params["mod1"]), str(params["mod2"])
-        if {source_mod, target_mod} != {mod1, mod2}:
+    recorded = recorded_plan_mods(mdata, key)
+    if recorded is not None:
+        if {source_mod, target_mod} != set(recorded):
             raise ValueError(
-                f"the plan in mdata.obsp['{key}'] matches '{mod1}' (rows) to '{mod2}' (columns); pass those two as "
-                f"source_mod and target_mod, got source_mod={source_mod!r}, target_mod={target_mod!r}"
+                f"the plan in mdata.obsp['{key}'] matches '{recorded[0]}' (rows) to '{recorded[1]}' (columns); pass "
+                f"those two as source_mod and target_mod, got source_mod={source_mod!r}, target_mod={target_mod!r}"
             )
-        oriented = plan.T.tocsr() if target_mod == mod2 else plan
-        return oriented[target_positions][:, source_positions].tocsr()
-    # No parameters (a plan made by hand): rows and columns can be told apart only where no cell of the plan is
-    # measured in both modalities; then P + Pᵀ reads it in both directions.
+        return oriented_plan(mdata, key, target_mod, source_mod)[target_positions][:, source_positions].tocsr()
+    # No record (a plan made by hand): rows and columns can be told apart only where no cell of the plan is measured
+    # in both modalities; then P + Pᵀ reads it in both directions.
+    plan = sp.csr_matrix(mdata.obsp[key])
     shared = np.intersect1d(mdata[source_mod].obs_names, mdata[target_mod].obs_names)
     touched = (np.diff(plan.indptr) > 0) | (np.bincount(plan.indices, minlength=plan.shape[1]) > 0)
     if touched[mdata.obs_names.get_indexer(shared)].any():
