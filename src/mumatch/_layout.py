@@ -80,12 +80,21 @@ def batch_labels(mdata: MuData, mod: str, batch_key: str | None) -> pd.Series | 
     labels = mdata[mod].obs[batch_key]
     if labels.isna().all():
         return None
-    values = labels.astype(object)
-    if pd.api.types.is_float_dtype(labels.dtype) and (labels.dropna() % 1 == 0).all():
-        # Whole-number float labels (an integer column that gained a NaN, or was read as float) name the same
-        # batches as integer labels: 1.0 and 1 are batch '1' in every modality.
-        values = labels.astype("Int64").astype(object)
-    return values.where(labels.notna(), MISSING_BATCH).astype(str)
+    known = labels.notna().to_numpy()
+    values = labels.astype(object).to_numpy()
+    # Whole-number floats (an integer column that gained a NaN, or was read as float; in a float, object or
+    # categorical column) name the same batches as integers: 1.0 and 1 are batch '1' in every modality.
+    names = {value: label_name(value) for value in pd.unique(values[known])}
+    strings = np.full(values.size, MISSING_BATCH, dtype=object)
+    strings[known] = [names[value] for value in values[known]]
+    return pd.Series(strings, index=labels.index, name=labels.name, dtype=str)
+
+
+def label_name(value: object) -> str:
+    """A label as text, whole-number floats as integers (``1.0`` → ``'1'``, as an integer column reads)."""
+    if isinstance(value, float | np.floating) and np.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def batch_blocks(

@@ -98,6 +98,8 @@ def test_foscttm_against_brute_force(seed, n):
 def test_foscttm_perfect_and_shapes():
     x = np.random.default_rng(0).normal(size=(20, 4))
     assert foscttm(x, x) == 0.0
+    collapsed = np.ones((20, 4))  # every cell at the same point: no information, half of the others "closer"
+    assert foscttm(collapsed, collapsed) == 0.5
     with pytest.raises(ValueError, match="same shape"):
         foscttm(x, x[:5])
 
@@ -122,6 +124,24 @@ def test_mudata_interface(multiome):
         embedding[multiome[mod].obs_names.get_indexer(multiome.obs_names[positions])] = shared
         multiome.mod[mod].obsm["X_test"] = embedding
     assert foscttm(multiome, key="X_test") == 0.0
+
+
+def test_mudata_weight_on_cells_without_a_partner_counts(multiome):
+    # Each test cell puts 0.01 on its true partner and 0.99 on a training cell (a plan over all cells, as
+    # match_ot(cells="all") writes): the score is 0.01 and the partner is never first, in either direction.
+    truth = multiome.obsp["match_true"].tocoo()
+    train = np.flatnonzero((multiome["atac"].obs["split"] == "train").to_numpy())[0]
+    train_position = multiome.obs_names.get_loc(multiome["atac"].obs_names[train])
+    n_obs = multiome.n_obs
+    rows = np.concatenate([truth.row, truth.row])
+    cols = np.concatenate([truth.col, np.full(truth.nnz, train_position)])
+    values = np.concatenate([np.full(truth.nnz, 0.01), np.full(truth.nnz, 0.99)])
+    multiome.obsp["leaky"] = sp.csr_matrix((values, (rows, cols)), shape=(n_obs, n_obs))
+    np.testing.assert_allclose(match_score(multiome, key="leaky"), 0.01)
+    assert top_k_accuracy(multiome, key="leaky", direction="forward") == 0.0
+    assert top_k_accuracy(multiome, key="leaky", k=2, direction="forward") == 1.0
+    # Backward, each partner ranks the rows giving it weight: only its own row does, so it is first.
+    assert top_k_accuracy(multiome, key="leaky", direction="backward") == 1.0
 
 
 def test_bad_inputs(multiome):

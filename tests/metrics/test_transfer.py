@@ -34,3 +34,12 @@ def test_bad_inputs(cite):
         label_transfer_accuracy(cite, key="nothing", mod="rna")
     with pytest.raises(ValueError, match="no cell"):
         label_transfer_accuracy([None], ["a"])
+
+
+def test_series_are_compared_by_cell_and_floats_as_integers():
+    truth = pd.Series(["a", "b", "c"], index=["x", "y", "z"])
+    assert label_transfer_accuracy(truth.iloc[::-1], truth) == 1.0  # same cells in another order
+    with pytest.raises(ValueError, match="different cells"):
+        label_transfer_accuracy(pd.Series(["a"], index=["x"]), pd.Series(["a"], index=["w"]))
+    # An integer label column that gained a NaN is float: 1.0 is label 1.
+    assert label_transfer_accuracy(pd.Series([1.0, 2.0, np.nan]), pd.Series([1, 2, 3])) == 1.0

@@ -419,6 +419,18 @@ def test_save_load_round_trip(small, tmp_path):
         mm.model.CLUE.load(tmp_path / "clue", narrower)
 
 
+def test_load_onto_cells_without_batch_labels(small, tmp_path):
+    model = train_model(small)
+    model.save(tmp_path / "clue")
+    query = small.copy()
+    for mod in ("rna", "atac"):
+        del query.mod[mod].obs["batch"]
+    loaded = mm.model.CLUE.load(tmp_path / "clue", query)
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(modality="rna"), model.get_latent_representation(modality="rna")
+    )
+
+
 def test_load_onto_other_features_fails_clearly_and_leaves_mudata_unchanged(small, tmp_path):
     model = train_model(small)
     model.save(tmp_path / "clue")

@@ -227,7 +227,6 @@ def test_boolean_cell_selection(cite_embedded):
         ({"method": "knn", "top_k": 1}, ValueError, "top_k applies to method='sinkhorn'"),
         ({"method": "exact", "tau": 1.0}, ValueError, "tau applies to method='sinkhorn'"),
         ({"cells": "none_chosen"}, ValueError, "selects no cell"),
-        ({"batch_key": "bacth"}, KeyError, "batch_key=None"),
         ({"cells": "with_missing"}, ValueError, "missing values"),
     ],
 )
@@ -323,3 +322,45 @@ def test_a_plan_is_scored_and_drawn_whichever_way_round_it_was_solved(cite_embed
     mdata.uns["backward"]["params"]["mod2"] = "protein"
     with pytest.raises(ValueError, match="matches 'adt' \\(rows\\) to 'protein'"):
         mm.metrics.match_score(mdata, key="backward", mod1="rna", mod2="adt")
+
+
+def test_batch_key_in_neither_modality_warns_and_matches_one_block(cite_embedded):
+    mm.tl.match_ot(cite_embedded, "rna", "adt", use_rep="X_shared", batch_key="bacth")
+    assert "batch_key='bacth' is not a column" in cite_embedded.uns["match"]["notes"][0]
+    assert list(cite_embedded.uns["match"]["blocks"]) == ["block0"]
+    assert cite_embedded.uns["match"]["blocks"]["block0"]["block_time_s"] > 0
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (pd.Series([1.0, 2.0, np.nan]), ["1", "2", "nan"]),
+        (pd.Series([1.0, 2.0, np.nan]).astype("category"), ["1", "2", "nan"]),
+        (pd.Series([1.0, "2", None], dtype=object), ["1", "2", "nan"]),
+        (pd.Series([1.0, 1.5]), ["1", "1.5"]),
+        (pd.Series([1e20, 3.0]), ["100000000000000000000", "3"]),
+        (pd.Series(["a", "b"]), ["a", "b"]),
+    ],
+)
+def test_batch_labels_name_whole_number_floats_as_integers(values, expected):
+    from mumatch._layout import batch_labels
+
+    mdata = mudata.MuData({"m": anndata.AnnData(np.zeros((len(values), 1)), obs=pd.DataFrame({"b": values.values}))})
+    assert batch_labels(mdata, "m", "b").tolist() == expected
+
+
+def test_a_plan_solved_the_other_way_round_is_written_and_drawn_for_the_reader(cite_embedded, tmp_path):
+    from mumatch.datasets._neurips2021 import prediction_matrix
+
+    mdata = cite_embedded
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", key_added="forward")
+    mm.tl.match_ot(mdata, "adt", "rna", use_rep="X_shared", key_added="backward")
+    mdata.write_h5mu(tmp_path / "plans.h5mu")
+    mdata = mudata.read_h5mu(tmp_path / "plans.h5mu")
+    forward, backward = (prediction_matrix(mdata, key, "rna", "adt") for key in ("forward", "backward"))
+    assert backward.shape == forward.shape and backward.nnz > 0
+    # The same problem solved from either side: the rows' argmaxes agree almost everywhere.
+    agree = np.mean(forward.argmax(axis=1).A1 == backward.argmax(axis=1).A1)
+    assert agree > 0.9
+    assert mm.metrics.match_score(mdata, key="backward", mod1="rna", mod2="adt") > 2 / 289
+    mm.pl.plan(mdata, key="backward", mod1="rna", mod2="adt", show=False)

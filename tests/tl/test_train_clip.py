@@ -72,4 +72,18 @@ def test_bad_inputs_leave_data_unchanged(three_batches):
         mm.tl.train_clip(three_batches, "rna", "atac", use_rep="X_pca", ensemble="fold", **FAST)
     with pytest.raises(FloatingPointError):
         mm.tl.train_clip(three_batches, "rna", "atac", use_rep="X_pca", ensemble=None, lr=1e30, **FAST)
+    for bad in ({"random_state": -1}, {"random_state": 1.5}, {"key_added": 5}, {"key_added": ""}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            mm.tl.train_clip(three_batches, "rna", "atac", use_rep="X_pca", **bad, **FAST)
     assert_unchanged(before, three_batches)
+
+
+def test_paired_cells_without_a_batch_label_hold_out_no_member(three_batches):
+    obs = three_batches["rna"].obs
+    obs["batch"] = obs["batch"].astype(object)
+    obs.loc[obs["batch"] == "batch2", "batch"] = None
+    models = mm.tl.train_clip(
+        three_batches, "rna", "atac", use_rep="X_pca", ensemble="batch", model_kwargs=TINY, **FAST
+    )
+    held_out = sorted(model.train_info["validation"] for model in models)
+    assert held_out == ["held-out batches ['batch0']", "held-out batches ['batch1']"]

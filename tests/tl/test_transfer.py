@@ -115,7 +115,7 @@ def test_plan_without_direction_over_paired_cells_is_refused(cite):
     ("uns", "key_added", "message"),
     [
         ({"params": {"mod1": "rna", "mod2": "protein"}}, None, "matches 'rna'"),
-        (None, "match", "plan's key"),
+        (None, "match", "names a plan"),
     ],
 )
 def test_plan_of_other_modalities_or_its_key_refused(matched, uns, key_added, message):

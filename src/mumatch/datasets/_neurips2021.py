@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._layout import extract_block, split_index
+from .._layout import extract_block, oriented_plan, split_index
 from .._validate import check_counts, check_mudata
 
 FEATURE_TYPES = {"GEX": "rna", "ATAC": "atac", "ADT": "adt"}
@@ -220,7 +220,10 @@ def prediction_matrix(mdata: MuData, key: str, mod1: str | None = None, mod2: st
     mod2 = mod2 or mdata.uns.get("neurips2021", {}).get("mod2", list(mdata.mod)[1])
     if key not in mdata.obsp:
         raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
-    return extract_block(mdata, mdata.obsp[key], mod1, mod2, split_index(mdata, mod1), split_index(mdata, mod2))
+    if mod1 == mod2:
+        raise ValueError(f"mod1 and mod2 must differ, both are {mod1!r}")
+    plan = oriented_plan(mdata, key, mod1, mod2)  # a plan solved the other way round is transposed
+    return extract_block(mdata, plan, mod1, mod2, split_index(mdata, mod1), split_index(mdata, mod2))
 
 
 def _keep_top(matrix: sp.csr_matrix, n_keep: int) -> sp.csr_matrix:

@@ -251,7 +251,7 @@ def simulate_paired(
             index=pd.Index([f"{prefix}_{i}" for i in range(n_features[mod])], dtype=str),
         )
         adata = ad.AnnData(X=counts, obs=obs, var=var)
-        adata.layers["counts"] = counts
+        adata.layers["counts"] = counts.copy()  # normalising .X in place must leave the raw counts alone
         mods[mod] = adata
     mdata = MuData(mods)
 

@@ -49,9 +49,23 @@ def _check_prediction(prediction: Matrix) -> sp.csr_matrix | np.ndarray:
 
 
 def _from_mudata(
-    mdata: MuData, key: str, truth_key: str, mod1: str | None, mod2: str | None
+    mdata: MuData,
+    key: str,
+    truth_key: str,
+    mod1: str | None,
+    mod2: str | None,
+    *,
+    candidates: bool | Literal["backward"] = True,
 ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray]:
-    """Plan and truth restricted to the cells that have a true partner: (plan, truth columns, index1, index2)."""
+    """Plan and truth on the cells that have a true partner: (plan, truth columns, index1, index2).
+
+    The plan's rows are the cells of ``mod1`` with a true partner. With ``candidates``, its columns are every cell
+    of ``mod2`` the plan gives weight to from those rows, besides the true partners: weight on a cell without a true
+    partner (e.g. a training cell, with ``match_ot(cells="all")``) is weight taken from the true one, and counts in
+    the row's sum and rank. Without, the columns are the true partners only (the square block FOSCTTM ranks in).
+    ``"backward"`` gives the transposed view: the true partners of ``mod2`` as rows, over their candidate cells of
+    ``mod1``.
+    """
     mod1, mod2 = _default_mods(mdata, mod1, mod2)
     if truth_key not in mdata.obsp:
         raise KeyError(f"truth_key={truth_key!r} not found in mdata.obsp (it has {list(mdata.obsp)})")
@@ -63,12 +77,27 @@ def _from_mudata(
     if rows.size == 0:
         raise ValueError(f"mdata.obsp['{truth_key}'] pairs no cell of '{mod1}' with a cell of '{mod2}'")
     truth = truth[rows][:, cols]
+    columns = _truth_columns(truth, rows.size)
     plan = None
     if key is not None:
         if key not in mdata.obsp:
             raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
-        plan = extract_block(mdata, oriented_plan(mdata, key, mod1, mod2), mod1, mod2, rows, cols)
-    return plan, _truth_columns(truth, rows.size), rows, cols
+        if candidates == "backward":
+            # The columns' view: each true partner of mod2 ranks every mod1 cell that gives it weight.
+            plan = extract_block(mdata, oriented_plan(mdata, key, mod1, mod2), mod1, mod2, index1, cols)
+            kept = np.union1d(rows, np.flatnonzero(plan.getnnz(axis=1)))
+            true_rows = np.empty(cols.size, dtype=np.int64)
+            true_rows[columns] = rows  # the truth is one-to-one here (checked by the caller)
+            plan = plan[kept].T.tocsr()
+            columns = np.searchsorted(kept, true_rows)
+        elif candidates:
+            plan = extract_block(mdata, oriented_plan(mdata, key, mod1, mod2), mod1, mod2, rows, index2)
+            kept = np.union1d(cols, np.flatnonzero(plan.getnnz(axis=0)))
+            plan = plan[:, kept].tocsr()
+            columns = np.searchsorted(kept, cols[columns])
+        else:
+            plan = extract_block(mdata, oriented_plan(mdata, key, mod1, mod2), mod1, mod2, rows, cols)
+    return plan, columns, rows, cols
 
 
 def _default_mods(mdata: MuData, mod1: str | None, mod2: str | None) -> tuple[str, str]:
@@ -193,14 +222,20 @@ def top_k_accuracy(
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     if direction not in ("forward", "backward", "mean"):
         raise ValueError(f"direction={direction!r}; choose 'forward', 'backward' or 'mean'")
+    mdata = prediction if isinstance(prediction, MuData) else None
     prediction, columns = _resolve(prediction, truth, key, truth_key, mod1, mod2)
     forward = _expected_hits(*_rank_counts(prediction, columns), k)
     if direction == "forward":
         return forward
-    if np.unique(columns).size != columns.size or prediction.shape[0] != prediction.shape[1]:
-        raise ValueError("direction='backward' needs a square prediction with a one-to-one truth")
-    rows_of_columns = np.argsort(columns)
-    backward = _expected_hits(*_rank_counts(prediction.T, rows_of_columns), k)
+    if mdata is not None:
+        if np.unique(columns).size != columns.size:
+            raise ValueError("direction='backward' needs a one-to-one truth")
+        transposed, true_rows, _, _ = _from_mudata(mdata, key, truth_key, mod1, mod2, candidates="backward")
+        backward = _expected_hits(*_rank_counts(_check_prediction(transposed), true_rows), k)
+    else:
+        if np.unique(columns).size != columns.size or prediction.shape[0] != prediction.shape[1]:
+            raise ValueError("direction='backward' needs a square prediction with a one-to-one truth")
+        backward = _expected_hits(*_rank_counts(prediction.T, np.argsort(columns)), k)
     return backward if direction == "backward" else (forward + backward) / 2
 
 
@@ -238,7 +273,9 @@ def foscttm(
         mdata = x
         mod1, mod2 = _default_mods(mdata, mod1, mod2)
         in_obsp = key in mdata.obsp
-        plan, columns, rows, cols = _from_mudata(mdata, key if in_obsp else None, truth_key, mod1, mod2)
+        plan, columns, rows, cols = _from_mudata(
+            mdata, key if in_obsp else None, truth_key, mod1, mod2, candidates=False
+        )
         if in_obsp:
             return _foscttm_scores(_check_prediction(plan), columns)
         x = check_rep(mdata, mod1, key, "key")[rows]
@@ -254,10 +291,13 @@ def foscttm(
         part = slice(start, start + chunk_size)
         own = np.arange(part.start, min(part.stop, n_cells))
         # The true distance comes from the same expansion as the others, so rounding never ranks a cell against itself.
+        # A tie counts half (as in the plan's version): a collapsed embedding scores 0.5, not a perfect 0.
         distance = x_norms[part, None] + y_norms[None, :] - 2 * x[part] @ y.T
-        closer_x[part] = (distance < distance[own - start, own][:, None]).sum(1)
+        true_distance = distance[own - start, own][:, None]
+        closer_x[part] = (distance < true_distance).sum(1) + ((distance == true_distance).sum(1) - 1) / 2
         distance = y_norms[part, None] + x_norms[None, :] - 2 * y[part] @ x.T
-        closer_y[part] = (distance < distance[own - start, own][:, None]).sum(1)
+        true_distance = distance[own - start, own][:, None]
+        closer_y[part] = (distance < true_distance).sum(1) + ((distance == true_distance).sum(1) - 1) / 2
     return float((closer_x.mean() + closer_y.mean()) / 2 / max(n_cells - 1, 1))
 
 

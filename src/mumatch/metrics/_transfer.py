@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from mudata import MuData
 
+from .._layout import label_name
 from .._validate import check_mod, check_obs_key
 
 
@@ -48,6 +49,14 @@ def label_transfer_accuracy(
         predicted, truth = obs[key], obs[truth_key]
     if truth is None:
         raise ValueError("'truth' is required when 'predicted' holds labels")
+    if isinstance(predicted, pd.Series) and isinstance(truth, pd.Series) and not predicted.index.equals(truth.index):
+        # Two labelled Series describe cells by name: compare each cell with itself, not by position.
+        if not (predicted.index.is_unique and truth.index.is_unique) or set(predicted.index) != set(truth.index):
+            raise ValueError(
+                "predicted and truth are Series over different cells (their indexes differ); pass them over the same "
+                "obs names, or as arrays in the same order"
+            )
+        truth = truth.reindex(predicted.index)
     predicted = pd.Series(np.asarray(predicted, dtype=object))
     truth = pd.Series(np.asarray(truth, dtype=object))
     if predicted.size != truth.size:
@@ -55,8 +64,10 @@ def label_transfer_accuracy(
     known = predicted.notna().to_numpy() & truth.notna().to_numpy()
     if not known.any():
         raise ValueError("no cell has both a predicted and a true label")
-    correct = predicted[known].astype(str).to_numpy() == truth[known].astype(str).to_numpy()
+    # Labels compare by their text, whole-number floats as integers (a label column that gained a NaN is float).
+    predicted_names = [label_name(value) for value in predicted[known]]
+    classes = np.asarray([label_name(value) for value in truth[known]], dtype=object)
+    correct = np.asarray(predicted_names, dtype=object) == classes
     if not balanced:
         return float(correct.mean())
-    classes = truth[known].astype(str).to_numpy()
     return float(np.mean([correct[classes == label].mean() for label in np.unique(classes)]))

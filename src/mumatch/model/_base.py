@@ -498,6 +498,11 @@ class MuDataModel:
         for saved in metadata["registrations"].values():
             modality_inputs(mdata, ModalityRegistration(**{**saved, "var_names": tuple(saved["var_names"])}))
         setup = dict(metadata["setup_args"])
+        if setup.get("batch_key") is not None and all(
+            setup["batch_key"] not in mdata[mod].obs for mod in setup["mods"]
+        ):
+            # Embedding new cells needs no batch labels (decoders, which take them, are not used to embed).
+            setup["batch_key"] = None
         had_setups, setups = SETUP_KEY in mdata.uns, mdata.uns.get(SETUP_KEY)
         previous = dict(setups) if isinstance(setups, Mapping) else setups
         try:

@@ -170,8 +170,8 @@ def match_ot(
         ``"unpaired"``: the cells measured in one of the two modalities only (the test cells); ``"all"``; or the name
         of a boolean column present in both modalities' ``.obs``.
     batch_key
-        Column of ``.obs`` with the batch, in at least one of the two modalities; ``None`` matches all selected
-        cells in one block.
+        Column of ``.obs`` with the batch; ``None`` matches all selected cells in one block (as does a column in
+        neither modality, with a warning naming it).
     method
         ``"sinkhorn"`` (entropic OT), ``"exact"`` (one-to-one assignment, :func:`mumatch.ot.exact_matching`) or
         ``"knn"`` (mutual nearest neighbours, :func:`mumatch.ot.mutual_knn`).
@@ -236,13 +236,14 @@ def match_ot(
     masks = _cell_masks(mdata, mod1, mod2, cells)
     if batch_key is not None and not isinstance(batch_key, str):
         raise ValueError(f"batch_key must be a column name or None, got {batch_key!r}")
-    if batch_key is not None and all(batch_key not in mdata[mod].obs for mod in (mod1, mod2)):
-        # A misspelt column would otherwise merge every batch into one block, with a mere warning.
-        raise KeyError(
-            f"batch_key={batch_key!r} is not a column of mdata['{mod1}'].obs or mdata['{mod2}'].obs; pass "
-            "batch_key=None to match all selected cells in one block"
-        )
     blocks, notes = batch_blocks(mdata, mod1, mod2, masks[mod1], masks[mod2], batch_key)
+    if batch_key is not None and all(batch_key not in mdata[mod].obs for mod in (mod1, mod2)):
+        # Data without batches is matched in one block under the default batch_key; a misspelt column is too, so
+        # the note names the column and the way to silence it.
+        notes = [
+            f"batch_key={batch_key!r} is not a column of mdata['{mod1}'].obs or mdata['{mod2}'].obs: matching all "
+            "selected cells in one block (pass batch_key=None when there are no batches)"
+        ]
     for note in notes:
         logg.warning(note)
 

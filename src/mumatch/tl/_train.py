@@ -10,7 +10,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
-from .._layout import batch_labels, paired_positions
+from .._layout import MISSING_BATCH, batch_labels, paired_positions
 from .._validate import check_int, check_mod, check_mudata, check_rep
 from ..model import CLIP
 
@@ -25,9 +25,9 @@ def _ensemble_members(
         if ensemble != "batch":
             raise ValueError(f"ensemble={ensemble!r}; choose 'batch', an integer number of models or None")
         labels = batch_labels(mdata, mod1, batch_key)
-        levels = (
-            [] if labels is None else list(dict.fromkeys(labels.to_numpy()[paired_positions(mdata, mod1, mod2)[0]]))
-        )
+        paired = [] if labels is None else labels.to_numpy()[paired_positions(mdata, mod1, mod2)[0]]
+        # Paired cells without a batch label are no batch to hold out: they train every member.
+        levels = [level for level in dict.fromkeys(paired) if level != MISSING_BATCH]
         if len(levels) < 2:
             # One training batch: nothing to hold out, a single model validated on a random fraction.
             return [{"validation": "auto", "seed_offset": 0}]
@@ -100,6 +100,9 @@ def train_clip(
     check_mod(mdata, mod2, "mod2")
     if mod1 == mod2:
         raise ValueError(f"mod1 and mod2 must differ, both are {mod1!r}")
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
+    check_int(random_state, "random_state", minimum=0)
     rep_keys = {mod1: use_rep, mod2: use_rep} if isinstance(use_rep, str) else dict(use_rep)
     for mod in (mod1, mod2):
         if mod not in rep_keys:

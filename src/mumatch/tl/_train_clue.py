@@ -93,6 +93,7 @@ def train_clue(
     mods = check_mods(mdata, mods)
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
+    check_int(random_state, "random_state", minimum=0)
     check_int(ensemble, "ensemble", allow_none=True)
     if not isinstance(normalize_subspaces, bool | np.bool_):
         raise ValueError(f"normalize_subspaces must be True or False, got {normalize_subspaces!r}")

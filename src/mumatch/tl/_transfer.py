@@ -69,10 +69,10 @@ def transfer_labels(
     key_added = key_added or f"{label_key}_{key}"
     if not isinstance(key_added, str):
         raise ValueError(f"key_added must be a string or None, got {key_added!r}")
-    if key_added == key:
+    if key_added in mdata.obsp:
         raise ValueError(
-            f"key_added={key_added!r} is the plan's key: mdata.uns['{key}'] holds the plan's parameters and "
-            "potentials; choose another key_added"
+            f"key_added={key_added!r} names a plan in mdata.obsp: mdata.uns['{key_added}'] holds that plan's "
+            "parameters (which way round it reads) and potentials; choose another key_added"
         )
 
     start = logg.info(f"transferring '{label_key}' from '{source_mod}' to '{target_mod}' along .obsp['{key}']")
