@@ -35,6 +35,8 @@ def test_demo_unknown_data(tmp_path):
 
     with pytest.raises(SystemExit):
         main(["demo", "--data", "/nonexistent/folder/x_", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not one of"):  # a misspelt name, in an existing folder
+        main(["demo", "--data", "multiom", "--out", str(tmp_path)])
 
 
 def test_seed_ensemble_shrinks_with_paired_cells(monkeypatch):

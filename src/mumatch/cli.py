@@ -26,7 +26,7 @@ def _load_demo_data(data: str, seed: int) -> MuData:
     if data == "simulated":
         return datasets.simulate_paired(1000, ("rna", "atac"), n_genes=1000, n_peaks=3000, seed=seed)
     path = Path(data)
-    if not path.exists() and not path.parent.exists():
+    if not path.exists() and not any(path.parent.glob(f"{path.name}*")):
         raise SystemExit(f"--data {data!r}: not one of {list(DEMO_DATA)} and no such folder or prefix")
     return datasets.read_neurips2021(path)
 

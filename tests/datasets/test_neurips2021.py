@@ -131,6 +131,10 @@ def test_write_prediction_keeps_top_1000_per_row(tmp_path):
     full = np.zeros((index1.size, index2.size), dtype=np.float32)
     full[:5] = block
     mdata.obsp["match"] = embed_block(mdata, "rna", "adt", sp.csr_matrix(full), index1, index2)
+    with pytest.raises(KeyError, match="original_name"):  # not read with read_neurips2021
+        mm.datasets.write_prediction(mdata, "match", tmp_path / "p.h5ad", mod1="rna", mod2="adt")
+    with pytest.raises(ValueError, match="must differ"):
+        mm.datasets.write_prediction(mdata, "match", tmp_path / "p.h5ad", mod1="rna", mod2="rna")
     mdata.mod["rna"].obs["original_name"] = mdata["rna"].obs_names
     mdata.mod["adt"].obs["original_name"] = mdata["adt"].obs_names
     mm.datasets.write_prediction(mdata, "match", tmp_path / "p.h5ad", mod1="rna", mod2="adt")

@@ -153,6 +153,9 @@ def test_bad_inputs(multiome):
         match_score(np.array([[np.nan, 1.0], [0.0, 1.0]]), np.array([0, 1]))
     with pytest.raises(ValueError, match="outside"):
         match_score(np.ones((2, 2)), np.array([0, 5]))
+    for fractional in (np.array([0.7, 1.2]), np.array([0.0, np.nan])):
+        with pytest.raises(ValueError, match="whole column numbers"):
+            match_score(np.ones((2, 2)), fractional)
     with pytest.raises(ValueError, match="k must be"):
         top_k_accuracy(np.ones((2, 2)), np.array([0, 1]), k=0)
     with pytest.raises(ValueError, match="direction"):

@@ -266,6 +266,12 @@ def write_prediction(
     matrix = _keep_top(prediction_matrix(mdata, key, mod1, mod2), MAX_PREDICTIONS_PER_ROW)
     mod1 = mod1 or mdata.uns.get("neurips2021", {}).get("mod1", list(mdata.mod)[0])
     mod2 = mod2 or mdata.uns.get("neurips2021", {}).get("mod2", list(mdata.mod)[1])
+    for mod in (mod1, mod2):
+        if "original_name" not in mdata[mod].obs:
+            raise KeyError(
+                f"mdata['{mod}'].obs has no 'original_name' column: write_prediction writes the competition's files "
+                "for data read with mm.datasets.read_neurips2021 (the names its files use)"
+            )
     names1 = mdata[mod1].obs["original_name"].to_numpy()[split_index(mdata, mod1)]
     names2 = mdata[mod2].obs["original_name"].to_numpy()[split_index(mdata, mod2)]
     prediction = ad.AnnData(

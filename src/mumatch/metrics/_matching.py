@@ -23,6 +23,9 @@ def _truth_columns(truth: Matrix | np.ndarray, n_rows: int) -> np.ndarray:
     """The true column of every row, from an index array or a matrix with one non-zero per row."""
     truth_array = None if sp.issparse(truth) else np.asarray(truth)
     if truth_array is not None and truth_array.ndim == 1:
+        numeric = truth_array.dtype.kind in "iuf"
+        if truth_array.size and (not numeric or not np.all(np.isfinite(truth_array) & (truth_array % 1 == 0))):
+            raise ValueError("'truth' as an index array must hold whole column numbers (no NaN or fractions)")
         columns = truth_array.astype(np.int64)
     else:
         matrix = sp.csr_matrix(truth)
