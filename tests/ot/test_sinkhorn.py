@@ -325,13 +325,18 @@ def test_shift_invariant_mixer_leaves_the_common_constant_to_the_plain_step():
 
     mixer = sinkhorn_module._AndersonMixer(depth=3, shift_invariant=True)
     x = torch.zeros(6, dtype=torch.float64)
-    for _ in range(5):  # converged by then; at machine precision the least squares is noise
+    accelerated = []
+    for _ in range(8):  # converged after the first accelerated step, then at the rounding level
         plain = image(x)
         mixed = mixer.next(x, plain)
         assert float((mixed - x).mean()) == pytest.approx(float((plain - x).mean()), abs=1e-12)
+        accelerated.append(mixer.accelerated)
         x = mixed
-    assert mixer.accelerated
-    np.testing.assert_allclose((x - x.mean()).numpy(), (target - target.mean()).numpy(), atol=1e-6)
+    assert accelerated[1]
+    # At the rounding level the residuals' changes are noise: plain steps, which stay converged (a least squares on
+    # that noise extrapolated by ~1e-3, depending on the BLAS threads' summation order).
+    assert not any(accelerated[3:])
+    np.testing.assert_allclose((x - x.mean()).numpy(), (target - target.mean()).numpy(), atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["dense", "tiled"])

@@ -58,6 +58,8 @@ EPSILON_DECAY = 0.25
 # accelerated step that raises the marginal error is replaced by the plain Sinkhorn step it stood for (plain Sinkhorn
 # always converges) and the history starts again. Unbalanced solves iterate plainly.
 ANDERSON_DEPTH = 4
+# Below this many times the rounding level of the iterates, a change of the residual is noise (see _AndersonMixer).
+NOISE_FACTOR = 4.0
 # Intermediate stages stop at this marginal error (or at the final tolerance when that is looser).
 STAGE_TOL = 1e-2
 
@@ -324,7 +326,13 @@ class _AndersonMixer:
             return image
         images = torch.stack(self.images, dim=1)
         residuals = images - torch.stack(self.iterates, dim=1)
-        gamma = anderson_coefficients(residuals.diff(dim=1), residuals[:, -1:])
+        differences = residuals.diff(dim=1)
+        # Once the last step changed the residual by no more than the rounding of the iterates, the least squares
+        # fits rounding noise (coefficients ~ residual / noise, an arbitrary extrapolation): take the plain step.
+        rounding = torch.finfo(image.dtype).eps * math.sqrt(image.numel()) * float(images.abs().max())
+        if float(torch.linalg.vector_norm(differences[:, -1])) <= NOISE_FACTOR * rounding:
+            return image
+        gamma = anderson_coefficients(differences, residuals[:, -1:])
         extrapolation = (images.diff(dim=1) @ gamma)[:, 0]
         if self.shift_invariant:
             # The residuals cannot see a constant added to every potential (the plan does not change), so nothing
