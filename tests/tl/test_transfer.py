@@ -109,6 +109,13 @@ def test_plan_without_direction_over_paired_cells_is_refused(cite):
     with pytest.raises(ValueError, match=r"uns\['toy'\]\['params'\]"):
         mm.tl.transfer_labels(mdata, "toy", label_key="cell_type", source_mod="rna", target_mod="adt")
     assert_unchanged(before, mdata)
+    # Explicitly stored zeros on those cells link nothing: such a plan reads the same both ways.
+    stored_zeros = embed_block(mdata, "rna", "adt", sp.csr_matrix(np.eye(2)), rna, adt)
+    stored_zeros.data[:] = 0.0
+    mdata.obsp["zeros"] = stored_zeros
+    mm.tl.transfer_labels(mdata, "zeros", label_key="cell_type", source_mod="rna", target_mod="adt")
+    assert mdata["adt"].obs["cell_type_zeros"].isna().all()
+    assert mdata.obsp["zeros"].nnz == 2  # the caller's plan keeps its stored entries
 
 
 @pytest.mark.parametrize(

@@ -135,7 +135,8 @@ def _target_by_source(mdata: MuData, key: str, source_mod: str, target_mod: str)
         return oriented_plan(mdata, key, target_mod, source_mod)[target_positions][:, source_positions].tocsr()
     # No record (a plan made by hand): rows and columns can be told apart only where no cell of the plan is measured
     # in both modalities; then P + Pᵀ reads it in both directions.
-    plan = sp.csr_matrix(mdata.obsp[key])
+    plan = sp.csr_matrix(mdata.obsp[key], copy=True)
+    plan.eliminate_zeros()  # an explicitly stored zero links nothing
     shared = np.intersect1d(mdata[source_mod].obs_names, mdata[target_mod].obs_names)
     touched = (np.diff(plan.indptr) > 0) | (np.bincount(plan.indices, minlength=plan.shape[1]) > 0)
     if touched[mdata.obs_names.get_indexer(shared)].any():
