@@ -85,21 +85,22 @@ def _from_mudata(
     if key is not None:
         if key not in mdata.obsp:
             raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
+        oriented = oriented_plan(mdata, key, mod1, mod2)
         if candidates == "backward":
             # The columns' view: each true partner of mod2 ranks every mod1 cell that gives it weight.
-            plan = extract_block(mdata, oriented_plan(mdata, key, mod1, mod2), mod1, mod2, index1, cols)
+            plan = extract_block(mdata, oriented, mod1, mod2, index1, cols)
             kept = np.union1d(rows, np.flatnonzero(plan.getnnz(axis=1)))
             true_rows = np.empty(cols.size, dtype=np.int64)
             true_rows[columns] = rows  # the truth is one-to-one here (checked by the caller)
             plan = plan[kept].T.tocsr()
             columns = np.searchsorted(kept, true_rows)
         elif candidates:
-            plan = extract_block(mdata, oriented_plan(mdata, key, mod1, mod2), mod1, mod2, rows, index2)
+            plan = extract_block(mdata, oriented, mod1, mod2, rows, index2)
             kept = np.union1d(cols, np.flatnonzero(plan.getnnz(axis=0)))
             plan = plan[:, kept].tocsr()
             columns = np.searchsorted(kept, cols[columns])
         else:
-            plan = extract_block(mdata, oriented_plan(mdata, key, mod1, mod2), mod1, mod2, rows, cols)
+            plan = extract_block(mdata, oriented, mod1, mod2, rows, cols)
     return plan, columns, rows, cols
 
 
@@ -145,9 +146,12 @@ def match_score(
     truth
         The true column of each row (an index array) or a matrix with one non-zero per row. Ignored for a MuData.
     key, truth_key
-        With a MuData: the plan and the ground truth in ``mdata.obsp``.
+        With a MuData: the plan and the ground truth in ``mdata.obsp``. The rows scored are the cells with a true
+        partner; their sums include weight on any cell of ``mod2``, with a true partner or not (e.g. training cells
+        of a plan over ``cells="all"``).
     mod1, mod2
-        With a MuData: the modalities of the rows and columns (default: the reader's mod1 and mod2).
+        With a MuData: the modalities of the rows and columns (default: the reader's mod1 and mod2); a plan that
+        ``match_ot`` solved the other way round is transposed.
 
     Returns
     -------

@@ -168,7 +168,7 @@ def match_ot(
         averaged over the members, as MatchCLOT sums its models' similarity matrices), or ``{mod: key(s)}``.
     cells
         ``"unpaired"``: the cells measured in one of the two modalities only (the test cells); ``"all"``; or the name
-        of a boolean column present in both modalities' ``.obs``.
+        of a boolean column present in both modalities' ``.obs``. It must select cells of both modalities.
     batch_key
         Column of ``.obs`` with the batch; ``None`` matches all selected cells in one block (as does a column in
         neither modality, with a warning naming it).

@@ -31,7 +31,8 @@ def transfer_labels(
     Parameters
     ----------
     mdata
-        MuData with a plan in ``mdata.obsp[key]`` (e.g. from :func:`mumatch.tl.match_ot`).
+        MuData with a plan in ``mdata.obsp[key]`` (e.g. from :func:`mumatch.tl.match_ot`, which records in
+        ``mdata.uns[key]['params']`` the modalities of its rows and columns; the plan is read in that direction).
     key
         The plan's key in ``mdata.obsp``.
     label_key
@@ -39,7 +40,8 @@ def transfer_labels(
     source_mod, target_mod
         Modality that carries the labels and modality that receives them.
     key_added
-        Name of the predicted column; default ``f"{label_key}_{key}"``.
+        Name of the predicted column (and of ``mdata.uns[key_added]``, so not the key of a plan in ``.obsp``);
+        default ``f"{label_key}_{key}"``.
     copy
         Return a modified copy instead of working in place.
 
