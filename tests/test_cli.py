@@ -22,11 +22,11 @@ def test_demo_prints_scores(tmp_path, capsys):
 
 def test_run_writes_prediction(data_root, tmp_path):
     folder = data_root / "neurips2021_starter" / "multiome"
-    args = ["run", "--out", str(tmp_path / "prediction.h5ad")]
+    args = ["run", "--out", str(tmp_path / "new" / "prediction.h5ad")]  # a folder that does not exist yet
     for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2", "test_sol"):
         args += [f"--{part.replace('_', '-')}", str(folder / f"{part}.h5ad")]
     assert main(args) == 0
-    prediction = ad.read_h5ad(tmp_path / "prediction.h5ad")
+    prediction = ad.read_h5ad(tmp_path / "new" / "prediction.h5ad")
     assert prediction.shape == (279, 279) and sp.issparse(prediction.X)
 
 

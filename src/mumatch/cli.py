@@ -60,6 +60,8 @@ def demo(data: str = "multiome", out: str = "mumatch_demo", seed: int = 0) -> in
 
 def run(files: dict[str, str | None], out: str, seed: int = 0, method: str | None = None) -> int:
     """Read competition files, match the test cells and write a prediction in the competition's format."""
+    # Fail before the pipeline's minutes, not after them.
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     mdata = datasets.read_neurips2021_files(files)
     mod1, mod2 = _modalities(mdata)
     result = run_pipeline(mdata, mod1, mod2, seed=seed)

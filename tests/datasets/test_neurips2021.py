@@ -120,6 +120,8 @@ def test_write_prediction(multiome, tmp_path):
     assert list(prediction.var_names) == [str(i) for i in range(index2.size)]
     # with fewer than 1000 columns nothing is cut
     assert np.allclose(prediction.X.toarray(), block.toarray())
+    with pytest.raises(KeyError, match="mod2='protein'"):
+        mm.datasets.prediction_matrix(multiome, "match", mod2="protein")
 
 
 def test_write_prediction_keeps_top_1000_per_row(tmp_path):

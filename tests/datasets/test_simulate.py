@@ -62,8 +62,24 @@ def test_three_modalities_and_determinism():
         ({"n_batches": 0}, "n_batches"),
         ({"n_genes": 0}, "n_genes"),
         ({"batch_effect": -1.0}, "batch_effect"),
+        ({"batch_effect": "0.3"}, "batch_effect"),
+        ({"paired_fraction": None}, "paired_fraction"),
+        ({"seed": -1}, "seed"),
+        ({"library_size": {"rna": -5.0}}, "library_size"),
+        ({"library_size": 1000}, "library_size"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         mm.datasets.simulate_paired(100, **kwargs)
+    with pytest.raises(KeyError, match="adt"):  # a modality that is not simulated
+        mm.datasets.simulate_paired(100, library_size={"adt": 100.0})
+
+
+def test_every_argument_is_recorded():
+    mdata = mm.datasets.simulate_paired(
+        100, ("rna", "adt"), n_genes=40, n_proteins=7, library_size={"adt": 500.0}, seed=1
+    )
+    params = mdata.uns["simulation"]["params"]
+    assert params["n_genes"] == 40 and params["n_proteins"] == 7 and "n_peaks" not in params
+    assert params["library_size"] == {"rna": 1500.0, "adt": 500.0}

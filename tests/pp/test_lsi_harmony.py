@@ -95,7 +95,7 @@ def test_projection_with_missing_features_counts_them_as_zeros(small):
     mm.pp.lsi_harmony_transform(query_mdata, small, mods=["rna"], harmony=False)
     assert query_mdata["rna"].obsm[KEY].shape == small["rna"].obsm[KEY].shape
     assert np.isfinite(query_mdata["rna"].obsm[KEY]).all()
-    assert "20 of 200 reference features are missing" in query_mdata["rna"].uns[KEY]["notes"][0]
+    assert any("20 of 200 reference features are missing" in note for note in query_mdata["rna"].uns[KEY]["notes"])
 
 
 def test_adt_pca_when_fewer_components_than_proteins(small):
@@ -174,6 +174,12 @@ def _set_layer(mdata, mod, values):
     mdata[mod].layers["counts"] = values
 
 
+def _repeat_gene(mdata):
+    names = list(mdata["rna"].var_names)
+    names[1] = names[0]
+    mdata["rna"].var_names = names
+
+
 @pytest.mark.parametrize(
     ("prepare", "kwargs", "error", "match"),
     [
@@ -181,7 +187,8 @@ def _set_layer(mdata, mod, values):
         (lambda m: _set_layer(m, "atac", -m["atac"].layers["counts"]), {}, ValueError, "negative"),
         (None, {"layer": "raw"}, KeyError, "layer='raw'"),
         (None, {"mods": ["protein"]}, KeyError, "not a modality"),
-        (None, {"batch_key": "donor"}, KeyError, "batch_key='donor'"),
+        (None, {"n_comps": {"rna": 1}}, ValueError, "n_comps for 'rna' must be an integer >= 2"),
+        (_repeat_gene, {}, ValueError, "repeated feature"),
         (None, {"n_comps": 0}, ValueError, "n_comps"),
         (None, {"n_comps": {"rna": 10, "other": 5}}, KeyError, "other"),
         (None, {"use_highly_variable": True}, KeyError, "highly_variable"),
@@ -224,3 +231,95 @@ def test_fitted_projection_survives_writing_and_reading(small, tmp_path):
     mm.pp.lsi_harmony_transform(query, reference, batch_key=None, key_added="projected")
     for mod in small.mod:
         np.testing.assert_allclose(query[mod].obsm["projected"], small[mod].obsm[KEY], atol=1e-5)
+
+
+def test_square_embedding_is_corrected_along_the_cells():
+    # harmonypy reads a square matrix as components × cells: with as many cells as ADT features the correction must
+    # still act on the cells (the same data with one more protein is the reference: Harmony leaves a zero column be).
+    mdata = mm.datasets.simulate_paired(60, ("rna", "adt"), n_genes=50, n_proteins=30, batch_effect=1.0, seed=4)
+    adt = mdata["adt"][mdata["adt"].obs_names[:30]].copy()
+    assert adt.n_obs == adt.n_vars == 30
+    from mumatch.pp._harmony import run_harmony
+
+    embedding = np.random.default_rng(0).standard_normal((30, 30)).astype(np.float32)
+    embedding[adt.obs["batch"].to_numpy() == "batch1", :5] += 3
+    batches = adt.obs["batch"].astype(str)
+    square = run_harmony(embedding, batches)
+    widened = run_harmony(np.hstack([embedding, np.zeros((30, 1), np.float32)]), batches)[:, :30]
+    np.testing.assert_allclose(square, widened, atol=1e-4)
+    correlation = [np.corrcoef(a, b)[0, 1] for a, b in zip(square, embedding, strict=True)]
+    assert np.mean(correlation) > 0.5
+
+
+def test_modality_without_batch_column_is_left_uncorrected(small):
+    del small["adt"].obs["batch"]
+    mm.pp.lsi_harmony(small, n_comps=10)
+    assert small["rna"].uns[KEY]["harmony"]["applied"]
+    assert small["adt"].uns[KEY]["harmony"] == {"applied": False, "reason": "no 'batch' column in its .obs"}
+    assert "skipping Harmony for 'adt'" in small["adt"].uns[KEY]["notes"][0]
+    mm.pp.lsi_harmony(small, mods=["rna"], n_comps=10, batch_key="donor", key_added="X_donor")  # nowhere: warned
+    assert small["rna"].uns["X_donor"]["harmony"]["reason"] == "no 'donor' column in its .obs"
+    query = small.copy()
+    del query["rna"].obs["batch"]
+    mm.pp.lsi_harmony_transform(query, small, mods=["rna"], key_added="projected")
+    assert not query["rna"].uns["projected"]["harmony"]["applied"]
+
+
+def test_duplicated_sparse_entries_count_once(small):
+    import scipy.sparse as sp
+
+    counts = small["rna"].layers["counts"].tocoo()
+    half = np.floor(counts.data / 2)
+    duplicated = small.copy()
+    # csr_matrix((data, (row, col))) sums duplicates: store the pieces side by side by hand instead
+    order = np.lexsort((np.tile(counts.col, 2), np.tile(counts.row, 2)))
+    rows = np.tile(counts.row, 2)[order]
+    data = np.concatenate([half, counts.data - half])[order]
+    indptr = np.searchsorted(rows, np.arange(counts.shape[0] + 1))
+    pieces = sp.csr_matrix((data, np.tile(counts.col, 2)[order], indptr), shape=counts.shape)
+    assert not pieces.has_canonical_format and (pieces != small["rna"].layers["counts"]).nnz == 0
+    duplicated["rna"].layers["counts"] = pieces
+    stored = pieces.data.copy()
+    mm.pp.lsi_harmony(small, mods=["rna"], n_comps=10, harmony=False)
+    mm.pp.lsi_harmony(duplicated, mods=["rna"], n_comps=10, harmony=False)
+    np.testing.assert_allclose(duplicated["rna"].obsm[KEY], small["rna"].obsm[KEY], atol=1e-4)
+    np.testing.assert_array_equal(duplicated["rna"].layers["counts"].data, stored)  # the caller's matrix untouched
+
+
+def test_n_comps_none_for_a_modality_means_its_default(small):
+    mm.pp.lsi_harmony(small, mods=["rna", "adt"], n_comps={"rna": None, "adt": None}, harmony=False)
+    assert small["rna"].obsm[KEY].shape[1] == 192
+    assert small["adt"].obsm[KEY].shape[1] == small["adt"].n_vars
+
+
+def test_adt_components_beyond_the_proteins_are_noted(small):
+    mm.pp.lsi_harmony(small, mods=["adt"], n_comps=50, harmony=False)
+    assert small["adt"].obsm[KEY].shape[1] == small["adt"].n_vars
+    assert "n_comps=50 for 'adt' is more than its data allow" in small["adt"].uns[KEY]["notes"][0]
+
+
+def test_too_few_cells_for_an_lsi():
+    tiny = mm.datasets.simulate_paired(3, ("rna", "atac"), n_genes=30, n_peaks=50)
+    before = snapshot(tiny)
+    with pytest.raises(ValueError, match="too few for an LSI"):
+        mm.pp.lsi_harmony(tiny)
+    assert_unchanged(before, tiny)
+
+
+def test_transform_refuses_to_replace_a_fitted_projection(small):
+    mm.pp.lsi_harmony(small, mods=["rna"], n_comps=10, harmony=False)
+    before = snapshot(small)
+    with pytest.raises(ValueError, match="replace its fitted projection"):
+        mm.pp.lsi_harmony_transform(small, small, mods=["rna"])
+    assert_unchanged(before, small)
+    mm.pp.lsi_harmony_transform(small, small, mods=["rna"], harmony=False, key_added="X_projected")
+    np.testing.assert_allclose(small["rna"].obsm["X_projected"], small["rna"].obsm[KEY], atol=1e-5)
+    query = small.copy()  # a query that carries the reference's .uns: replaced, with a note
+    mm.pp.lsi_harmony_transform(query, small, mods=["rna"], harmony=False)
+    assert "replacing the fitted projection" in query["rna"].uns[KEY]["notes"][0]
+    assert "feature_names" in small["rna"].uns[KEY]
+    query = small.copy()
+    del query["rna"].uns[KEY]
+    _repeat_gene(query)
+    with pytest.raises(ValueError, match="repeated feature"):
+        mm.pp.lsi_harmony_transform(query, small, mods=["rna"])

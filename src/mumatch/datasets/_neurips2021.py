@@ -13,7 +13,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._layout import extract_block, oriented_plan, split_index
-from .._validate import check_counts, check_mudata
+from .._validate import check_counts, check_mod, check_mudata
 
 FEATURE_TYPES = {"GEX": "rna", "ATAC": "atac", "ADT": "adt"}
 PARTS = ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2")
@@ -218,6 +218,8 @@ def prediction_matrix(mdata: MuData, key: str, mod1: str | None = None, mod2: st
     check_mudata(mdata)
     mod1 = mod1 or mdata.uns.get("neurips2021", {}).get("mod1", list(mdata.mod)[0])
     mod2 = mod2 or mdata.uns.get("neurips2021", {}).get("mod2", list(mdata.mod)[1])
+    check_mod(mdata, mod1, "mod1")
+    check_mod(mdata, mod2, "mod2")
     if key not in mdata.obsp:
         raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
     if mod1 == mod2:

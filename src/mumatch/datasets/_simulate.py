@@ -18,6 +18,7 @@ from .._validate import check_int
 FEATURE_TYPES = {"rna": "GEX", "atac": "ATAC", "adt": "ADT"}
 # Mean counts per cell, of the order of 10x data after filtering: ~1.5k UMIs (RNA), ~2.5k fragments in peaks (ATAC),
 # ~2k antibody-derived tags (ADT, CITE-seq panels of 100-200 proteins).
+FEATURE_ARGUMENTS = {"rna": "n_genes", "atac": "n_peaks", "adt": "n_proteins"}
 DEFAULT_LIBRARY_SIZE = {"rna": 1500.0, "atac": 2500.0, "adt": 2000.0}
 N_STATE_BINS = 16  # resolution of the continuous state along each cell type's trajectory
 ADT_DISPERSION = 5.0  # NB inverse dispersion of protein counts (ADT counts are strongly over-dispersed)
@@ -197,14 +198,15 @@ def simulate_paired(
     unknown = [mod for mod in modalities if mod not in FEATURE_TYPES]
     if unknown or not 2 <= len(modalities) <= 3 or len(set(modalities)) != len(modalities):
         raise ValueError(f"modalities={modalities!r}: choose two or three distinct names of {list(FEATURE_TYPES)}")
-    if not 0.0 <= paired_fraction <= 1.0:
-        raise ValueError(f"paired_fraction must lie in [0, 1], got {paired_fraction!r}")
+    check_int(seed, "seed", minimum=0)
+    if not _is_real(paired_fraction) or not 0.0 <= paired_fraction <= 1.0:
+        raise ValueError(f"paired_fraction must be a number in [0, 1], got {paired_fraction!r}")
     n_features = {"rna": n_genes, "atac": n_peaks, "adt": n_proteins}
     for mod in modalities:
-        check_int(n_features[mod], {"rna": "n_genes", "atac": "n_peaks", "adt": "n_proteins"}[mod])
-    if not np.isfinite(batch_effect) or batch_effect < 0:
+        check_int(n_features[mod], FEATURE_ARGUMENTS[mod])
+    if not _is_real(batch_effect) or not np.isfinite(batch_effect) or batch_effect < 0:
         raise ValueError(f"batch_effect must be a finite number >= 0, got {batch_effect!r}")
-    sizes = {**DEFAULT_LIBRARY_SIZE, **(library_size or {})}
+    sizes = {**DEFAULT_LIBRARY_SIZE, **_check_library_size(library_size, modalities)}
 
     start = logg.info(f"simulating {n_cells} cells: {', '.join(modalities)}")
     rng = np.random.default_rng(seed)
@@ -274,7 +276,28 @@ def simulate_paired(
             "paired_fraction": paired_fraction,
             "batch_effect": batch_effect,
             "seed": seed,
+            **{name: n_features[mod] for mod, name in FEATURE_ARGUMENTS.items() if mod in modalities},
+            "library_size": {mod: float(sizes[mod]) for mod in modalities},
         }
     }
     logg.info("    finished", time=start)
     return mdata
+
+
+def _is_real(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+
+
+def _check_library_size(library_size: Mapping[str, float] | None, modalities: list[str]) -> dict[str, float]:
+    """The mean library sizes the caller set: for simulated modalities, finite and > 0."""
+    if library_size is None:
+        return {}
+    if not isinstance(library_size, Mapping):
+        raise ValueError(f"library_size must map modality names to mean counts per cell, got {library_size!r}")
+    unknown = [mod for mod in library_size if mod not in modalities]
+    if unknown:
+        raise KeyError(f"library_size names {unknown}, which are not simulated; use names from {modalities}")
+    for mod, size in library_size.items():
+        if not _is_real(size) or not np.isfinite(size) or size <= 0:
+            raise ValueError(f"library_size['{mod}'] must be a finite number > 0, got {size!r}")
+    return {mod: float(size) for mod, size in library_size.items()}

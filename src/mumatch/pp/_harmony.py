@@ -19,6 +19,9 @@ def harmony_batches(obs: pd.DataFrame, batch_key: str | None) -> tuple[pd.Series
     """
     if batch_key is None:
         return None, "batch_key=None"
+    if batch_key not in obs:
+        # Data without batches (or with them in one modality only) is common: the default batch_key must work.
+        return None, f"no '{batch_key}' column in its .obs"
     labels = obs[batch_key]
     n_missing = int(labels.isna().sum())
     if n_missing:
@@ -35,10 +38,19 @@ def run_harmony(embedding: np.ndarray, batches: pd.Series, *, random_state: int 
 
     n_clusters = int(max(1, min(round(embedding.shape[0] / CELLS_PER_CLUSTER), MAX_CLUSTERS)))
     meta = pd.DataFrame({"batch": pd.Categorical(batches.to_numpy())})
+    # harmonypy guesses the orientation from the shape and takes a square matrix as components × cells, so a
+    # cells × components input with as many cells as components would be corrected along the wrong axis: hand it the
+    # orientation that every version reads the same way.
     result = harmonypy.run_harmony(
-        embedding, meta, "batch", nclust=n_clusters, verbose=False, random_state=random_state
+        np.ascontiguousarray(embedding.T), meta, "batch", nclust=n_clusters, verbose=False, random_state=random_state
     )
     corrected = np.asarray(result.Z_corr)
-    if corrected.shape != embedding.shape:  # harmonypy < 2 returns components × cells
+    if _returns_components_by_cells(harmonypy):
         corrected = corrected.T
     return np.ascontiguousarray(corrected, dtype=np.float32)
+
+
+def _returns_components_by_cells(harmonypy: object) -> bool:
+    """Whether this harmonypy (< 2) returns its corrected matrix as components × cells (2.x: cells × components)."""
+    major = str(getattr(harmonypy, "__version__", "2")).split(".")[0]
+    return major.isdigit() and int(major) < 2

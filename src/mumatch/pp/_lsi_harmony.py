@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._validate import check_int, check_layer, check_mods, check_mudata, check_obs_key
+from .._validate import check_int, check_layer, check_mods, check_mudata
 from ._harmony import harmony_batches, run_harmony
 from ._lsi import matmul, randomized_svd, standardize_rows
 from ._normalize import as_csr, check_count_values, clr, inverse_document_frequency, tfidf_log1p
@@ -23,6 +23,8 @@ DEFAULT_N_COMPS = {"rna": 192, "atac": 256, "adt": None}
 # The first LSI component of ATAC follows sequencing depth (Stuart et al. 2021, Signac); RNA keeps it, as the issue
 # specifies (MatchCLOT drops it for both).
 DROP_FIRST = {"rna": False, "atac": True}
+# Each cell's LSI components are centred and scaled across its components: fewer than two carry nothing.
+MIN_LSI_COMPS = 2
 ATAC_NAMES = ("atac", "peaks")
 ADT_NAMES = ("adt", "prot", "protein", "antibody capture")
 
@@ -54,14 +56,16 @@ def _resolve_n_comps(n_comps: int | Mapping[str, int] | None, mods: list[str], k
         unknown = [name for name in n_comps if name not in mods]
         if unknown:
             raise KeyError(f"n_comps names modalities {unknown} that are not processed; use names from {mods}")
-        values = {mod: n_comps.get(mod, DEFAULT_N_COMPS[kinds[mod]]) for mod in mods}
+        # None for a modality means its default, as a missing key does.
+        values = {mod: DEFAULT_N_COMPS[kinds[mod]] if n_comps.get(mod) is None else n_comps[mod] for mod in mods}
     elif n_comps is None:
         values = {mod: DEFAULT_N_COMPS[kinds[mod]] for mod in mods}
     else:
         values = dict.fromkeys(mods, n_comps)
     for mod, value in values.items():
         if value is not None:
-            check_int(value, f"n_comps for '{mod}'")
+            # Each cell's LSI components are standardised across components: one component would become zeros.
+            check_int(value, f"n_comps for '{mod}'", minimum=1 if kinds[mod] == "adt" else MIN_LSI_COMPS)
     return values
 
 
@@ -80,6 +84,17 @@ def _feature_mask(mdata: MuData, mod: str, use_highly_variable: bool | None) -> 
     if not mask.any():
         raise ValueError(f"mdata['{mod}'].var['highly_variable'] selects no feature; pass use_highly_variable=False")
     return mask
+
+
+def _check_unique_features(mdata: MuData, mod: str, mask: np.ndarray | None, what: str = "mdata") -> None:
+    """Projections match features by name: a repeated name would be ambiguous."""
+    names = mdata[mod].var_names if mask is None else mdata[mod].var_names[mask]
+    if not names.is_unique:
+        repeated = list(names[names.duplicated()].unique()[:5])
+        raise ValueError(
+            f"{what}['{mod}'] has repeated feature names (e.g. {repeated}); the fitted projection matches features by "
+            f"name: call {what}['{mod}'].var_names_make_unique() first"
+        )
 
 
 def _counts(mdata: MuData, mod: str, layer: str | None, feature_mask: np.ndarray | None) -> sp.csr_matrix:
@@ -105,7 +120,12 @@ def _clamp(requested: int, limit: int, mod: str, notes: list[str]) -> int:
 
 def _fit_lsi(counts: sp.csr_matrix, n_comps: int, drop_first: bool, random_state: int, mod: str, notes: list[str]):
     # The last singular directions of an n × p matrix are numerical noise: keep one below min(n, p).
-    limit = max(1, min(counts.shape) - 1 - int(drop_first))
+    limit = min(counts.shape) - 1 - int(drop_first)
+    if limit < MIN_LSI_COMPS:
+        raise ValueError(
+            f"mdata['{mod}'] has {counts.shape[0]} cells × {counts.shape[1]} features: too few for an LSI of at least "
+            f"{MIN_LSI_COMPS} components; leave '{mod}' out with mods="
+        )
     n_comps = _clamp(n_comps, limit, mod, notes)
     idf = inverse_document_frequency(counts)
     normalised = tfidf_log1p(counts, idf)
@@ -130,6 +150,8 @@ def _project_lsi(counts: sp.csr_matrix, fitted: Mapping) -> np.ndarray:
 
 def _fit_adt(counts: sp.csr_matrix, n_comps: int | None, mod: str, notes: list[str]):
     values = clr(counts)
+    if n_comps is not None and n_comps > values.shape[1]:
+        _clamp(n_comps, values.shape[1], mod, notes)  # warns and notes that every CLR feature is kept
     if n_comps is None or n_comps >= values.shape[1]:
         return values, {}, values.shape[1]
     n_comps = _clamp(n_comps, max(1, min(values.shape) - 1), mod, notes)
@@ -174,9 +196,6 @@ def _check_common(mdata: object, mods, key_added: str, batch_key: str | None, ha
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
     if batch_key is not None and not isinstance(batch_key, str):
         raise ValueError(f"batch_key must be a column name or None, got {batch_key!r}")
-    if harmony and batch_key is not None:
-        for mod in names:
-            check_obs_key(mdata, mod, batch_key, "batch_key")
     check_int(random_state, "random_state", minimum=0)
     return names
 
@@ -230,9 +249,10 @@ def lsi_harmony(
     - ADT (modality named ``'adt'`` or ``var['feature_types'] == 'ADT'``): per-cell CLR (muon's ``prot.pp.clr``,
       ``axis=1``), then PCA to ``n_comps`` components when ``n_comps`` is less than the number of proteins; by default
       the CLR matrix itself.
-    - Harmony (harmonypy) on the components with ``obs[batch_key]``. A modality where some cells lack a batch label
-      or with a single level is left uncorrected, with a logged warning: partly correcting it would put labelled and
-      unlabelled cells in different coordinates.
+    - Harmony (harmonypy) on the components with ``obs[batch_key]``. A modality without that column, where some
+      cells lack a batch label or with a single level is left uncorrected, with a logged warning (and the reason in
+      ``.uns[key_added]['harmony']``): partly correcting it would put labelled and unlabelled cells in different
+      coordinates.
 
     Parameters
     ----------
@@ -241,10 +261,13 @@ def lsi_harmony(
     mods
         Modalities to embed (default: all).
     n_comps
-        Number of components, one for all or per modality name. Default: MatchCLOT's tuned sizes, RNA 192 and ATAC
-        256 LSI components, ADT all CLR features. Clamped with a warning when the data have fewer cells or features.
+        Number of components, one for all or per modality name (a missing name or ``None``: that modality's
+        default). Default: MatchCLOT's tuned sizes, RNA 192 and ATAC 256 LSI components, ADT all CLR features. At
+        least 2 for LSI (each cell's components are standardised). Clamped with a warning when the data have fewer
+        cells or features.
     batch_key
-        Column of each modality's ``.obs`` with the batch; ``None`` skips Harmony.
+        Column of each modality's ``.obs`` with the batch; ``None`` skips Harmony. A modality without the column
+        is left uncorrected with a warning.
     layer
         Layer with the raw counts (``None``: ``.X``).
     use_highly_variable
@@ -280,6 +303,8 @@ def lsi_harmony(
     kinds = {mod: modality_kind(mod, mdata[mod].var) for mod in names}
     sizes = _resolve_n_comps(n_comps, names, kinds)
     masks = {mod: _feature_mask(mdata, mod, use_highly_variable) for mod in names}
+    for mod in names:
+        _check_unique_features(mdata, mod, masks[mod])
     start = logg.info(f"computing LSI + Harmony embeddings of {names}")
     counts = {mod: _counts(mdata, mod, layer, masks[mod]) for mod in names}
 
@@ -382,7 +407,9 @@ def lsi_harmony_transform(
     harmony
         Run Harmony on the query's projection.
     key_added
-        Name of the query's outputs (default: ``key``).
+        Name of the query's outputs (default: ``key``). A fitted projection of the query under that name is
+        replaced with a warning; projecting the reference onto itself needs another name, which keeps the
+        reference usable.
     random_state
         Seed of Harmony.
     copy
@@ -406,8 +433,17 @@ def lsi_harmony_transform(
     key_added = key if key_added is None else key_added
     names = _check_common(mdata, mods, key_added, batch_key, harmony, random_state)
     check_mudata(reference, "reference")
-    fits = {}
+    fits, replaced = {}, []
     for mod in names:
+        existing = mdata[mod].uns.get(key_added)
+        if isinstance(existing, Mapping) and "feature_names" in existing:
+            if mdata is reference:
+                raise ValueError(
+                    f"projecting the reference onto itself would replace its fitted projection "
+                    f"mdata['{mod}'].uns['{key_added}']; pass another key_added (e.g. key_added='X_projected')"
+                )
+            replaced.append(mod)
+        _check_unique_features(mdata, mod, None)
         if mod not in reference.mod:
             raise KeyError(f"modality '{mod}' is not in the reference (it has {list(reference.mod)}); pass mods=")
         fitted = reference[mod].uns.get(key)
@@ -419,6 +455,11 @@ def lsi_harmony_transform(
         fits[mod] = fitted
     start = logg.info(f"projecting {names} on the reference's '{key}'")
     notes = {mod: [] for mod in names}
+    for mod in replaced:
+        # e.g. a query cut from the reference, which carries its .uns: it can no longer serve as a reference itself.
+        message = f"replacing the fitted projection in mdata['{mod}'].uns['{key_added}'] with the query's parameters"
+        logg.warning(message)
+        notes[mod].append(message)
     counts = {
         mod: _query_counts(mdata, mod, layer, np.asarray(fits[mod]["feature_names"]), notes[mod]) for mod in names
     }

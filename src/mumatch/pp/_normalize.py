@@ -14,9 +14,17 @@ CHECK_CHUNK = 1 << 22  # entries checked or summed at a time: temporaries stay s
 
 
 def as_csr(matrix: np.ndarray | sp.spmatrix) -> sp.csr_matrix:
-    """``matrix`` as CSR without copying when it already is one (dense input is converted)."""
+    """``matrix`` as canonical CSR, without copying when it already is one (dense input is converted).
+
+    A CSR matrix may store one entry in several pieces; the transforms act on stored values (``log1p`` of each piece
+    is not ``log1p`` of their sum), so such a matrix is summed into a copy: the caller's matrix is not touched.
+    """
     if sp.issparse(matrix):
-        return matrix if sp.isspmatrix_csr(matrix) else sp.csr_matrix(matrix)
+        matrix = matrix if sp.isspmatrix_csr(matrix) else sp.csr_matrix(matrix)
+        if not matrix.has_canonical_format:
+            matrix = matrix.copy()
+            matrix.sum_duplicates()
+        return matrix
     return sp.csr_matrix(np.asarray(matrix))
 
 
