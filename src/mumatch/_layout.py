@@ -90,6 +90,25 @@ def batch_labels(mdata: MuData, mod: str, batch_key: str | None) -> pd.Series | 
     return pd.Series(strings, index=labels.index, name=labels.name, dtype=str)
 
 
+def paired_batch_labels(mdata: MuData, mod1: str, mod2: str, batch_key: str | None) -> np.ndarray | None:
+    """The batch of every paired cell (in :func:`paired_positions` order), or None when none carries one.
+
+    A paired cell is one cell: its label is read from ``mod1`` and, where ``mod1`` has none (no column, or a missing
+    value), from ``mod2``. Cells labelled in neither are :data:`MISSING_BATCH`.
+    """
+    positions = paired_positions(mdata, mod1, mod2)
+    found = [batch_labels(mdata, mod, batch_key) for mod in (mod1, mod2)]
+    if all(labels is None for labels in found):
+        return None
+    levels = np.full(positions[0].size, MISSING_BATCH, dtype=object)
+    for labels, rows in zip(reversed(found), reversed(positions), strict=True):  # mod1 written last: it wins
+        if labels is not None:
+            values = labels.to_numpy()[rows]
+            known = values != MISSING_BATCH
+            levels[known] = values[known]
+    return levels
+
+
 def label_name(value: object) -> str:
     """A label as text, whole-number floats as integers (``1.0`` → ``'1'``, as an integer column reads)."""
     if isinstance(value, float | np.floating) and np.isfinite(value) and float(value).is_integer():

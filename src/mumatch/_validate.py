@@ -27,11 +27,12 @@ def check_mod(mdata: MuData, mod: str, argument: str = "mod") -> str:
     return mod
 
 
-def check_obs_names(mdata: MuData, mod: str) -> None:
-    """Raise unless modality ``mod``'s obs names are unique and all present in ``mdata.obs_names``.
+def check_obs_names(mdata: MuData, mod: str, *, in_mudata: bool = True) -> None:
+    """Raise unless modality ``mod``'s obs names are unique and (``in_mudata``) all present in ``mdata.obs_names``.
 
     Cells are identified by their obs name across modalities (a paired cell has the same name in each), so a name
     used twice within a modality, or a modality renamed without ``mdata.update()``, would silently mix cells up.
+    What writes only to the modalities themselves (``.obsm``) needs unique names, not the MuData's.
     """
     names = mdata[mod].obs_names
     if not names.is_unique:
@@ -40,7 +41,7 @@ def check_obs_names(mdata: MuData, mod: str) -> None:
             f"mdata['{mod}'].obs_names repeats names (e.g. {repeated}); a cell is identified by its name, so make them "
             f"unique (mdata['{mod}'].obs_names_make_unique(), then mdata.update())"
         )
-    if (mdata.obs_names.get_indexer(names) < 0).any():
+    if in_mudata and (mdata.obs_names.get_indexer(names) < 0).any():
         raise ValueError(
             f"mdata['{mod}'] has cells missing from mdata.obs_names (modified after the MuData was built); run "
             "mdata.update() first"

@@ -68,13 +68,62 @@ def test_validation_auto_holds_out_first_batch(small):
     assert model.train_info["validation"].startswith("held-out batches")
     model.train(validation=0.25, **FAST)
     assert model.train_info["validation"] == "random 25% of paired cells"
+    model.train(validation=np.float32(0.25), **FAST)
+    assert model.train_info["validation"] == "random 25% of paired cells"
     with pytest.raises(ValueError, match="hold no paired cell"):
         model.train(validation="no-such-batch", **FAST)
+    with pytest.raises(ValueError, match="validation=True"):
+        model.train(validation=True, **FAST)
+
+
+def test_validation_names_an_integer_batch(small):
+    small["rna"].obs["batch"] = small["rna"].obs["batch"].map({"batch0": 0, "batch1": 1}).astype(int)
+    model = make_model(small)
+    model.train(validation=1, **FAST)
+    assert model.train_info["validation"] == "held-out batches ['1']"
+
+
+def test_auto_validation_ignores_unlabelled_paired_cells(small):
+    # One labelled batch and unlabelled paired cells: no batch to hold out, so a random fraction (the unlabelled
+    # cells are no batch, and holding out the one real batch would train on the few unlabelled cells alone).
+    obs = small["rna"].obs
+    obs["batch"] = obs["batch"].astype(object)
+    obs.loc[obs["batch"] == "batch1", "batch"] = None
+    del small["atac"].obs["batch"]
+    model = make_model(small)
+    model.train(**FAST)
+    assert model.train_info["validation"] == "random 20% of paired cells"
+
+
+def test_batches_of_the_second_modality_serve_the_paired_cells(small):
+    del small["rna"].obs["batch"]  # the batch lives in mod2 only
+    model = make_model(small)
+    model.train(**FAST)
+    assert model.train_info["validation"] == "held-out batches ['batch0']"
+
+
+def test_history_records_validation_only_on_epochs_that_validated(small):
+    model = make_model(small)
+    model.train(max_epochs=6, progress_bar=False, batch_size=128, early_stopping=False, check_val_every_n_epoch=3)
+    assert list(model.history["validation_loss"].index) == [2, 5]
+    assert list(model.history["train_loss"].index) == list(range(6))
+
+
+def test_repeated_obs_names_raise_at_setup(small):
+    names = list(small["atac"].obs_names)
+    names[1] = names[0]
+    small["atac"].obs_names = names
+    with pytest.raises(ValueError, match="repeats names"):
+        mm.model.CLIP.setup_mudata(small, mod1="rna", mod2="atac", rep_key="X_pca")
+    assert "_mumatch_setup" not in small.uns
 
 
 def test_training_aligns_paired_cells(small):
     model = make_model(small)
     model.train(max_epochs=30, progress_bar=False, early_stopping=False, validation=None, lr=1e-2)
+    # The history and summary come back from the worker processes with the weights.
+    assert model.train_info["epochs"] == 30 and not model.train_info["stopped_early"]
+    assert len(model.history["train_loss"]) == 30
     positions = paired_positions(small, "rna", "atac")
     z1 = model.get_latent_representation(small, "rna")[positions[0]]
     z2 = model.get_latent_representation(small, "atac")[positions[1]]
@@ -171,6 +220,20 @@ def test_bad_hyperparameters_raise(small):
         make_model(small, n_latent=0)
     with pytest.raises(ValueError, match="dropout"):
         make_model(small, dropout=1.5)
+    for bad, error, match in (
+        ({"n_hidden": {"rna": [32]}}, KeyError, "n_hidden must give a setting for each"),
+        ({"n_hidden": [64, 32]}, ValueError, "n_hidden must be a number or a mapping"),
+        ({"n_hidden": {"rna": [32], "atac": [-4]}}, ValueError, "n_hidden\\['atac'\\] widths"),
+        ({"dropout": {"rna": 0.1}}, KeyError, "dropout must give a setting for each"),
+        ({"n_hidden": {"rna": [32, 16], "atac": [32]}, "dropout": {"rna": [0.1], "atac": 0.1}}, ValueError, "one per"),
+    ):
+        with pytest.raises(error, match=match):
+            mm.model.CLIP(small, **{"n_latent": 8, **bad})
+    model = mm.model.CLIP(
+        small, n_latent=8, n_hidden={"rna": [32, 16], "atac": 24}, dropout={"rna": [0.1, 0.2], "atac": 0}
+    )
+    assert model.init_params["n_hidden"] == {"rna": [32, 16], "atac": [24]}
+    assert model.init_params["dropout"] == {"rna": [0.1, 0.2], "atac": [0.0]}
     model = make_model(small)
     with pytest.raises(ValueError, match="lr"):
         model.train(lr=-1.0, **FAST)
@@ -228,6 +291,9 @@ def test_ddp_spawn_on_two_cpu_processes(small):
         devices=2,
         strategy="ddp_spawn",
     )
+    # The history and summary come back from the worker processes with the weights.
+    assert model.train_info["epochs"] == 30 and not model.train_info["stopped_early"]
+    assert len(model.history["train_loss"]) == 30
     positions = paired_positions(small, "rna", "atac")
     z1 = model.get_latent_representation(small, "rna")[positions[0]]
     z2 = model.get_latent_representation(small, "atac")[positions[1]]

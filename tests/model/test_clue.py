@@ -474,3 +474,19 @@ def test_clue_beats_random_on_simulated_data(simulated):
     for mod in ("rna", "atac"):
         simulated[mod].obsm["X_clue"] = model.get_latent_representation(modality=mod)
     assert mm.metrics.foscttm(simulated, key="X_clue", mod1="rna", mod2="atac") < 0.3
+
+
+def test_a_tiny_validation_fraction_still_holds_out_a_cell(small):
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    model.train(validation_fraction=1e-4, **QUICK)  # rounds to no cell of 240: one is held out, not none
+    assert model.train_info["n_validation"] == 1 and "validation_generator" in model.history
+
+
+def test_repeated_obs_names_raise_at_setup(small):
+    names = list(small["rna"].obs_names)
+    names[1] = names[0]
+    small["rna"].obs_names = names
+    with pytest.raises(ValueError, match="repeats names"):
+        mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    assert "_mumatch_setup" not in small.uns

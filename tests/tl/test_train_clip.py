@@ -38,6 +38,9 @@ def test_one_model_per_held_out_batch(three_batches):
         np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, rtol=1e-5)
     record = three_batches.uns["X_clip"]
     assert record["params"]["n_models"] == 3 and record["params"]["use_rep"] == {"rna": "X_pca", "atac": "X_pca"}
+    # everything needed to train again: the model's and the training's options
+    assert record["params"]["n_latent"] == TINY["n_latent"] and record["params"]["max_epochs"] == FAST["max_epochs"]
+    assert record["params"]["n_hidden"] == {"rna": [16], "atac": [16]} and record["params"]["batch_size"] == 128
 
 
 def test_ensemble_similarity_is_mean_of_members(three_batches):
@@ -79,9 +82,10 @@ def test_bad_inputs_leave_data_unchanged(three_batches):
 
 
 def test_paired_cells_without_a_batch_label_hold_out_no_member(three_batches):
-    obs = three_batches["rna"].obs
-    obs["batch"] = obs["batch"].astype(object)
-    obs.loc[obs["batch"] == "batch2", "batch"] = None
+    for mod in ("rna", "atac"):  # unlabelled in both modalities (a label in either one names the cell's batch)
+        obs = three_batches[mod].obs
+        obs["batch"] = obs["batch"].astype(object)
+        obs.loc[obs["batch"] == "batch2", "batch"] = None
     models = mm.tl.train_clip(
         three_batches, "rna", "atac", use_rep="X_pca", ensemble="batch", model_kwargs=TINY, **FAST
     )

@@ -43,13 +43,14 @@ from mudata import MuData
 from scanpy import logging as logg
 from tqdm.auto import tqdm
 
-from .._validate import check_mod, check_mudata, check_rep
+from .._validate import check_mod, check_mudata, check_obs_names, check_rep
 
 SETUP_KEY = "_mumatch_setup"
 WEIGHTS_FILE = "model.pt"
 METADATA_FILE = "model.json"
 # ReduceLROnPlateau's factor (torch's default, which scglue's trainers use).
 LR_REDUCTION_FACTOR = 0.1
+VALIDATION_PREFIX = "validation_"  # every metric of the validation loop is logged under it
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,15 @@ class TrainingPlan(lp.LightningModule):
         self.module = module
         self.lr, self.weight_decay = lr, weight_decay
         self.reduce_lr_patience, self.monitor = reduce_lr_patience, monitor
+        # What the callbacks learn during fit (history, epochs, best epoch). It travels in the state_dict, so that
+        # it comes back from the worker processes of a spawning strategy (ddp_spawn) with the weights.
+        self.fit_summary: dict[str, Any] = {}
+
+    def get_extra_state(self) -> str:  # noqa: D102
+        return json.dumps(self.fit_summary)
+
+    def set_extra_state(self, state: str) -> None:  # noqa: D102
+        self.fit_summary = json.loads(state)
 
     def _step(self, batch: Sequence[torch.Tensor], prefix: str) -> torch.Tensor:
         output = self.module.loss(*batch)
@@ -226,6 +236,7 @@ class BestWeights(Callback):
         if value < self.best_value:
             self.best_value, self.best_epoch = value, trainer.current_epoch
             self.best_state = copy.deepcopy(plan.module.state_dict())
+            plan.fit_summary.update(best_epoch=self.best_epoch, best_value=self.best_value)
 
     def on_train_end(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
         if self.best_state is not None:
@@ -237,17 +248,36 @@ class History(Callback):
 
     def __init__(self):
         self.records: list[dict[str, float]] = []
+        self.validated_epoch: int | None = None
+
+    def on_validation_end(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
+        if not trainer.sanity_checking:
+            self.validated_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
+        # callback_metrics keeps the last validation's values: on an epoch that did not validate (e.g. with
+        # check_val_every_n_epoch) they are not this epoch's.
+        validated = self.validated_epoch == trainer.current_epoch
         record = {"epoch": trainer.current_epoch}
-        record.update({name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1})
+        record.update(
+            {
+                name: float(value)
+                for name, value in trainer.callback_metrics.items()
+                if value.numel() == 1 and (validated or not name.startswith(VALIDATION_PREFIX))
+            }
+        )
         self.records.append(record)
+        plan.fit_summary["history"] = self.records
 
-    def frames(self) -> dict[str, pd.DataFrame]:
+    def on_train_end(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
+        plan.fit_summary["epochs"] = int(trainer.current_epoch)
+
+    @staticmethod
+    def frames(records: list[dict[str, float]]) -> dict[str, pd.DataFrame]:
         """One single-column DataFrame per metric."""
-        if not self.records:
+        if not records:
             return {}
-        table = pd.DataFrame(self.records).set_index("epoch")
+        table = pd.DataFrame(records).set_index("epoch")
         return {name: table[[name]].dropna() for name in table.columns}
 
 
@@ -339,6 +369,7 @@ class MuDataModel:
         mods = list(mods)
         for position, mod in enumerate(mods):
             check_mod(mdata, mod, f"mod{position + 1}")
+            check_obs_names(mdata, mod, in_mudata=False)  # paired cells are found by name
         if len(set(mods)) != len(mods):
             raise ValueError(f"the modalities must differ, got {mods}")
         rep_keys = {mod: rep_key for mod in mods} if isinstance(rep_key, str) else dict(rep_key)
@@ -418,13 +449,16 @@ class MuDataModel:
         plan.module.train()
         trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=validation_loader)
         self.module = plan.module.cpu().eval()
-        self.history = history.frames()
+        # Read from the plan, not the callbacks: a spawning strategy ran them in other processes.
+        summary = plan.fit_summary
+        epochs = int(summary.get("epochs", trainer.current_epoch))
+        self.history = History.frames(summary.get("history", []))
         self.train_info = {
-            "epochs": int(trainer.current_epoch),
-            "best_epoch": best.best_epoch,
+            "epochs": epochs,
+            "best_epoch": summary.get("best_epoch"),
             "monitor": monitor,
-            "best_value": None if best.best_epoch is None else best.best_value,
-            "stopped_early": bool(early_stopping and trainer.current_epoch < max_epochs),
+            "best_value": summary.get("best_value"),
+            "stopped_early": bool(early_stopping and epochs < max_epochs),
         }
         self.is_trained = True
 

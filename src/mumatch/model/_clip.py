@@ -12,8 +12,8 @@ import torch
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._layout import batch_labels, paired_positions
-from .._validate import check_int, check_mod, check_mudata, check_positive
+from .._layout import MISSING_BATCH, label_name, paired_batch_labels, paired_positions
+from .._validate import check_int, check_mod, check_mudata, check_obs_names, check_positive
 from ..module import CLIPModule
 from ._base import ModalityRegistration, MuDataModel, TrainingPlan, modality_inputs, row_loader
 
@@ -149,7 +149,7 @@ class CLIP(MuDataModel):
         check_int(n_layers, "n_layers", minimum=0, allow_none=True)
         if temperature_init is not None and not np.isfinite(temperature_init):
             raise ValueError(f"temperature_init must be finite, got {temperature_init!r}")
-        if isinstance(n_hidden, int):
+        if isinstance(n_hidden, int | np.integer) and not isinstance(n_hidden, bool):
             check_int(n_hidden, "n_hidden")
             hidden = {mod: [n_hidden] * (2 if n_layers is None else n_layers) for mod in mods}
         elif n_hidden is None:
@@ -158,21 +158,32 @@ class CLIP(MuDataModel):
                 for mod, role in zip(mods, roles, strict=True)
             }
         else:
-            hidden = {mod: [int(width) for width in n_hidden[mod]] for mod in mods}
+            hidden = {
+                mod: [widths] if _is_rate(widths) else list(widths)
+                for mod, widths in _per_modality(n_hidden, mods, "n_hidden").items()
+            }
+            for mod, widths in hidden.items():
+                for width in widths:
+                    check_int(width, f"n_hidden['{mod}'] widths")
+                hidden[mod] = [int(width) for width in widths]
         if dropout is None:
             rates = {mod: list(defaults["dropout"][role]) for mod, role in zip(mods, roles, strict=True)}
-        elif isinstance(dropout, int | float):
+            for mod in mods:
+                if len(rates[mod]) != len(hidden[mod]):
+                    # MatchCLOT's rates are per layer of its widths; other widths take the first rate everywhere.
+                    rates[mod] = [rates[mod][0]] * len(hidden[mod])
+        elif _is_rate(dropout):
             rates = {mod: [float(dropout)] * len(hidden[mod]) for mod in mods}
         else:
-            rates = {mod: dropout[mod] for mod in mods}
-        rates = {
-            mod: [float(rate)] * len(hidden[mod]) if isinstance(rate, int | float) else [float(r) for r in rate]
-            for mod, rate in rates.items()
-        }
+            rates = {}
+            for mod, rate in _per_modality(dropout, mods, "dropout").items():
+                rate = [rate] * len(hidden[mod]) if _is_rate(rate) else list(rate)
+                if len(rate) != len(hidden[mod]) or not all(_is_rate(value) for value in rate):
+                    raise ValueError(
+                        f"dropout['{mod}'] must be one rate or one per hidden layer ({len(hidden[mod])}), got {rate!r}"
+                    )
+                rates[mod] = [float(value) for value in rate]
         for mod in mods:
-            if len(rates[mod]) != len(hidden[mod]):
-                # MatchCLOT's rates are per layer; a user's own widths take the first rate for every layer.
-                rates[mod] = [rates[mod][0]] * len(hidden[mod])
             if any(not 0 <= rate < 1 for rate in rates[mod]):
                 raise ValueError(f"dropout rates must lie in [0, 1), got {rates[mod]} for '{mod}'")
         n_latent = defaults["n_latent"] if n_latent is None else n_latent
@@ -216,11 +227,14 @@ class CLIP(MuDataModel):
         rep_key
             The ``.obsm`` key of each modality's input (one for both, or ``{mod: key}``).
         batch_key
-            Column of ``.obs`` with the batch of each cell, used to hold out batches for validation.
+            Column of ``.obs`` with the batch of each cell, used to hold out batches for validation; a paired cell's
+            batch is read from ``mod1``, or from ``mod2`` where ``mod1`` has no label.
         """
         check_mudata(mdata)
         check_mod(mdata, mod1, "mod1")
         check_mod(mdata, mod2, "mod2")
+        for mod in {mod1, mod2}:
+            check_obs_names(mdata, mod, in_mudata=False)  # paired cells are found by name
         if mod1 != mod2 and paired_positions(mdata, mod1, mod2)[0].size == 0:
             raise ValueError(
                 f"no cell of '{mod1}' shares an obs name with a cell of '{mod2}': CLIP trains on paired cells, which "
@@ -230,19 +244,20 @@ class CLIP(MuDataModel):
 
     # ----- training ---------------------------------------------------------------------------------------------
     def _validation_split(
-        self, validation: str | float | Sequence[str] | None, n_paired: int, positions: np.ndarray, random_state: int
+        self, validation: str | float | Sequence[str] | None, n_paired: int, random_state: int
     ) -> tuple[np.ndarray, np.ndarray, str]:
-        """(training rows, validation rows, description) over the paired cells."""
+        """(training rows, validation rows, description) over the paired cells, in :func:`paired_positions` order."""
         everything = np.arange(n_paired)
         if validation is None:
             return everything, everything[:0], "none"
-        mod1 = self.setup_args["mods"][0]
-        labels = batch_labels(self.mdata, mod1, self.setup_args["batch_key"])
-        levels = None if labels is None else labels.to_numpy()[positions]
+        levels = paired_batch_labels(self.mdata, *self.setup_args["mods"], self.setup_args["batch_key"])
+        # Paired cells without a label are no batch to hold out: they always train.
+        known = None if levels is None else levels[levels != MISSING_BATCH]
         if isinstance(validation, str) and validation == "auto":
-            several = levels is not None and np.unique(levels).size > 1
-            validation = [first_level(levels)] if several else VALIDATION_FRACTION
-        if isinstance(validation, float):
+            several = known is not None and np.unique(known).size > 1
+            validation = [first_level(known)] if several else VALIDATION_FRACTION
+        if isinstance(validation, float | np.floating):
+            validation = float(validation)
             if not 0 < validation < 1:
                 raise ValueError(f"validation={validation} as a fraction must lie in (0, 1)")
             order = np.random.default_rng(random_state).permutation(n_paired)
@@ -251,12 +266,18 @@ class CLIP(MuDataModel):
                 raise ValueError(f"{n_paired} paired cells are too few to hold out a fraction of {validation}")
             how = f"random {validation:.0%} of paired cells"
             return np.sort(order[n_validation:]), np.sort(order[:n_validation]), how
-        held_out = [validation] if isinstance(validation, str) else [str(level) for level in validation]
+        if isinstance(validation, str | int | np.integer) and not isinstance(validation, bool):
+            validation = [validation]
+        if isinstance(validation, bool) or not isinstance(validation, Sequence | np.ndarray):
+            raise ValueError(
+                f"validation={validation!r}: pass 'auto', a batch name or list of names, a fraction in (0, 1) or None"
+            )
+        held_out = [label_name(level) for level in validation]  # batch 1 and 1.0 are batch '1'
         if levels is None:
             raise ValueError(f"validation={held_out} names batches but the paired cells have no batch labels")
-        unknown = sorted(set(held_out) - set(levels))
+        unknown = sorted(set(held_out) - set(known))
         if unknown:
-            raise ValueError(f"validation batches {unknown} hold no paired cell; choose from {sorted(set(levels))}")
+            raise ValueError(f"validation batches {unknown} hold no paired cell; choose from {sorted(set(known))}")
         mask = np.isin(levels, held_out)
         if mask.all():
             raise ValueError("validation holds out every paired cell; leave at least one batch for training")
@@ -319,9 +340,7 @@ class CLIP(MuDataModel):
         if positions[0].size < 2:
             raise ValueError(f"CLIP needs at least 2 paired cells to train, found {positions[0].size}")
         paired = [values[index] for values, index in zip(inputs, positions, strict=True)]
-        train_rows, validation_rows, how = self._validation_split(
-            validation, positions[0].size, positions[0], random_state
-        )
+        train_rows, validation_rows, how = self._validation_split(validation, positions[0].size, random_state)
         batch_size = scaled_batch_size(train_rows.size) if batch_size is None else batch_size
         start = logg.info(
             f"training CLIP on {train_rows.size} paired cells in minibatches of {batch_size} "
@@ -404,6 +423,24 @@ class CLIP(MuDataModel):
         if not parts:
             return np.zeros((0, self.init_params["n_latent"]), dtype=np.float32)
         return torch.cat(parts).numpy().astype(np.float32)
+
+
+def _is_rate(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+
+
+def _per_modality(value: object, mods: list[str], argument: str) -> dict[str, Any]:
+    """``value`` as ``{mod: setting}``, checked to name exactly the model's modalities."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{argument} must be a number or a mapping from each of {mods} to its setting, got {value!r}")
+    missing, unknown = [mod for mod in mods if mod not in value], [mod for mod in value if mod not in mods]
+    if missing or unknown:
+        raise KeyError(f"{argument} must give a setting for each of {mods} (missing {missing}, unknown {unknown})")
+    for mod in mods:
+        setting = value[mod]
+        if not _is_rate(setting) and not isinstance(setting, Sequence | np.ndarray) or isinstance(setting, str):
+            raise ValueError(f"{argument}['{mod}'] must be a number or a list of numbers, got {setting!r}")
+    return {mod: value[mod] for mod in mods}
 
 
 def first_level(levels: np.ndarray) -> str:

@@ -389,7 +389,10 @@ class CLUE(MuDataModel):
             self.module.set_input_scaling(j, rep.mean(0), rep.std(0))
         n_cells = len(table)
         order = np.random.default_rng(random_state).permutation(n_cells)
-        n_validation = int(round(validation_fraction * n_cells))
+        # A fraction > 0 asks for validation: it holds out at least one cell, never silently none.
+        n_validation = max(1, int(round(validation_fraction * n_cells))) if validation_fraction > 0 else 0
+        if n_validation >= n_cells:
+            raise ValueError(f"{n_cells} cells are too few to hold out validation_fraction={validation_fraction}")
         validation_rows, train_rows = np.sort(order[:n_validation]), np.sort(order[n_validation:])
         if max_epochs is None:
             steps_per_epoch = max(1, int(np.ceil(train_rows.size / batch_size)))
@@ -404,7 +407,7 @@ class CLUE(MuDataModel):
             _loader(table, validation_rows, batch_size, shuffle=False, seed=random_state) if n_validation else None
         )
         pairs = _held_out_pairs(table, validation_rows)
-        if monitor == "matching" and not pairs:
+        if monitor == "matching" and not pairs and validation_loader is not None:
             logg.warning(
                 f"fewer than {MIN_MATCHING_CELLS} held-out cells are paired; early stopping watches the validation "
                 "objective (raise validation_fraction to monitor matching)"

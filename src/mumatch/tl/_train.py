@@ -10,9 +10,18 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
-from .._layout import MISSING_BATCH, batch_labels, paired_positions
+from .._layout import MISSING_BATCH, paired_batch_labels
 from .._validate import check_int, check_mod, check_mudata, check_rep
 from ..model import CLIP
+
+
+def recorded_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalar training options as ``.uns`` can hold them: None (e.g. "off") as the string ``"none"``."""
+    return {
+        name: "none" if value is None else value
+        for name, value in options.items()
+        if value is None or isinstance(value, int | float | str | bool)
+    }
 
 
 def _ensemble_members(
@@ -24,8 +33,8 @@ def _ensemble_members(
     if isinstance(ensemble, str):
         if ensemble != "batch":
             raise ValueError(f"ensemble={ensemble!r}; choose 'batch', an integer number of models or None")
-        labels = batch_labels(mdata, mod1, batch_key)
-        paired = [] if labels is None else labels.to_numpy()[paired_positions(mdata, mod1, mod2)[0]]
+        labels = paired_batch_labels(mdata, mod1, mod2, batch_key)
+        paired = [] if labels is None else labels
         # Paired cells without a batch label are no batch to hold out: they train every member.
         levels = [level for level in dict.fromkeys(paired) if level != MISSING_BATCH]
         if len(levels) < 2:
@@ -147,6 +156,9 @@ def train_clip(
             "ensemble": ensemble if ensemble is not None else "none",
             "random_state": random_state,
             "n_models": len(models),
+            # The members differ only in their seeds (random_state + member), recorded above.
+            **{name: value for name, value in models[0].init_params.items() if name != "random_state"},
+            **recorded_options(train_kwargs),
         },
         "models": {
             str(position): {name: value for name, value in model.train_info.items() if value is not None}

@@ -15,6 +15,7 @@ from .._ensemble import concatenate_members
 from .._validate import check_int, check_mods, check_mudata
 from ..model._base import SETUP_KEY
 from ..model._clue import CLUE
+from ._train import recorded_options
 
 
 def train_clue(
@@ -134,12 +135,7 @@ def train_clue(
             "ensemble": ensemble if ensemble is not None else "none",
             "normalize_subspaces": bool(normalize_subspaces),
             **models[0].init_params,
-            # None ("off", e.g. reduce_lr_patience=None) as the string "none": .uns holds no None in an .h5mu file.
-            **{
-                name: "none" if value is None else value
-                for name, value in train_kwargs.items()
-                if value is None or isinstance(value, int | float | str | bool)
-            },
+            **recorded_options(train_kwargs),
         },
         "train_info": _info(models[0]),
     }
