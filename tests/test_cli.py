@@ -54,6 +54,13 @@ def test_ensemble_choice_per_batch_or_by_size(simulated, cite):
     assert ensemble_choice(simulated, "rna", "atac") == "batch"
     # One training batch: a seed ensemble (the conftest caps it at 2 models).
     assert ensemble_choice(cite, "rna", "adt") == 2
+    # One batch and unlabelled paired cells: still one batch, as train_clip counts them.
+    one = simulated.copy()
+    for mod in ("rna", "atac"):
+        column = one[mod].obs["batch"].astype(object)
+        column[column != "batch0"] = None
+        one[mod].obs["batch"] = column
+    assert ensemble_choice(one, "rna", "atac") != "batch"
 
 
 @pytest.mark.parametrize("verbosity", [1, 3])

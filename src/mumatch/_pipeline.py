@@ -14,7 +14,14 @@ from scanpy import logging as logg
 from tqdm.auto import tqdm
 
 from . import metrics, pp, tl
-from ._layout import MISSING_BATCH, batch_labels, embed_block, paired_positions, unpaired_mask
+from ._layout import (
+    MISSING_BATCH,
+    batch_labels,
+    embed_block,
+    paired_batch_labels,
+    paired_positions,
+    unpaired_mask,
+)
 
 RANDOM_KEY = "match_random"
 CLIP_KEY = "match_clip"
@@ -95,11 +102,11 @@ def ensemble_choice(mdata: MuData, mod1: str, mod2: str, batch_key: str = "batch
     One model per held-out training batch when the paired cells come from several batches (MatchCLOT's recipe), else
     a seed ensemble sized by the number of paired cells.
     """
-    labels = batch_labels(mdata, mod1, batch_key)
-    paired = paired_positions(mdata, mod1, mod2)[0]
-    if labels is not None and pd.unique(labels.to_numpy()[paired]).size > 1:
+    labels = paired_batch_labels(mdata, mod1, mod2, batch_key)
+    # As train_clip counts them: paired cells without a label are no batch to hold out.
+    if labels is not None and pd.unique(labels[labels != MISSING_BATCH]).size > 1:
         return "batch"
-    return seed_ensemble_size(paired.size)
+    return seed_ensemble_size(paired_positions(mdata, mod1, mod2)[0].size)
 
 
 def stages(mod1: str, mod2: str, seed: int) -> list[tuple[str, Callable[[MuData, PipelineResult], None]]]:
