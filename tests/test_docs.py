@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,18 @@ def test_docs_build_without_warnings(tmp_path):
         for name in getattr(mm, namespace).__all__:
             assert (html / "generated" / f"mumatch.{namespace}.{name}.html").exists(), f"no API page for {name}"
     assert "mumatch.pl.plan" in (html / "api.html").read_text()
+
+
+def test_clue_page_snippets_run_one_after_the_other(tmp_path, monkeypatch):
+    # The page's second snippet continues from the first one's data (the CITE-seq starter: rna + adt).
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "clue.md").read_text(), flags=re.S)
+    quick_start, class_api = blocks[:2]
+    # The snippets, not the training, are under test: one epoch each.
+    short = {'key_added="X_clue")': 'key_added="X_clue", max_epochs=1)', "model.train()": "model.train(max_epochs=1)"}
+    for long, brief in short.items():
+        assert long in quick_start + class_api
+        quick_start, class_api = quick_start.replace(long, brief), class_api.replace(long, brief)
+    monkeypatch.chdir(tmp_path)  # model.save("clue_model")
+    namespace: dict = {}
+    exec(compile(quick_start + class_api, str(DOCS / "clue.md"), "exec"), namespace)
+    assert namespace["embedding"].shape[0] == namespace["mdata"]["adt"].n_obs

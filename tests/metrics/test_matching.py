@@ -168,3 +168,30 @@ def test_bad_inputs(multiome):
         match_score(multiome, key="match_true", truth_key="nothing")
     with pytest.raises(KeyError, match="modality"):
         match_score(multiome, key="match_true", mod1="adt")
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.5, None, True])
+def test_foscttm_rejects_bad_chunk_size(chunk_size):
+    x = np.random.default_rng(0).normal(size=(30, 4))
+    with pytest.raises(ValueError, match="chunk_size"):
+        foscttm(x, x + 0.1, chunk_size=chunk_size)
+
+
+def test_foscttm_does_not_depend_on_chunk_size():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4))
+    y = x + rng.normal(scale=0.5, size=x.shape)
+    expected = brute_foscttm(x, y)
+    assert foscttm(x, y, chunk_size=1) == pytest.approx(expected)
+    assert foscttm(x, y, chunk_size=7) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("metric", [match_score, top_k_accuracy, foscttm])
+def test_mudata_with_stale_obs_names_raises(multiome, metric):
+    # Cells renamed in a modality without mdata.update() would silently drop out of the scoring.
+    multiome.obsp["perfect"] = multiome.obsp["match_true"].copy()
+    names = multiome["rna"].obs_names.to_numpy().copy()
+    names[-20:] = [f"renamed{position}" for position in range(20)]
+    multiome.mod["rna"].obs_names = names
+    with pytest.raises(ValueError, match=r"mdata\.update\(\)"):
+        metric(multiome, key="perfect")

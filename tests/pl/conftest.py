@@ -28,6 +28,19 @@ def _close_figures():
     plt.close("all")
 
 
+@pytest.fixture
+def figdir(tmp_path):
+    """scanpy's figure directory set to a temporary folder (with scanpy's default suffix and png), restored after."""
+    names = ("figdir", "plot_suffix", "file_format_figs", "autosave")
+    saved = {name: getattr(sc.settings, name) for name in names}
+    sc.settings.figdir = tmp_path / "figures"
+    sc.settings.plot_suffix = ""
+    sc.settings.file_format_figs = "png"
+    yield tmp_path / "figures"
+    for name, value in saved.items():
+        setattr(sc.settings, name, value)
+
+
 def _noisy_plan(truth: sp.csr_matrix, types1: np.ndarray, types2: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A plausible plan: mass on the true partner, on cells of the same type, and a little everywhere."""
     same_type = (types1[:, None] == types2[None, :]).astype(float)

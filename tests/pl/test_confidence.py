@@ -50,3 +50,18 @@ def test_confidence_no_matched_cell(matched):
         matched[mod].obs["match_confidence"] = np.nan
     with pytest.raises(ValueError, match="no cell was matched"):
         mm.pl.confidence(matched, show=False)
+
+
+def test_confidence_whole_number_float_labels_are_the_integer_labels(matched):
+    for mod in ("rna", "atac"):
+        matched[mod].obs["cluster"] = matched[mod].obs["cell_type"].cat.codes.astype(int)
+    # An integer column that gained a NaN in one modality is float there: 1.0 is still cluster '1'.
+    matched["rna"].obs.loc[matched["rna"].obs_names[-3:], "cluster"] = np.nan
+    assert matched["rna"].obs["cluster"].dtype == float
+    ax = mm.pl.confidence(matched, groupby="cluster", show=False)
+    groups = [label.get_text().split(" (")[0] for label in ax.get_yticklabels()]
+    n_clusters = matched["atac"].obs["cluster"].iloc[-279:].nunique()
+    assert groups[:n_clusters] == sorted(groups[:n_clusters], key=int)  # numbers in numeric order
+    assert len(groups) == n_clusters + 1  # and 'NA' for the three unlabelled cells
+    assert groups[-1] == "NA"
+    assert not any(group.endswith(".0") for group in groups)

@@ -91,3 +91,79 @@ def test_joint_embedding_rejects_ax_with_several_colors(matched):
     _, ax = plt.subplots()
     with pytest.raises(ValueError, match="one panel"):
         mm.pl.joint_embedding(matched, "X_shared", ax=ax, show=False)
+
+
+@pytest.fixture
+def fast_umap(monkeypatch):
+    """Stand-ins for scanpy's neighbours and UMAP: these tests are about what is written where, not the layout."""
+
+    def umap(adata, **kwargs):
+        adata.obsm["X_umap"] = np.asarray(adata.X)[:, :2].copy()
+
+    monkeypatch.setattr("scanpy.pp.neighbors", lambda *args, **kwargs: None)
+    monkeypatch.setattr("scanpy.tl.umap", umap)
+
+
+@pytest.fixture
+def logged_warnings(monkeypatch) -> list[str]:
+    """The messages of scanpy.logging.warning (its logger does not propagate to pytest's caplog)."""
+    from scanpy import logging as logg
+
+    messages: list[str] = []
+    monkeypatch.setattr(logg, "warning", lambda message, *args, **kwargs: messages.append(message))
+    return messages
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"legend_loc": "not-a-location"}, {"save": "/nonexistent_directory/joint.png"}, {"save": 3}],
+)
+def test_joint_embedding_failing_to_draw_or_save_leaves_mudata_unchanged(matched, fast_umap, kwargs):
+    before = snapshot(matched)
+    with pytest.raises((ValueError, OSError)):
+        mm.pl.joint_embedding(matched, "X_shared", color="cell_type", show=False, **kwargs)
+    assert_unchanged(before, matched)
+
+
+@pytest.mark.parametrize("key_added", ["X_umap", "X_shared"])
+def test_joint_embedding_keeps_keys_it_did_not_write(matched, fast_umap, logged_warnings, key_added):
+    # A modality's own UMAP, or the embedding itself: drawn, with a warning, and not overwritten.
+    own = np.random.default_rng(0).normal(size=(matched["rna"].n_obs, 2)).astype(np.float32)
+    matched["rna"].obsm["X_umap"] = own
+    embedding = matched["rna"].obsm["X_shared"].copy()
+    before = snapshot(matched)
+    axes = mm.pl.joint_embedding(matched, "X_shared", key_added=key_added, show=False)
+    assert len(axes) == 2
+    assert any("not cached" in message for message in logged_warnings)
+    assert_unchanged(before, matched)
+    assert np.array_equal(matched["rna"].obsm["X_umap"], own)
+    assert np.array_equal(matched["rna"].obsm["X_shared"], embedding)
+
+
+def test_joint_embedding_overwrites_its_own_cache(matched, fast_umap, logged_warnings):
+    mm.pl.joint_embedding(matched, "X_shared", color="cell_type", key_added="X_joint", show=False)
+    first = matched["rna"].obsm["X_joint"].copy()
+    matched["rna"].obsm["X_shared"] = matched["rna"].obsm["X_shared"][:, ::-1].copy()
+    mm.pl.joint_embedding(matched, "X_shared", color="cell_type", key_added="X_joint", show=False)
+    assert not logged_warnings
+    assert not np.array_equal(matched["rna"].obsm["X_joint"], first)
+    assert matched.uns["X_joint"]["params"]["fingerprint"]
+
+
+def test_joint_embedding_uses_stored_category_colors(matched, fast_umap):
+    from matplotlib.colors import to_hex
+    from scanpy.plotting import palettes
+
+    categories = list(matched["rna"].obs["cell_type"].cat.categories)
+    stored = [to_hex(color) for color in reversed(palettes.default_102[: len(categories)])]
+    matched["rna"].uns["cell_type_colors"] = np.array(stored)
+    ax = mm.pl.joint_embedding(matched, "X_shared", color="cell_type", show=False)
+    drawn = {to_hex(color) for color in ax.collections[0].get_facecolors()}
+    present = set(matched["rna"].obs["cell_type"].astype(str)) | set(matched["atac"].obs["cell_type"].astype(str))
+    assert drawn == {color for category, color in zip(categories, stored, strict=True) if category in present}
+    assert "cell_type_colors" not in matched["atac"].uns  # only the temporary AnnData was coloured
+
+
+def test_joint_embedding_save_follows_scanpy(matched, fast_umap, figdir):
+    mm.pl.joint_embedding(matched, "X_shared", color="cell_type", save="_demo.png", show=False)
+    assert (figdir / "joint_embedding_demo.png").stat().st_size > 2_000

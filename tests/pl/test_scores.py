@@ -56,3 +56,34 @@ def test_scores_rejects_non_tables():
         mm.pl.scores({"a": 1}, show=False)
     with pytest.raises(ValueError, match="empty"):
         mm.pl.scores(pd.DataFrame(), show=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ncols": 0}, "ncols"),
+        ({"ncols": 1.5}, "ncols"),
+        ({"metrics": []}, "'metrics' is empty"),
+        ({"save": 3}, "save"),
+    ],
+)
+def test_scores_rejects_bad_layout_and_save(table, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mm.pl.scores(table, show=False, **kwargs)
+
+
+def test_scores_save_follows_scanpy(table, figdir, tmp_path):
+    import scanpy as sc
+
+    mm.pl.scores(table, save=True, show=False)
+    assert (figdir / "scores.png").stat().st_size > 2_000
+    mm.pl.scores(table, save="_demo.pdf", show=False)  # a suffix: after the plot's name, its extension the format
+    assert (figdir / "scores_demo.pdf").exists()
+    explicit = tmp_path / "elsewhere" / "table.png"
+    explicit.parent.mkdir()
+    mm.pl.scores(table, save=str(explicit), show=False)  # a path with a directory is written as it is
+    assert explicit.exists()
+    (figdir / "scores.png").unlink()
+    sc.settings.autosave = True  # restored by the figdir fixture
+    mm.pl.scores(table, metrics="FOSCTTM", show=False)  # save=None follows autosave
+    assert sorted(path.name for path in figdir.iterdir()) == ["scores.png", "scores_demo.pdf"]

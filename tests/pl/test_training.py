@@ -64,3 +64,23 @@ def test_training_bad_input():
         mm.pl.training(object(), show=False)
     with pytest.raises(ValueError, match="empty"):
         mm.pl.training([], show=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ncols": 0}, "ncols"),
+        ({"ncols": -2}, "ncols"),
+        ({"metrics": []}, "'metrics' is empty"),
+        ({"save": 1.0}, "save"),
+    ],
+)
+def test_training_rejects_bad_layout_and_save(kwargs, message):
+    model = SimpleNamespace(history=_history(), train_info={})
+    with pytest.raises(ValueError, match=message):
+        mm.pl.training(model, show=False, **kwargs)
+
+
+def test_training_save_true_writes_into_figdir(figdir):
+    mm.pl.training(_history(), save=True, show=False)
+    assert (figdir / "training.png").stat().st_size > 2_000

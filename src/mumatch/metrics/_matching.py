@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from mudata import MuData
 
 from .._layout import extract_block, oriented_plan
-from .._validate import check_mod, check_rep
+from .._validate import check_int, check_mod, check_obs_names, check_rep
 
 Matrix = np.ndarray | sp.spmatrix
 
@@ -70,6 +70,8 @@ def _from_mudata(
     ``mod1``.
     """
     mod1, mod2 = _default_mods(mdata, mod1, mod2)
+    for mod in (mod1, mod2):
+        check_obs_names(mdata, mod)
     if truth_key not in mdata.obsp:
         raise KeyError(f"truth_key={truth_key!r} not found in mdata.obsp (it has {list(mdata.obsp)})")
     index1 = np.arange(mdata[mod1].n_obs)
@@ -276,6 +278,7 @@ def foscttm(
     The mean, over both directions and all cells, of the fraction of the other modality's cells that are closer than
     the true partner.
     """
+    check_int(chunk_size, "chunk_size", minimum=1)
     if isinstance(x, MuData):
         mdata = x
         mod1, mod2 = _default_mods(mdata, mod1, mod2)

@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 from mudata import MuData
 
 from .._validate import check_mods, check_mudata, check_obs_key
-from ._utils import as_labels, category_colors, finish, ordered_categories
+from ._utils import as_labels, category_colors, check_save, finish, ordered_categories
 
 VALUES = ("confidence", "entropy")
 
@@ -27,7 +27,7 @@ def confidence(
     value: Literal["confidence", "entropy"] = "confidence",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | os.PathLike | None = None,
+    save: bool | str | os.PathLike | None = None,
 ) -> Axes | None:
     """Violin plot of the per-cell match confidence in each group, one colour per modality.
 
@@ -52,7 +52,9 @@ def confidence(
     show
         Show the figure (default: ``scanpy.settings.autoshow``); a shown figure returns None.
     save
-        Path to write the figure to (format from the extension).
+        As in scanpy: ``True`` writes ``{figdir}/confidence{plot_suffix}.{file_format_figs}`` (``scanpy.settings``);
+        a string without a directory is appended to the name there (``"_x.png"`` → ``confidence_x.png``); a path with a
+        directory, or a :class:`~pathlib.Path`, is written as it is. ``None`` follows ``scanpy.settings.autosave``.
 
     Returns
     -------
@@ -67,6 +69,7 @@ def confidence(
     check_mudata(mdata)
     if value not in VALUES:
         raise ValueError(f"value={value!r}; choose one of {list(VALUES)}")
+    check_save(save)
     column = f"{key}_{value}"
     if mods is None:
         mods = [mod for mod in mdata.mod if column in mdata[mod].obs]
@@ -123,4 +126,4 @@ def confidence(
         ax.legend(title="", loc="best", fontsize="small", frameon=False)
     elif ax.get_legend() is not None:
         ax.get_legend().remove()
-    return finish(ax, show, save)
+    return finish(ax, show, save, "confidence")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anndata as ad
@@ -15,8 +15,9 @@ from matplotlib.axes import Axes
 from mudata import MuData
 from scanpy import logging as logg
 
+from .._layout import label_name
 from .._validate import check_int, check_mods, check_mudata, check_rep
-from ._utils import finish
+from ._utils import category_colors, check_save, finish, stored_colors
 
 MODALITY = "modality"
 
@@ -41,15 +42,43 @@ def _obs_column(mdata: MuData, mods: list[str], key: str) -> pd.Series:
     values = pd.concat(parts, ignore_index=True)
     if any(key in mdata[mod].obs and not pd.api.types.is_numeric_dtype(mdata[mod].obs[key]) for mod in mods):
         labels = values.astype(object).where(values.notna(), None)
-        present = [str(label) for label in pd.unique(labels.dropna())]
+        present = list(dict.fromkeys(label_name(label) for label in labels.dropna()))
         ordered = []
         for mod in mods:
             column = mdata[mod].obs.get(key)
             if column is not None and isinstance(column.dtype, pd.CategoricalDtype):
-                ordered += [str(c) for c in column.cat.categories if str(c) in present and str(c) not in ordered]
+                names = [label_name(category) for category in column.cat.categories]
+                ordered += [name for name in names if name in present and name not in ordered]
         ordered += sorted(label for label in present if label not in ordered)
-        return pd.Series(pd.Categorical(labels.map(lambda label: None if label is None else str(label)), ordered))
+        return pd.Series(
+            pd.Categorical(labels.map(lambda label: None if label is None else label_name(label)), ordered)
+        )
     return values.astype(float)
+
+
+def _colors(mdata: MuData, mods: list[str], key: str, categories: list[str]) -> list[str] | None:
+    """Colours of the stacked categories from the modalities' ``.uns[f"{key}_colors"]`` (the first modality's first).
+
+    None when no modality stores any, so that scanpy picks its palette as for any AnnData.
+    """
+    known: dict[str, str] = {}
+    for mod in reversed(mods):
+        if key in mdata[mod].obs:
+            known.update(stored_colors(mdata[mod].obs[key], mdata[mod].uns.get(f"{key}_colors")))
+    if not any(category in known for category in categories):
+        return None
+    return list(category_colors(categories, known).values())
+
+
+def _foreign(mdata: MuData, mods: list[str], key_added: str) -> list[str]:
+    """The slots named ``key_added`` that hold something this function did not write (a user's UMAP, the basis...)."""
+    stored = mdata.uns.get(key_added)
+    params = stored.get("params") if isinstance(stored, Mapping) else None
+    # The embedding's fingerprint is recorded by this function alone: it marks a cache written here.
+    ours = isinstance(params, Mapping) and "fingerprint" in params and "basis" in params
+    written = [str(mod) for mod in _plain(params.get("mods", []))] if ours else []
+    slots = [f"mdata['{mod}'].obsm" for mod in mods if key_added in mdata[mod].obsm and mod not in written]
+    return slots + ([] if ours or key_added not in mdata.uns else ["mdata.uns"])
 
 
 def _fingerprint(stacked: np.ndarray) -> str:
@@ -91,7 +120,7 @@ def joint_embedding(
     recompute: bool = False,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | os.PathLike | None = None,
+    save: bool | str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> Axes | list[Axes] | None:
     """UMAP of every cell of several modalities in their shared embedding, coloured by modality and by labels.
@@ -100,9 +129,11 @@ def joint_embedding(
     graph and a UMAP are computed on them with scanpy, and the result is drawn with :func:`scanpy.pl.embedding`. Well
     mixed modalities with cell types that stay apart is what a good shared embedding looks like.
 
-    The UMAP is cached: adds ``mdata[mod].obsm[key_added]`` (the 2-d coordinates of the modality's cells) and
-    ``mdata.uns[key_added]['params']`` (with a fingerprint of the embedding); a later call with the same parameters
-    and the same embedding reuses it.
+    The UMAP is cached once the figure is drawn (and saved): adds ``mdata[mod].obsm[key_added]`` (the 2-d
+    coordinates of the modality's cells) and ``mdata.uns[key_added]['params']`` (with a fingerprint of the embedding);
+    a later call with the same parameters and the same embedding reuses it. A ``key_added`` already holding something
+    else (e.g. a modality's own ``X_umap``) is left as it is, with a warning, and the UMAP is not cached.
+    Categories are coloured as ``.uns[f"{key}_colors"]`` of the modalities says, when it is set.
 
     Parameters
     ----------
@@ -119,7 +150,8 @@ def joint_embedding(
     n_neighbors, min_dist, random_state
         Passed to :func:`scanpy.pp.neighbors` and :func:`scanpy.tl.umap`.
     key_added
-        Where the UMAP is cached (default: ``f"{basis}_umap"``).
+        Where the UMAP is cached (default: ``f"{basis}_umap"``); only a cache written by this function is
+        overwritten.
     recompute
         Recompute the UMAP even when a cached one fits.
     ax
@@ -127,7 +159,10 @@ def joint_embedding(
     show
         Show the figure (default: ``scanpy.settings.autoshow``); a shown figure returns None.
     save
-        Path to write the figure to (format from the extension).
+        As in scanpy: ``True`` writes ``{figdir}/joint_embedding{plot_suffix}.{file_format_figs}``
+        (``scanpy.settings``); a string without a directory is appended to the name there (``"_x.png"`` →
+        ``joint_embedding_x.png``); a path with a directory, or a :class:`~pathlib.Path`, is written as it is.
+        ``None`` follows ``scanpy.settings.autosave``.
     **kwargs
         Passed to :func:`scanpy.pl.embedding` (``size``, ``palette``, ``legend_loc``, ...).
 
@@ -158,6 +193,7 @@ def joint_embedding(
     if ax is not None and len(colors) > 1:
         raise ValueError(f"ax= draws one panel but color= asks for {len(colors)}; pass one colour or ax=None")
     check_int(n_neighbors, "n_neighbors", minimum=2)
+    check_save(save)
     stacked = _stack(mdata, mods, basis)
     if stacked.shape[0] <= n_neighbors:
         raise ValueError(f"{stacked.shape[0]} cells are too few for n_neighbors={n_neighbors}")
@@ -174,18 +210,38 @@ def joint_embedding(
     modality = pd.Categorical(np.repeat(mods, [mdata[mod].n_obs for mod in mods]), categories=list(mods))
     names = np.concatenate([(f"{mod}:" + mdata[mod].obs_names).to_numpy() for mod in mods])
     obs = pd.DataFrame({MODALITY: modality}, index=pd.Index(names, dtype=str))
+    cells = ad.AnnData(X=stacked, obs=obs)
     for key in colors:
         if key != MODALITY:
-            obs[key] = _obs_column(mdata, mods, key).to_numpy()
-    cells = ad.AnnData(X=stacked, obs=obs)
+            # .values keeps a categorical's order (a plain array would be re-sorted by scanpy).
+            cells.obs[key] = _obs_column(mdata, mods, key).values
+            if isinstance(cells.obs[key].dtype, pd.CategoricalDtype):
+                stored = _colors(mdata, mods, key, list(cells.obs[key].cat.categories))
+                if stored is not None:
+                    cells.uns[f"{key}_colors"] = stored
 
-    if not recompute and _cached(mdata, mods, key_added, params):
+    foreign = _foreign(mdata, mods, key_added)
+    start = None
+    if not recompute and not foreign and _cached(mdata, mods, key_added, params):
         cells.obsm["X_umap"] = np.concatenate([np.asarray(mdata[mod].obsm[key_added]) for mod in mods])
     else:
         start = logg.info(f"computing a UMAP of {basis!r} over {', '.join(mods)}")
         sc.pp.neighbors(cells, n_neighbors=n_neighbors, use_rep="X", random_state=random_state)
         sc.tl.umap(cells, min_dist=min_dist, random_state=random_state)
-        coordinates = cells.obsm["X_umap"].astype(np.float32)
+    coordinates = cells.obsm["X_umap"].astype(np.float32)
+    # Drawn in random order, so that no modality hides the other under it.
+    shuffled = cells[np.random.default_rng(random_state).permutation(cells.n_obs)].copy()
+    options = {"frameon": False, **kwargs}
+    axes = sc.pl.embedding(shuffled, "umap", color=colors or None, ax=ax, show=False, **options)
+    shown = finish(axes, show, save, "joint_embedding")
+
+    # Written last, once drawing and saving succeeded, so that a failed call leaves the MuData as it was.
+    if start is not None and foreign:
+        logg.warning(
+            f"key_added={key_added!r} already names something in {', '.join(foreign)} that mm.pl.joint_embedding did "
+            "not write: left as it is, and the UMAP is not cached; pass another key_added to cache it"
+        )
+    elif start is not None:
         offsets = np.cumsum([0] + [mdata[mod].n_obs for mod in mods])
         for position, mod in enumerate(mods):
             mdata[mod].obsm[key_added] = coordinates[offsets[position] : offsets[position + 1]]
@@ -196,8 +252,4 @@ def joint_embedding(
             deep=f"added\n    .obsm['{key_added}'] in {', '.join(mods)}, the UMAP coordinates\n"
             f"    .uns['{key_added}'], its parameters",
         )
-    # Drawn in random order, so that no modality hides the other under it.
-    cells = cells[np.random.default_rng(random_state).permutation(cells.n_obs)].copy()
-    options = {"frameon": False, **kwargs}
-    axes = sc.pl.embedding(cells, "umap", color=colors or None, ax=ax, show=False, **options)
-    return finish(axes, show, save)
+    return shown

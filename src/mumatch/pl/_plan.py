@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -13,9 +14,19 @@ from matplotlib.colors import to_rgb
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 from mudata import MuData
 
-from .._layout import MISSING_BATCH, batch_labels, extract_block, oriented_plan
-from .._validate import check_int, check_mod, check_mudata, check_obs_key
-from ._utils import as_labels, category_colors, finish, ordered_categories
+from .._layout import MISSING_BATCH, batch_labels, extract_block, oriented_plan, recorded_plan_mods
+from .._validate import check_int, check_mod, check_mudata, check_obs_key, check_obs_names
+from ._utils import (
+    as_labels,
+    category_colors,
+    check_save,
+    column_categories,
+    finish,
+    ordered_categories,
+    stored_colors,
+)
+
+RECORDED = "recorded"
 
 
 def plan_mods(mdata: MuData, key: str, mod1: str | None, mod2: str | None) -> tuple[str, str]:
@@ -32,6 +43,27 @@ def plan_mods(mdata: MuData, key: str, mod1: str | None, mod2: str | None) -> tu
     return mod1, mod2
 
 
+def plan_batch_key(mdata: MuData, key: str, batch_key: str | None) -> str | None:
+    """The batch key splitting the plan into blocks: given, else the one ``match_ot`` matched with.
+
+    ``None`` when ``match_ot`` matched every cell in one block (``batch_key=None``, or it fell back to one block
+    ``'all'`` because some cells had no batch label); ``'batch'`` for a plan without its record (e.g. a truth).
+    """
+    if batch_key != RECORDED:
+        return batch_key
+    uns = mdata.uns.get(key)
+    params = uns.get("params") if isinstance(uns, Mapping) else None
+    if not isinstance(params, Mapping) or "method" not in params:
+        return "batch"
+    blocks = uns.get("blocks")
+    names = [str(record.get("name")) for record in blocks.values()] if isinstance(blocks, Mapping) else []
+    if names and all(name == "all" for name in names):
+        return None
+    # match_ot leaves a batch_key of None out of its params.
+    recorded = params.get("batch_key")
+    return None if recorded is None else str(recorded)
+
+
 def _choose_block(
     mdata: MuData, mod1: str, rows: np.ndarray, batch_key: str | None, block: str | None
 ) -> tuple[str, np.ndarray]:
@@ -39,7 +71,12 @@ def _choose_block(
     labels = batch_labels(mdata, mod1, batch_key)
     if labels is None:
         if block not in (None, "all"):
-            raise ValueError(f"block={block!r} but mdata['{mod1}'] has no '{batch_key}' labels; pass block=None")
+            reason = (
+                "the plan is shown as one block (batch_key=None, or match_ot matched every cell in one block)"
+                if batch_key is None
+                else f"mdata['{mod1}'] has no '{batch_key}' labels"
+            )
+            raise ValueError(f"block={block!r} but {reason}; pass block=None")
         return "all", rows
     values = labels.to_numpy()[rows]
     levels = [str(level) for level in pd.unique(values)]
@@ -51,6 +88,18 @@ def _choose_block(
             + (f" ('{MISSING_BATCH}' marks missing labels)" if MISSING_BATCH in levels else "")
         )
     return str(block), rows[values == str(block)]
+
+
+def _truth_block(
+    mdata: MuData, truth_key: str, mod1: str, mod2: str, all1: np.ndarray, all2: np.ndarray
+) -> sp.coo_matrix:
+    """The truth's (cells of mod1 × cells of mod2) block, oriented as the plan is."""
+    truth = extract_block(mdata, oriented_plan(mdata, truth_key, mod1, mod2), mod1, mod2, all1, all2)
+    if truth.nnz == 0 and recorded_plan_mods(mdata, truth_key) is None:
+        # A truth without a record (the readers' 'match_true') stores its first modality's cells along rows, as a
+        # plan does: read for the reverse pair of modalities, it is transposed.
+        truth = extract_block(mdata, mdata.obsp[truth_key], mod2, mod1, all2, all1).T
+    return sp.coo_matrix(truth)
 
 
 def _subsample(
@@ -107,7 +156,7 @@ def plan(
     mod2: str | None = None,
     groupby: str | None = "cell_type",
     block: str | None = None,
-    batch_key: str | None = "batch",
+    batch_key: str | None = RECORDED,
     truth: bool | None = None,
     truth_key: str = "match_true",
     max_cells: int = 400,
@@ -116,7 +165,7 @@ def plan(
     title: str | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | os.PathLike | None = None,
+    save: bool | str | os.PathLike | None = None,
 ) -> Axes | None:
     """Heatmap of the matching plan of one batch block, cells ordered by a label on both axes.
 
@@ -140,10 +189,14 @@ def plan(
         The batch level of the ``mod1`` cells to show (a plan from ``match_ot`` only links cells of one block).
         Default: the first level among the matched cells.
     batch_key
-        Column of ``mdata[mod1].obs`` with the batch; ``None`` shows all matched cells as one block.
+        Column of ``mdata[mod1].obs`` with the batch; ``None`` shows all matched cells as one block. Default
+        (``"recorded"``): the ``batch_key`` that ``mumatch.tl.match_ot`` recorded in ``mdata.uns[key]['params']``,
+        ``None`` when it matched every cell in one block (``batch_key=None``, or some cells without a batch label),
+        and ``"batch"`` for a plan without that record.
     truth
-        Mark each cell's true partner from ``mdata.obsp[truth_key]``: ``None`` marks them when the truth exists,
-        ``True`` requires it, ``False`` never marks.
+        Mark each cell's true partner from ``mdata.obsp[truth_key]`` (read for ``mod2`` → ``mod1`` as well, transposed):
+        ``None`` marks them when the truth exists, ``True`` requires a true pair in the block shown, ``False`` never
+        marks.
     truth_key
         The ground truth's key in ``mdata.obsp``.
     max_cells
@@ -153,13 +206,15 @@ def plan(
     cmap
         Colour map of the weights.
     title
-        Title of the plot (default: key, modalities and block).
+        Title of the plot (default: key, modalities and block, or "all cells" when shown as one block).
     ax
         Axes to draw into (default: a new figure).
     show
         Show the figure (default: ``scanpy.settings.autoshow``); a shown figure returns None.
     save
-        Path to write the figure to (format from the extension).
+        As in scanpy: ``True`` writes ``{figdir}/plan{plot_suffix}.{file_format_figs}`` (``scanpy.settings``);
+        a string without a directory is appended to the name there (``"_x.png"`` → ``plan_x.png``); a path with a
+        directory, or a :class:`~pathlib.Path`, is written as it is. ``None`` follows ``scanpy.settings.autosave``.
 
     Returns
     -------
@@ -175,7 +230,10 @@ def plan(
     if key not in mdata.obsp:
         raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
     check_int(max_cells, "max_cells", minimum=2)
+    check_save(save)
     mod1, mod2 = plan_mods(mdata, key, mod1, mod2)
+    for mod in (mod1, mod2):
+        check_obs_names(mdata, mod)
     if groupby is not None:
         check_obs_key(mdata, mod1, groupby, "groupby")
         check_obs_key(mdata, mod2, groupby, "groupby")
@@ -188,12 +246,19 @@ def plan(
     matched = np.flatnonzero(matrix.getnnz(axis=1))
     if matched.size == 0:
         raise ValueError(f"mdata.obsp['{key}'] links no cell of '{mod1}' to a cell of '{mod2}'; check mod1/mod2")
-    block, rows = _choose_block(mdata, mod1, matched, batch_key, block)
+    block, rows = _choose_block(mdata, mod1, matched, plan_batch_key(mdata, key, batch_key), block)
     cols = np.flatnonzero(matrix[rows].getnnz(axis=0))
     truth_pairs: list[tuple[int, int]] = []
     if show_truth:
-        truth_matrix = sp.coo_matrix(extract_block(mdata, mdata.obsp[truth_key], mod1, mod2, all1, all2))
+        truth_matrix = _truth_block(mdata, truth_key, mod1, mod2, all1, all2)
         truth_pairs = list(zip(truth_matrix.row.tolist(), truth_matrix.col.tolist(), strict=True))
+        if truth is True:
+            in_block = np.isin(truth_matrix.row, rows) & np.isin(truth_matrix.col, cols)
+            if not in_block.any():
+                raise ValueError(
+                    f"truth=True but mdata.obsp['{truth_key}'] pairs none of the '{mod1}' cells of block {block!r} "
+                    f"with a '{mod2}' cell of the plan; check mod1/mod2 and block, or pass truth=None"
+                )
     rng = np.random.default_rng(random_state)
     n_rows, n_cols = rows.size, cols.size
     rows, cols = _subsample(rows, cols, truth_pairs, max_cells, rng)
@@ -234,8 +299,15 @@ def plan(
     ax.set_xlabel(xlabel)
     title_ax = ax
     if groupby is not None:
-        colors = category_colors(categories, mdata[mod1].uns.get(f"{groupby}_colors"))
-        colors.setdefault("NA", "#d3d3d3")
+        column1, column2 = mdata[mod1].obs[groupby], mdata[mod2].obs[groupby]
+        # Stored colours and palette positions follow each column's full category list, as in scanpy's plots.
+        known = {
+            **stored_colors(column2, mdata[mod2].uns.get(f"{groupby}_colors")),
+            **stored_colors(column1, mdata[mod1].uns.get(f"{groupby}_colors")),
+        }
+        full_order = [*column_categories(column1), *column_categories(column2)]
+        labelled = [category for category in categories if category in full_order]
+        colors = {"NA": "#d3d3d3", **category_colors(labelled, known, order=full_order)}
         left = divider.append_axes("left", size="3%", pad=0.03)
         title_ax = divider.append_axes("top", size="3%", pad=0.03)
         _group_strip(left, groups1, colors, vertical=True)
@@ -268,5 +340,6 @@ def plan(
                 label="true partner",
             )
             ax.legend(loc="lower left", fontsize="x-small", frameon=True, markerscale=max(2.0, 3 / np.sqrt(size)))
-    title_ax.set_title(title if title is not None else f"{key}: {mod1} → {mod2}, block {block}")
-    return finish(ax, show, save)
+    where = "all cells" if block == "all" else f"block {block}"
+    title_ax.set_title(title if title is not None else f"{key}: {mod1} → {mod2}, {where}")
+    return finish(ax, show, save, "plan")

@@ -11,7 +11,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
-from ._utils import category_colors, finish
+from .._validate import check_int
+from ._utils import category_colors, check_save, finish
 
 NOT_METRICS = ("seed", "random_state", "replicate", "n_cells")
 LOWER_IS_BETTER = ("foscttm", "time", "seconds", "memory", "rss")
@@ -35,7 +36,7 @@ def scores(
     ncols: int = 4,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | os.PathLike | None = None,
+    save: bool | str | os.PathLike | None = None,
 ) -> Axes | list[Axes] | None:
     """Grouped bar chart of a table of scores: one panel per metric, data sets on the x axis, one bar per method.
 
@@ -60,7 +61,9 @@ def scores(
     show
         Show the figure (default: ``scanpy.settings.autoshow``); a shown figure returns None.
     save
-        Path to write the figure to (format from the extension).
+        As in scanpy: ``True`` writes ``{figdir}/scores{plot_suffix}.{file_format_figs}`` (``scanpy.settings``);
+        a string without a directory is appended to the name there (``"_x.png"`` → ``scores_x.png``); a path with a
+        directory, or a :class:`~pathlib.Path`, is written as it is. ``None`` follows ``scanpy.settings.autosave``.
 
     Returns
     -------
@@ -80,6 +83,8 @@ def scores(
         raise TypeError(f"'table' must be a pandas.DataFrame, got {type(table).__name__}")
     if table.empty:
         raise ValueError("'table' is empty; nothing to plot")
+    check_int(ncols, "ncols", minimum=1)
+    check_save(save)
     data = _long_table(table, method_key)
     has_dataset = dataset_key is not None and dataset_key in data.columns
     if metrics is None:
@@ -93,6 +98,8 @@ def scores(
         if not metrics:
             raise ValueError(f"the table has no numeric metric column (columns: {list(data.columns)})")
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not metrics:
+        raise ValueError("'metrics' is empty; pass None for every numeric column")
     for name in metrics:
         if name not in data.columns:
             raise KeyError(f"metric {name!r} is not a column of the table (columns: {list(data.columns)})")
@@ -146,4 +153,4 @@ def scores(
             axes[-1].legend(title=method_key, bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
         else:
             axes[-1].get_legend().remove()
-    return finish(axes[0] if len(axes) == 1 else axes, show, save)
+    return finish(axes[0] if len(axes) == 1 else axes, show, save, "scores")

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from ._utils import finish
+from .._validate import check_int
+from ._utils import check_save, finish
 
 STAGES = (("train_", "train"), ("validation_", "validation"), ("val_", "validation"))
 SUFFIXES = (("_train", "train"), ("_validation", "validation"))
@@ -66,7 +67,7 @@ def training(
     ncols: int = 3,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | os.PathLike | None = None,
+    save: bool | str | os.PathLike | None = None,
 ) -> Axes | list[Axes] | None:
     """Loss curves per epoch from ``model.history``: one panel per metric, train solid and validation dashed.
 
@@ -90,7 +91,9 @@ def training(
     show
         Show the figure (default: ``scanpy.settings.autoshow``); a shown figure returns None.
     save
-        Path to write the figure to (format from the extension).
+        As in scanpy: ``True`` writes ``{figdir}/training{plot_suffix}.{file_format_figs}`` (``scanpy.settings``);
+        a string without a directory is appended to the name there (``"_x.png"`` → ``training_x.png``); a path with a
+        directory, or a :class:`~pathlib.Path`, is written as it is. ``None`` follows ``scanpy.settings.autosave``.
 
     Returns
     -------
@@ -102,6 +105,8 @@ def training(
     >>> model = mm.tl.train_clip(mdata, "rna", "atac")  # doctest: +SKIP
     >>> mm.pl.training(model, metrics="loss")  # doctest: +SKIP
     """
+    check_int(ncols, "ncols", minimum=1)
+    check_save(save)
     histories = _histories(model)
     curves: dict[str, list[tuple[str, str, pd.Series]]] = {}
     for label, history, _ in histories:
@@ -114,6 +119,8 @@ def training(
         raise ValueError("the model has no training history; train it first (model.train(...))")
     if metrics is not None:
         wanted = [metrics] if isinstance(metrics, str) else list(metrics)
+        if not wanted:
+            raise ValueError("'metrics' is empty; pass None for every metric of the history")
         unknown = [name for name in wanted if name not in curves]
         if unknown:
             raise KeyError(f"metrics {unknown} are not in the history; it has {list(curves)}")
@@ -150,4 +157,4 @@ def training(
         panel.grid(False)
         if len(lines) > 1:
             panel.legend(fontsize="x-small", frameon=False)
-    return finish(axes[0] if len(axes) == 1 else axes, show, save)
+    return finish(axes[0] if len(axes) == 1 else axes, show, save, "training")

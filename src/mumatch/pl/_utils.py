@@ -3,60 +3,145 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.colors import to_hex
+from matplotlib.colors import is_color_like, to_hex
+from scanpy import logging as logg
 from scanpy import settings
 from scanpy.plotting import palettes
 
+from .._layout import label_name
 
-def finish(axes: Axes | Sequence[Axes], show: bool | None, save: str | os.PathLike | None) -> Axes | list[Axes] | None:
-    """Save the figure of ``axes`` when asked, then show it or return the Axes (scanpy's contract).
+
+def check_save(save: object) -> None:
+    """Raise a ValueError unless ``save`` is what ``finish`` accepts (checked before a plot writes anything)."""
+    if save is not None and not isinstance(save, bool | str | os.PathLike):
+        raise ValueError(f"save must be True, a file name suffix or a path, got {save!r}")
+
+
+def save_path(save: bool | str | os.PathLike | None, plot_name: str, formats: Sequence[str] = ()) -> Path | None:
+    """Where ``save`` asks a plot named ``plot_name`` to be written, by scanpy's rule (None: not saved).
+
+    As ``scanpy.pl``'s ``savefig_or_show``: ``None`` follows ``scanpy.settings.autosave``; ``True`` writes
+    ``settings.figdir / f"{plot_name}{settings.plot_suffix}.{settings.file_format_figs}"``; a string without a
+    directory (e.g. ``"_rna.png"``) is appended to ``plot_name`` in ``settings.figdir``, its extension (one of
+    ``formats``) choosing the format. A path with a directory, or a :class:`os.PathLike`, is written as it is.
+    """
+    check_save(save)
+    if save is None:
+        save = settings.autosave
+    if save is False:
+        return None
+    if isinstance(save, os.PathLike) or (isinstance(save, str) and os.path.dirname(save)):
+        return Path(save)
+    suffix = "" if save is True else save
+    extension = settings.file_format_figs
+    stem, dot, written = suffix.rpartition(".")
+    if dot and written.lower() in formats:
+        suffix, extension = stem, written
+    return Path(settings.figdir) / f"{plot_name}{suffix}{settings.plot_suffix}.{extension}"
+
+
+def finish(
+    axes: Axes | Sequence[Axes], show: bool | None, save: bool | str | os.PathLike | None, plot_name: str
+) -> Axes | list[Axes] | None:
+    """Save the figure of ``axes`` as :func:`save_path` says, then show it or return the Axes (scanpy's contract).
 
     ``show=None`` follows ``scanpy.settings.autoshow``; a shown figure returns None.
     """
     first = axes if isinstance(axes, Axes) else axes[0]
     figure = first.get_figure()
-    if save is not None:
-        figure.savefig(os.fspath(save), bbox_inches="tight")  # dpi: rcParams["savefig.dpi"], set by scanpy
+    path = save_path(save, plot_name, list(figure.canvas.get_supported_filetypes()))
+    if path is not None:
+        if path.parent == Path(settings.figdir):
+            # As scanpy does: the figure directory is created on demand, and its files are announced loudly.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            logg.warning(f"saving figure to file {path}")
+        figure.savefig(path, bbox_inches="tight")  # dpi: rcParams["savefig.dpi"], set by scanpy
     if settings.autoshow if show is None else show:
         plt.show()
         return None
     return axes if isinstance(axes, Axes) else list(axes)
 
 
-def category_colors(categories: Sequence[str], stored: Sequence[str] | None = None) -> dict[str, str]:
-    """A colour per category: the colours stored in ``.uns['{key}_colors']`` when they fit, else scanpy's palettes."""
-    categories = list(categories)
-    if stored is not None and len(stored) >= len(categories):
-        return {category: to_hex(color) for category, color in zip(categories, stored, strict=False)}
-    n_categories = len(categories)
-    if n_categories <= 20:
-        palette = palettes.default_20
-    elif n_categories <= 28:
-        palette = palettes.default_28
+def column_categories(values: pd.Series) -> list[str]:
+    """Every category of a label column, named as :func:`as_labels` names them.
+
+    A categorical's own order (used categories or not: ``.uns['{key}_colors']`` follows it), else the distinct
+    values sorted, numbers by value.
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        names = [label_name(value) for value in values.cat.categories]
     else:
-        palette = palettes.default_102
-    return {category: to_hex(palette[position % len(palette)]) for position, category in enumerate(categories)}
+        names = sorted({label_name(value) for value in values.dropna()}, key=_natural_key)
+    return list(dict.fromkeys(names))
+
+
+def _natural_key(name: str) -> tuple[int, float, str]:
+    """Numbers first and by value ('2' before '10'), then the other names alphabetically."""
+    try:
+        number = float(name)
+    except ValueError:
+        return 1, 0.0, name
+    return (0, number, name) if np.isfinite(number) else (1, 0.0, name)
 
 
 def ordered_categories(*labels: pd.Series) -> list[str]:
-    """The categories of one or several label columns: their categorical order when they have one, else sorted."""
-    order: list[str] = []
-    for values in labels:
-        if isinstance(values.dtype, pd.CategoricalDtype):
-            candidates = [str(value) for value in values.cat.categories]
-        else:
-            candidates = sorted({str(value) for value in values.dropna()})
-        order += [value for value in candidates if value not in order]
-    present = set().union(*({str(value) for value in values.dropna()} for values in labels))
-    return [value for value in order if value in present]
+    """The categories present in one or several label columns: their categorical order when they have one, else sorted.
+
+    Whole-number floats name the same category as integers (``1.0`` is ``'1'``, as in ``mumatch.tl.transfer_labels``).
+    """
+    order = list(dict.fromkeys(name for values in labels for name in column_categories(values)))
+    present = {label_name(value) for values in labels for value in values.dropna()}
+    return [name for name in order if name in present]
 
 
 def as_labels(values: pd.Series, missing: str = "NA") -> np.ndarray:
-    """Labels as strings, with missing values named ``missing``."""
-    return values.astype(object).where(values.notna(), missing).astype(str).to_numpy()
+    """Labels as strings (named by :func:`mumatch._layout.label_name`), with missing values named ``missing``."""
+    known = values.notna().to_numpy()
+    return np.array(
+        [label_name(value) if present else missing for value, present in zip(values, known, strict=True)], dtype=str
+    )
+
+
+def stored_colors(values: pd.Series, stored: Sequence[str] | np.ndarray | None) -> dict[str, str]:
+    """The colours of ``.uns['{key}_colors']`` by category name.
+
+    scanpy stores the colour of ``values.cat.categories[i]`` at position ``i``, for every category, used or not;
+    a list too short or holding something that is not a colour is ignored (scanpy would replace it too).
+    """
+    if stored is None:
+        return {}
+    colors = [str(color) for color in np.ravel(np.asarray(stored, dtype=object))]
+    categories = column_categories(values)
+    if len(colors) < len(categories) or not all(is_color_like(color) for color in colors):
+        return {}
+    return {category: to_hex(color) for category, color in zip(categories, colors, strict=False)}
+
+
+def category_colors(
+    categories: Sequence[str], known: Mapping[str, str] | None = None, *, order: Sequence[str] | None = None
+) -> dict[str, str]:
+    """A colour per category: its colour in ``known`` (e.g. from :func:`stored_colors`), else one of scanpy's palettes.
+
+    Palette colours go by position in ``order`` (default: ``categories``), the full category list of the column,
+    so that a category keeps its colour when others are absent from the cells drawn.
+    """
+    categories = list(categories)
+    known = dict(known or {})
+    order = list(dict.fromkeys([*(order or []), *categories]))
+    if len(order) <= 20:
+        palette = palettes.default_20
+    elif len(order) <= 28:
+        palette = palettes.default_28
+    else:
+        palette = palettes.default_102
+    position = {category: number for number, category in enumerate(order)}
+    return {
+        category: known.get(category) or to_hex(palette[position[category] % len(palette)]) for category in categories
+    }
