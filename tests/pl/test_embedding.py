@@ -167,3 +167,33 @@ def test_joint_embedding_uses_stored_category_colors(matched, fast_umap):
 def test_joint_embedding_save_follows_scanpy(matched, fast_umap, figdir):
     mm.pl.joint_embedding(matched, "X_shared", color="cell_type", save="_demo.png", show=False)
     assert (figdir / "joint_embedding_demo.png").stat().st_size > 2_000
+
+
+def test_joint_embedding_over_other_modalities_replaces_its_cache(fast_umap, logged_warnings):
+    # rna + atac, then rna + adt, then rna + atac again: each call's cache is its own, never "someone else's".
+    mdata = mm.datasets.simulate_paired(90, ("rna", "atac", "adt"), n_genes=40, n_peaks=50, n_proteins=10, seed=0)
+    rng = np.random.default_rng(0)
+    for mod in mdata.mod:
+        mdata[mod].obsm["X_shared"] = rng.standard_normal((mdata[mod].n_obs, 5)).astype(np.float32)
+    for mods in (["rna", "atac"], ["rna", "adt"], ["rna", "atac"]):
+        mm.pl.joint_embedding(mdata, "X_shared", mods=mods, color="modality", n_neighbors=5, show=False)
+        assert list(mdata.uns["X_shared_umap"]["params"]["mods"]) == mods
+        assert [mod for mod in mdata.mod if "X_shared_umap" in mdata[mod].obsm] == [m for m in mdata.mod if m in mods]
+    assert not logged_warnings
+
+
+def test_stored_colors_as_rgb_tuples_and_partial_coverage():
+    import pandas as pd
+    from matplotlib.colors import to_hex
+
+    from mumatch.pl._utils import category_colors, stored_colors
+
+    values = pd.Series(pd.Categorical(["B", "NK", "T"]))
+    rgb = [(1.0, 0.0, 0.0), (0.0, 0.5, 0.0), (0.0, 0.0, 1.0)]
+    assert stored_colors(values, rgb) == {"B": "#ff0000", "NK": "#008000", "T": "#0000ff"}
+    assert stored_colors(values, np.array(rgb)) == {"B": "#ff0000", "NK": "#008000", "T": "#0000ff"}
+    # Stored colours for some categories only: the others never take a colour already in use.
+    palette = category_colors(["B", "NK", "T"])
+    known = {"B": palette["B"], "T": palette["NK"]}
+    colors = category_colors(["B", "NK", "T"], known)
+    assert len({to_hex(color) for color in colors.values()}) == 3 and colors["T"] == palette["NK"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as lp
@@ -268,7 +268,7 @@ class CLIP(MuDataModel):
             return np.sort(order[n_validation:]), np.sort(order[:n_validation]), how
         if isinstance(validation, str | int | np.integer) and not isinstance(validation, bool):
             validation = [validation]
-        if isinstance(validation, bool) or not isinstance(validation, Sequence | np.ndarray):
+        if isinstance(validation, bool | Mapping) or not isinstance(validation, Iterable):
             raise ValueError(
                 f"validation={validation!r}: pass 'auto', a batch name or list of names, a fraction in (0, 1) or None"
             )
@@ -290,7 +290,7 @@ class CLIP(MuDataModel):
         weight_decay: float | None = None,
         batch_size: int | None = None,
         early_stopping: bool = True,
-        validation: str | float | Sequence[str] | None = "auto",
+        validation: str | int | float | Iterable[str | int] | None = "auto",
         *,
         patience: int = DEFAULT_PATIENCE,
         accelerator: str = "auto",
@@ -315,8 +315,10 @@ class CLIP(MuDataModel):
             Stop when the validation loss has not improved for ``patience`` epochs.
         validation
             Which paired cells to hold out: ``"auto"`` (the first batch when the paired cells come from several
-            batches, as MatchCLOT does, else a seeded random 20 %), a batch name or list of names, a fraction, or
-            ``None`` (no validation, no early stopping; the last weights are kept).
+            batches, as MatchCLOT does, else a seeded random 20 %), a batch name (an integer names an integer
+            batch) or several names, a fraction, or ``None`` (no validation, no early stopping; the last weights
+            are kept). A paired cell's batch is its label in ``mod1``, else in ``mod2``; paired cells labelled in
+            neither always train.
         patience
             Epochs without improvement before stopping (MatchCLOT waits 150).
         accelerator, devices

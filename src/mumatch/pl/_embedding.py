@@ -70,15 +70,21 @@ def _colors(mdata: MuData, mods: list[str], key: str, categories: list[str]) -> 
     return list(category_colors(categories, known).values())
 
 
-def _foreign(mdata: MuData, mods: list[str], key_added: str) -> list[str]:
-    """The slots named ``key_added`` that hold something this function did not write (a user's UMAP, the basis...)."""
+def _cache_mods(mdata: MuData, key_added: str) -> list[str] | None:
+    """The modalities of the UMAP this function cached under ``key_added``; None when it cached none there."""
     stored = mdata.uns.get(key_added)
     params = stored.get("params") if isinstance(stored, Mapping) else None
     # The embedding's fingerprint is recorded by this function alone: it marks a cache written here.
-    ours = isinstance(params, Mapping) and "fingerprint" in params and "basis" in params
-    written = [str(mod) for mod in _plain(params.get("mods", []))] if ours else []
-    slots = [f"mdata['{mod}'].obsm" for mod in mods if key_added in mdata[mod].obsm and mod not in written]
-    return slots + ([] if ours or key_added not in mdata.uns else ["mdata.uns"])
+    if not (isinstance(params, Mapping) and "fingerprint" in params and "basis" in params):
+        return None
+    return [str(mod) for mod in _plain(params.get("mods", []))]
+
+
+def _foreign(mdata: MuData, mods: list[str], key_added: str) -> list[str]:
+    """The slots named ``key_added`` that hold something this function did not write (a user's UMAP, the basis...)."""
+    written = _cache_mods(mdata, key_added)
+    slots = [f"mdata['{mod}'].obsm" for mod in mods if key_added in mdata[mod].obsm and mod not in (written or [])]
+    return slots + ([] if written is not None or key_added not in mdata.uns else ["mdata.uns"])
 
 
 def _fingerprint(stacked: np.ndarray) -> str:
@@ -242,6 +248,11 @@ def joint_embedding(
             "not write: left as it is, and the UMAP is not cached; pass another key_added to cache it"
         )
     elif start is not None:
+        # The cache holds one UMAP: coordinates of an earlier one in modalities not drawn now are dropped (kept, they
+        # would look like someone else's data to the next call).
+        for mod in _cache_mods(mdata, key_added) or []:
+            if mod not in mods and mod in mdata.mod and key_added in mdata[mod].obsm:
+                del mdata[mod].obsm[key_added]
         offsets = np.cumsum([0] + [mdata[mod].n_obs for mod in mods])
         for position, mod in enumerate(mods):
             mdata[mod].obsm[key_added] = coordinates[offsets[position] : offsets[position + 1]]

@@ -76,7 +76,7 @@ def _choose_block(
                 if batch_key is None
                 else f"mdata['{mod1}'] has no '{batch_key}' labels"
             )
-            raise ValueError(f"block={block!r} but {reason}; pass block=None")
+            raise ValueError(f"block={block!r} but {reason}; pass block=None, or batch_key= naming the batch column")
         return "all", rows
     values = labels.to_numpy()[rows]
     levels = [str(level) for level in pd.unique(values)]

@@ -117,7 +117,8 @@ def stored_colors(values: pd.Series, stored: Sequence[str] | np.ndarray | None) 
     """
     if stored is None:
         return {}
-    colors = [str(color) for color in np.ravel(np.asarray(stored, dtype=object))]
+    # One entry per category: a name, a hex string or an RGB(A) tuple/row (not flattened into its numbers).
+    colors = [tuple(color) if isinstance(color, np.ndarray) else color for color in stored]
     categories = column_categories(values)
     if len(colors) < len(categories) or not all(is_color_like(color) for color in colors):
         return {}
@@ -142,6 +143,16 @@ def category_colors(
     else:
         palette = palettes.default_102
     position = {category: number for number, category in enumerate(order)}
-    return {
-        category: known.get(category) or to_hex(palette[position[category] % len(palette)]) for category in categories
-    }
+    palette = [to_hex(color) for color in palette]
+    taken = {to_hex(color) for color in known.values()}
+    colors = {}
+    for category in categories:
+        if category in known:
+            colors[category] = to_hex(known[category])
+            continue
+        # The category's palette colour, or the next one that no stored colour already uses (two types never
+        # share a colour when only some categories have stored colours).
+        start = position[category]
+        free = [palette[(start + step) % len(palette)] for step in range(len(palette))]
+        colors[category] = next((color for color in free if color not in taken), free[0])
+    return colors

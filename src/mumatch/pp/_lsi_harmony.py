@@ -86,14 +86,25 @@ def _feature_mask(mdata: MuData, mod: str, use_highly_variable: bool | None) -> 
     return mask
 
 
-def _check_unique_features(mdata: MuData, mod: str, mask: np.ndarray | None, what: str = "mdata") -> None:
-    """Projections match features by name: a repeated name would be ambiguous."""
-    names = mdata[mod].var_names if mask is None else mdata[mod].var_names[mask]
-    if not names.is_unique:
-        repeated = list(names[names.duplicated()].unique()[:5])
+def _repeated(names: pd.Index) -> list[str]:
+    return [str(name) for name in names[names.duplicated()].unique()[:5]]
+
+
+def _check_projectable_names(mdata: MuData, mod: str, fitted_names: np.ndarray, key: str) -> None:
+    """The projection matches features by name: a fitted or query name used twice would be ambiguous."""
+    fitted = pd.Index(fitted_names)
+    if not fitted.is_unique:
         raise ValueError(
-            f"{what}['{mod}'] has repeated feature names (e.g. {repeated}); the fitted projection matches features by "
-            f"name: call {what}['{mod}'].var_names_make_unique() first"
+            f"the reference's '{mod}' projection '{key}' was fitted on repeated feature names (e.g. "
+            f"{_repeated(fitted)}), so features cannot be matched by name; call var_names_make_unique() on the "
+            "reference and fit it again"
+        )
+    query = mdata[mod].var_names
+    ambiguous = query[query.duplicated(keep=False) & query.isin(fitted)]
+    if len(ambiguous):
+        raise ValueError(
+            f"mdata['{mod}'] repeats feature names that the projection uses (e.g. {list(ambiguous.unique()[:5])}); "
+            f"call mdata['{mod}'].var_names_make_unique() so that each reference feature names one query feature"
         )
 
 
@@ -303,8 +314,6 @@ def lsi_harmony(
     kinds = {mod: modality_kind(mod, mdata[mod].var) for mod in names}
     sizes = _resolve_n_comps(n_comps, names, kinds)
     masks = {mod: _feature_mask(mdata, mod, use_highly_variable) for mod in names}
-    for mod in names:
-        _check_unique_features(mdata, mod, masks[mod])
     start = logg.info(f"computing LSI + Harmony embeddings of {names}")
     counts = {mod: _counts(mdata, mod, layer, masks[mod]) for mod in names}
 
@@ -339,6 +348,14 @@ def lsi_harmony(
             "feature_names": np.asarray(feature_names, dtype=str),
             **fitted,
         }
+        if not feature_names.is_unique:
+            # The fit does not need names, its projection onto new cells does (lsi_harmony_transform refuses it).
+            message = (
+                f"'{mod}' repeats feature names (e.g. {_repeated(feature_names)}): lsi_harmony_transform cannot "
+                f"project new cells with this fit; call mdata['{mod}'].var_names_make_unique() before fitting"
+            )
+            logg.warning(message)
+            notes.append(message)
         results[mod] = Embedding(uncorrected, corrected, uns, notes + harmony_notes)
         if results[mod].notes:
             uns["notes"] = results[mod].notes
@@ -437,13 +454,14 @@ def lsi_harmony_transform(
     for mod in names:
         existing = mdata[mod].uns.get(key_added)
         if isinstance(existing, Mapping) and "feature_names" in existing:
-            if mdata is reference:
+            # Writing into a copy cannot harm the reference; writing into its own AnnData (the same MuData, or a
+            # MuData built from its modalities) would destroy its fit.
+            if not copy and mdata.mod[mod] is reference.mod.get(mod):
                 raise ValueError(
                     f"projecting the reference onto itself would replace its fitted projection "
                     f"mdata['{mod}'].uns['{key_added}']; pass another key_added (e.g. key_added='X_projected')"
                 )
             replaced.append(mod)
-        _check_unique_features(mdata, mod, None)
         if mod not in reference.mod:
             raise KeyError(f"modality '{mod}' is not in the reference (it has {list(reference.mod)}); pass mods=")
         fitted = reference[mod].uns.get(key)
@@ -452,6 +470,7 @@ def lsi_harmony_transform(
                 f"reference['{mod}'].uns['{key}'] holds no fitted projection; run mm.pp.lsi_harmony(reference) "
                 "first or pass key= naming its key_added"
             )
+        _check_projectable_names(mdata, mod, np.asarray(fitted["feature_names"]), key)
         fits[mod] = fitted
     start = logg.info(f"projecting {names} on the reference's '{key}'")
     notes = {mod: [] for mod in names}
