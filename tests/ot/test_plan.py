@@ -98,6 +98,15 @@ def test_bad_sparsify_arguments(kwargs, message):
         mm.ot.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, **kwargs)
 
 
+def test_potentials_of_other_points_are_refused():
+    x, y, result = solved()
+    for f, g in ((result.f[:1], result.g), (result.f, result.g[:-1]), (result.f[:, None], result.g)):
+        with pytest.raises(ValueError, match="one potential per point"):
+            mm.ot.sparsify_plan(x, y, f, g, result.epsilon, result.cost)
+        with pytest.raises(ValueError, match="one potential per point"):
+            mm.ot.plan_tile(x, y, f, g, result.epsilon, result.cost)
+
+
 def test_exact_matching_is_the_assignment():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(30, 8))

@@ -192,6 +192,31 @@ def test_unbalanced_relaxes_the_marginals():
     assert np.abs(loose_cols - 1 / 80).sum() > 1e-3  # columns are no longer forced to be uniform
 
 
+@pytest.mark.parametrize("mode", ["dense", "tiled"])
+def test_unbalanced_convergence_is_the_distance_to_the_fixed_point(mode):
+    # At the relaxed fixed point the plan's columns sum to b · exp(-g / tau) and its rows to a · exp(-f / tau). A
+    # small change of the columns in one iteration (the former criterion) said converged 0.27 (L1) away from it.
+    x, y = clouds(60, 50, 5, 3)
+    result = mm.ot.sinkhorn(
+        x, y, epsilon=0.01, tau=1.0, tol=1e-4, max_iter=20000, dtype="float64", mode=mode, device="cpu"
+    )
+    plan = full_plan(x, y, result)
+    rows = np.abs(plan.sum(1) - np.exp(-result.f / 1.0) / 60).sum()
+    columns = np.abs(plan.sum(0) - np.exp(-result.g / 1.0) / 50).sum()
+    assert result.converged
+    assert columns <= 1e-4 and rows <= 1e-4
+    assert abs(columns - result.marginal_error) < 1e-6  # the reported error is the plan's own
+    short = mm.ot.sinkhorn(x, y, epsilon=0.01, tau=1.0, tol=1e-4, max_iter=20, dtype="float64", mode=mode, device="cpu")
+    assert not short.converged  # slow relaxed iterations are not mistaken for convergence
+
+
+def test_inputs_that_require_grad_are_accepted():
+    x, y = (torch.tensor(values, requires_grad=True) for values in clouds(20, 15, 3, 1))
+    assert mm.ot.sinkhorn(x, y, device="cpu").converged
+    assert mm.ot.mutual_knn(x, y, n_neighbors=3).plan.shape == (20, 15)
+    assert mm.ot.exact_matching(x, y).plan.nnz == 15
+
+
 def test_custom_marginals():
     x, y = clouds(30, 20, 4, 5)
     a = np.linspace(1, 2, 30)

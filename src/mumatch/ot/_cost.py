@@ -273,15 +273,21 @@ def prepare_cost(
     ``"cosine"`` follows MatchCLOT's ``OT_matching``: with the cosine distance ``d = 1 - cos``, the cost is
     ``(d - min d + 1) / (max d - min d + 1)`` (shift so that the smallest entry is 1, then divide by the largest),
     which lies in (0, 1] and keeps epsilon comparable with MatchCLOT's ``reg=0.01``. ``"sqeuclidean"`` is the squared
-    Euclidean distance divided by its largest entry. The extremes are found in one tiled pass over the products;
-    ``params`` (from :meth:`PointCloudCost.params`) skips that pass and reproduces a stored cost exactly. With
+    Euclidean distance divided by its largest entry, computed on both clouds moved to their common centre and unit
+    scale (which leaves it unchanged, and keeps float32 from losing far-off or tiny clouds to rounding). The
+    extremes are found in one tiled pass over the products; ``params`` (from :meth:`PointCloudCost.params`) skips
+    that pass and reproduces a stored cost exactly (from the same ``x`` and ``y``). With
     ``product_out`` (an ``N × M`` buffer), that pass is one tile written into it and ``raw_affine`` says how to turn
     it into ``-C``, so that a dense solver need not compute the product twice.
     """
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
-    x = torch.as_tensor(x).to(device=device, dtype=dtype)
-    y = torch.as_tensor(y).to(device=device, dtype=dtype)
+    x = torch.as_tensor(x).detach()  # the cost is never differentiated: tensors that require grad are fine
+    y = torch.as_tensor(y).detach()
+    if cost == "sqeuclidean":
+        x, y = _centred_unit_scale(x.to(device=device), y.to(device=device))
+    x = x.to(device=device, dtype=dtype)
+    y = y.to(device=device, dtype=dtype)
     zeros_x = torch.zeros(x.shape[0], dtype=dtype, device=device)
     zeros_y = torch.zeros(y.shape[0], dtype=dtype, device=device)
     if cost == "cosine":
@@ -317,6 +323,25 @@ def prepare_cost(
     geometry.offset = float(params["offset"])
     geometry.scale = float(params["scale"])
     return geometry
+
+
+def _centred_unit_scale(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both clouds moved to their common centre and divided by their largest norm, in float64.
+
+    The squared-Euclidean cost is divided by its largest entry, so neither a common translation nor a common scale
+    changes it; but ``|x|² + |y|² - 2<x, y>`` of clouds far from the origin loses the distances to rounding (an
+    offset of 1000 on unit-spread data in float32 made every point look alike), and tiny values underflow.
+    """
+    x, y = x.to(torch.float64), y.to(torch.float64)
+    magnitude = torch.maximum(x.abs().max(), y.abs().max())
+    if magnitude > 0:  # first into [-1, 1]: sums and norms of values near float64's limit would overflow
+        x, y = x / magnitude, y / magnitude
+    centre = (x.sum(0) + y.sum(0)) / (x.shape[0] + y.shape[0])
+    x, y = x - centre, y - centre
+    largest = torch.maximum(x.norm(dim=1).max(), y.norm(dim=1).max())
+    if largest > 0:
+        x, y = x / largest, y / largest
+    return x, y
 
 
 def _tile_extremes(

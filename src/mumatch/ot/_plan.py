@@ -50,6 +50,17 @@ class SparsePlan:
     row_mass_kept: np.ndarray
 
 
+def check_potentials(f: object, g: object, n_rows: int, n_cols: int) -> None:
+    """Raise a ValueError unless ``f`` and ``g`` hold one potential per point of ``x`` and of ``y``."""
+    for name, values, size in (("f", f, n_rows), ("g", g, n_cols)):
+        shape = tuple(np.shape(values))
+        if shape != (size,):
+            raise ValueError(
+                f"'{name}' must hold one potential per point ({size},), got shape {shape}; pass the potentials "
+                "solved on these embeddings"
+            )
+
+
 def plan_tile(
     x: np.ndarray | torch.Tensor,
     y: np.ndarray | torch.Tensor,
@@ -79,6 +90,7 @@ def plan_tile(
     The dense rows of the plan, float64.
     """
     x, y = check_points(x, y)
+    check_potentials(f, g, x.shape[0], y.shape[0])
     geometry = prepare_cost(x, y, cost["kind"], dtype=torch.float64, device=torch.device("cpu"), params=cost)
     rows = rows if rows is not None else slice(0, geometry.shape[0])
     start, stop, _ = rows.indices(geometry.shape[0])
@@ -126,6 +138,7 @@ def sparsify_plan(
     The sparse plan and per-point certainty, see :class:`SparsePlan`.
     """
     x, y = check_points(x, y)
+    check_potentials(f, g, x.shape[0], y.shape[0])
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
     if not 0 < mass <= 1:

@@ -123,6 +123,9 @@ def _check_arguments(method, cost, epsilon, tau, top_k, max_iter, tol, n_neighbo
                 raise ValueError(f"{name} applies to method='sinkhorn' only; leave it None for method={method!r}")
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
+    if "/" in key_added:
+        # An .h5mu file would store it as nested groups that cannot be read back as one plan.
+        raise ValueError(f"key_added={key_added!r} must not contain '/'; choose another name")
     resolve_dtype(dtype)
     resolve_device(device)
 
@@ -206,7 +209,9 @@ def match_ot(
     - ``mdata.uns[key_added]``: ``params``, and ``blocks``: per block its name, sizes, status, ``block_time_s``
       (solve and sparse plan) and the solver's diagnostics, and
       for Sinkhorn the obs names of its cells (``cells1``, ``cells2``), the dual potentials ``f``, ``g`` and the
-      cost's constants, from which :func:`mumatch.ot.plan_tile` recomputes the full plan;
+      cost's constants, from which :func:`mumatch.ot.plan_tile` recomputes the full plan (on the block's cells'
+      embeddings; with several ``use_rep``, on the representations side by side, scaled by ``1/√n``, each
+      unit-normalised first for the cosine cost: the embedding whose cosine similarity is the mean of theirs);
     - ``mdata[mod].obs[f"{key_added}_confidence"]`` (largest weight of the cell's normalised row of the plan, or
       column for ``mod2``) and ``mdata[mod].obs[f"{key_added}_entropy"]`` (its entropy, nats), NaN for cells that
       were not matched.
