@@ -201,8 +201,11 @@ def test_unbalanced_convergence_is_the_distance_to_the_fixed_point(mode):
         x, y, epsilon=0.01, tau=1.0, tol=1e-4, max_iter=20000, dtype="float64", mode=mode, device="cpu"
     )
     plan = full_plan(x, y, result)
-    rows = np.abs(plan.sum(1) - np.exp(-result.f / 1.0) / 60).sum()
-    columns = np.abs(plan.sum(0) - np.exp(-result.g / 1.0) / 50).sum()
+    epsilon, tau = 0.01, 1.0
+    row_target = np.exp(-(result.f - epsilon * np.log(1 / 60)) / tau) / 60
+    column_target = np.exp(-(result.g - epsilon * np.log(1 / 50)) / tau) / 50
+    rows = np.abs(plan.sum(1) - row_target).sum() / row_target.sum()
+    columns = np.abs(plan.sum(0) - column_target).sum() / column_target.sum()
     assert result.converged
     assert columns <= 1e-4 and rows <= 1e-4
     assert abs(columns - result.marginal_error) < 1e-6  # the reported error is the plan's own

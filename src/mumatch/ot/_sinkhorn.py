@@ -85,9 +85,10 @@ class SinkhornResult:
         Sinkhorn iterations, all stages together.
     marginal_error
         L1 error of the column marginals after an exact row update, i.e. of the whole plan's marginals (balanced:
-        against ``b``; relaxed: against their fixed-point values ``b · exp(-g / tau)``, as the rows' are
-        ``a · exp(-f / tau)``). In float32 at epsilon ≤ 1e-4 the plan recomputed from the returned potentials can
-        be ~30 % further from the marginals than reported (the kernel's rounding); pass ``dtype="float64"`` there.
+        against ``b``; relaxed: against their fixed-point values ``b · exp(-(g - ε log b) / tau)``, as the rows'
+        are ``a · exp(-(f - ε log a) / tau)``, relative to their mass). In float32 at epsilon ≤ 1e-4 the plan
+        recomputed from the returned potentials can be ~30 % further from the marginals than reported (the
+        kernel's rounding); pass ``dtype="float64"`` there.
     converged
         Whether ``marginal_error <= tol``.
     time_s
@@ -162,7 +163,9 @@ def sinkhorn(
     """Entropic optimal transport between two point clouds.
 
     Solves ``min_P <P, C> + epsilon * KL(P | a ⊗ b)`` with marginals ``a`` and ``b`` (or, with ``tau``, marginals
-    relaxed by ``tau * KL``), for the cost ``C`` between ``x`` and ``y`` rescaled to [0, 1].
+    relaxed by ``tau * KL(P1 | a) + tau * KL(Pᵀ1 | b)``), for the cost ``C`` between ``x`` and ``y`` rescaled to
+    [0, 1]. The plan is ``exp((f + g - C) / epsilon)`` (the potentials include ``epsilon · log a`` and
+    ``epsilon · log b``).
 
     Parameters
     ----------
@@ -378,15 +381,21 @@ class _Solver:
             self._ones = torch.ones(size, dtype=like.dtype, device=like.device)
         return self._ones
 
-    def column_target(self, g: torch.Tensor) -> torch.Tensor:
-        """The column sums of the solution for the column potential ``g``: ``b``, relaxed ``b · exp(-g / tau)``.
+    def column_error(self, column_sums: torch.Tensor, g: torch.Tensor, epsilon: float) -> float:
+        """L1 distance of the plan's column sums to the solution's for the column potential ``g``, relative to its mass.
 
-        At the relaxed fixed point ``g = -tau · log(Pᵀ1 / b)``; the distance to this target, not the change of the
-        columns in one iteration (small long before convergence when ``tau / (tau + epsilon)`` is near 1), says how
-        far the plan is from the solution.
+        Balanced, the columns must sum to ``b`` (mass 1). Relaxed, with the plan ``exp((f + g - C) / ε)`` of the
+        problem ``<P, C> + ε KL(P | a ⊗ b) + τ KL(P1 | a) + τ KL(Pᵀ1 | b)``, the fixed point has columns summing
+        to ``b · exp(-(g - ε log b) / τ)`` (rows: ``a · exp(-(f - ε log a) / τ)``). The distance to this target,
+        not the change of the columns in one iteration (small long before convergence when ``τ / (τ + ε)`` is near
+        1), says how far the plan is from the solution; relative to the target's mass, so that ``tol`` means the
+        same whether a relaxed plan keeps most of the mass or little of it.
         """
-        b = self.b.to(g.dtype)
-        return b if self.tau is None else b * torch.exp(-g / self.tau)
+        b = self.b.to(column_sums.dtype)
+        if self.tau is None:
+            return (column_sums - b).abs().sum().item()
+        target = b * torch.exp(-(g.to(column_sums.dtype) - epsilon * b.log()) / self.tau)
+        return ((column_sums - target).abs().sum() / target.sum().clamp_min(torch.finfo(target.dtype).tiny)).item()
 
     def exponent(self, epsilon: float) -> float:
         """The exponent of the scaling updates: 1 when balanced, ``tau / (tau + epsilon)`` when relaxed."""
@@ -418,7 +427,7 @@ class _TiledSolver(_Solver):
                 exact = False
                 n_iter += 1
                 # The rows are exact for f; balanced, the columns must sum to b, relaxed to b · exp(-g / tau).
-                error = (column_sums - self.column_target(g.double())).abs().sum().item()
+                error = self.column_error(column_sums, g.double(), epsilon)
                 if error <= stage_tol or n_iter >= max_iter:
                     break
                 if error > previous_error:
@@ -429,7 +438,8 @@ class _TiledSolver(_Solver):
                         continue
                 previous_error = error
                 log_sums = column_sums.clamp_min(1e-300).log()
-                g_sinkhorn = lam * (epsilon * (log_b64 - log_sums) + g.double())
+                # g ← ε log b - λ ε LSE_i((f - C) / ε), with LSE_i = log(column sum) - g / ε (λ = 1: balanced).
+                g_sinkhorn = epsilon * log_b64 + lam * (g.double() - epsilon * log_sums)
                 g_next = mixer.next(g.double(), g_sinkhorn)
                 plain_g = g_sinkhorn.to(self.dtype) if mixer.accelerated else None
                 if plain_g is not None:
@@ -482,7 +492,7 @@ class _TiledSolver(_Solver):
                 row_sums = self._exp_strip(blocks, column_ranges, rows, alpha, column_bias, shift, computed=True)
             row_shift = shift + row_constant
             self.log_sums[rows] = row_shift + row_sums.log()
-            f_tile = lam * epsilon * (self.log_a[rows] - self.log_sums[rows])
+            f_tile = epsilon * (self.log_a[rows] - lam * self.log_sums[rows])
             f_new[rows] = f_tile
             # exp(row_shift + f / epsilon) turns the strip into the stabilised kernel exp((f + g - C) / epsilon).
             row_scale = torch.exp(row_shift + f_tile * inv_epsilon)
@@ -576,7 +586,7 @@ class _DenseSolver(_Solver):
             log_sums = row_shift + torch.mv(tile, self.ones(n_cols, tile)).log()
             # The kernel keeps the potential -epsilon · row_shift; the exact update lives in the row scaling.
             f[start:stop] = -epsilon * row_shift
-            log_u[start:stop] = lam * (self.log_a[start:stop] - log_sums) + row_shift
+            log_u[start:stop] = self.log_a[start:stop] - lam * log_sums + row_shift
             column_sums += torch.mv(tile.T, log_u[start:stop].exp()).double()
         return f, log_u, column_sums
 
@@ -601,12 +611,12 @@ class _DenseSolver(_Solver):
             block = kernel[start : start + step]
             rows = slice(start, start + block.shape[0])
             block_v = torch.mv(block, v, out=kernel_v[rows]).clamp_min_(self.tiny)
-            # With potentials absorbed, the relaxed update is (a / K v)^λ · exp((λ - 1) f / ε) (λ = 1: balanced).
+            # With potentials absorbed, the relaxed update is a · (K v)^-λ · exp((λ - 1) f / ε) (λ = 1: balanced).
             # Balanced, u = a / K v directly: a block's few small operations cost as much as its products at 10k.
             if lam == 1.0:
                 torch.div(self.a[rows], block_v, out=u[rows])
             else:
-                torch.exp(lam * (self.log_a[rows] - block_v.log()) + (lam - 1.0) * f[rows] / epsilon, out=u[rows])
+                torch.exp(self.log_a[rows] - lam * block_v.log() + (lam - 1.0) * f[rows] / epsilon, out=u[rows])
             kernel_t_u.addmv_(block.T, u[rows])
         log_u = u.log()
         return log_u, kernel_t_u
@@ -647,7 +657,7 @@ class _DenseSolver(_Solver):
                     previous_error, plain_log_v = math.inf, None
                     rebuilt = True
                 column_marginal = log_v.exp() * kernel_t_u  # the plan's column sums; its rows are exact for f
-                error = (column_marginal - self.column_target(g + epsilon * log_v)).abs().sum().item()
+                error = self.column_error(column_marginal, g + epsilon * log_v, epsilon)
                 if final and self.tau is None and error < best_error:
                     best_error, best_state = error, (f, g, log_u, log_v)
                 if error <= stage_tol or n_iter >= max_iter:
@@ -662,8 +672,8 @@ class _DenseSolver(_Solver):
                     next_log_v, plain_log_v = plain_log_v, None
                 else:
                     previous_error = error
-                    # The Sinkhorn column update; relaxed: (b / Kᵀu)^λ · exp((λ - 1) g / ε) (λ = 1: balanced).
-                    update = lam * (self.log_b - kernel_t_u.clamp_min(self.tiny).log()) + (lam - 1.0) * g / epsilon
+                    # The Sinkhorn column update; relaxed: b · (Kᵀu)^-λ · exp((λ - 1) g / ε) (λ = 1: balanced).
+                    update = self.log_b - lam * kernel_t_u.clamp_min(self.tiny).log() + (lam - 1.0) * g / epsilon
                     next_log_v = mixer.next(log_v, update)
                     plain_log_v = update if mixer.accelerated else None
                     if plain_log_v is not None and next_log_v.abs().max().item() > bound:
