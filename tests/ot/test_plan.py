@@ -162,3 +162,15 @@ def test_rows_far_from_their_mass_are_handled_exactly():
     np.testing.assert_allclose(shifted.plan.toarray(), plain.plan.toarray(), atol=1e-5)
     np.testing.assert_allclose(shifted.row_confidence, plain.row_confidence, rtol=1e-4)
     np.testing.assert_allclose(shifted.row_entropy, plain.row_entropy, rtol=1e-4, atol=1e-6)
+
+
+def test_a_stored_squared_euclidean_cost_is_rebuilt_for_a_subset_of_the_points():
+    # The points are moved to a common centre and scale before the cost (float32 lost far-off clouds to rounding);
+    # that frame is stored with the cost, so a subset of the rows gets the very same entries.
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(40, 4)) + 1000.0, rng.normal(size=(30, 4)) + 1000.0
+    result = mm.ot.sinkhorn(x, y, cost="sqeuclidean", epsilon=0.05, dtype="float64", device="cpu")
+    full = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost)
+    subset = mm.ot.plan_tile(x[:10], y, result.f[:10], result.g, result.epsilon, result.cost)
+    np.testing.assert_allclose(subset, full[:10], rtol=1e-12)
+    assert np.abs(full.sum(1) - 1 / 40).sum() < 2e-3  # and the plan is the converged one

@@ -213,6 +213,27 @@ def test_unbalanced_convergence_is_the_distance_to_the_fixed_point(mode):
     assert not short.converged  # slow relaxed iterations are not mistaken for convergence
 
 
+@pytest.mark.parametrize("mode", ["dense", "tiled"])
+def test_unbalanced_plan_solves_the_documented_problem(mode):
+    # First-order condition of <P, C> + ε KL(P | a⊗b) + τ KL(P1 | a) + τ KL(Pᵀ1 | b):
+    # C + ε log(P / a⊗b) + τ log(P1 / a) + τ log(Pᵀ1 / b) = 0 (the entropy relative to a⊗b, not to 1: with the
+    # latter the transported mass depended on the number of points).
+    x, y = clouds(70, 40, 5, 4)
+    epsilon, tau = 0.05, 0.5
+    result = mm.ot.sinkhorn(
+        x, y, epsilon=epsilon, tau=tau, tol=1e-10, max_iter=100_000, dtype="float64", mode=mode, device="cpu"
+    )
+    plan = full_plan(x, y, result)
+    a, b = np.full(70, 1 / 70), np.full(40, 1 / 40)
+    gradient = (
+        matchclot_cost(x, y)
+        + epsilon * np.log(plan / np.outer(a, b))
+        + tau * np.log(plan.sum(1) / a)[:, None]
+        + tau * np.log(plan.sum(0) / b)[None]
+    )
+    assert np.abs(gradient).max() < 1e-6
+
+
 def test_inputs_that_require_grad_are_accepted():
     x, y = (torch.tensor(values, requires_grad=True) for values in clouds(20, 15, 3, 1))
     assert mm.ot.sinkhorn(x, y, device="cpu").converged

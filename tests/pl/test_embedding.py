@@ -197,3 +197,24 @@ def test_stored_colors_as_rgb_tuples_and_partial_coverage():
     known = {"B": palette["B"], "T": palette["NK"]}
     colors = category_colors(["B", "NK", "T"], known)
     assert len({to_hex(color) for color in colors.values()}) == 3 and colors["T"] == palette["NK"]
+
+
+def test_joint_embedding_never_deletes_coordinates_a_user_put_under_its_name(fast_umap):
+    mdata = mm.datasets.simulate_paired(90, ("rna", "atac", "adt"), n_genes=40, n_peaks=50, n_proteins=10, seed=0)
+    rng = np.random.default_rng(0)
+    for mod in mdata.mod:
+        mdata[mod].obsm["X_shared"] = rng.standard_normal((mdata[mod].n_obs, 5)).astype(np.float32)
+    mm.pl.joint_embedding(mdata, "X_shared", mods=["rna", "atac"], color="modality", n_neighbors=5, show=False)
+    mine = np.full((mdata["atac"].n_obs, 2), 7.0, dtype=np.float32)
+    mdata["atac"].obsm["X_shared_umap"] = mine  # the user's own coordinates, since
+    mm.pl.joint_embedding(mdata, "X_shared", mods=["rna", "adt"], color="modality", n_neighbors=5, show=False)
+    np.testing.assert_array_equal(mdata["atac"].obsm["X_shared_umap"], mine)
+
+
+def test_palette_colours_skip_every_colour_already_given():
+    from mumatch.pl._utils import category_colors
+
+    palette = category_colors(["A", "B", "C"])
+    colors = category_colors(["A", "B", "C"], {"C": palette["A"]})  # C stored with A's palette colour
+    assert len(set(colors.values())) == 3 and colors["C"] == palette["A"]
+    assert category_colors(["B"], {"C": palette["A"]}, order=["A", "B", "C"])["B"] == colors["B"]

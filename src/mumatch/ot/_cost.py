@@ -90,6 +90,10 @@ class PointCloudCost:
     # each row's largest raw entry (kappa > 0: the row's smallest cost), found in the same pass.
     raw_affine: tuple[float, float] | None = None
     raw_row_max: torch.Tensor | None = None
+    # sqeuclidean: the points are ``x / divisor - centre`` (see _centred_unit_scale), recorded so that a stored
+    # cost is rebuilt exactly for any subset of the points.
+    divisor: float | None = None
+    centre: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -134,9 +138,12 @@ class PointCloudCost:
         """The per-row term ``-(row[i] + offset) / epsilon`` left out by :meth:`shifted_tile`."""
         return -(self.row[start:stop] + self.offset) * inv_epsilon
 
-    def params(self) -> dict[str, float | str]:
-        """What is needed, with the embeddings, to rebuild the cost exactly."""
-        return {"kind": self.kind, "offset": float(self.offset), "scale": float(self.scale)}
+    def params(self) -> dict[str, float | str | np.ndarray]:
+        """What is needed, with the embeddings (or any subset of their points), to rebuild the cost exactly."""
+        params = {"kind": self.kind, "offset": float(self.offset), "scale": float(self.scale)}
+        if self.divisor is not None:
+            params.update(divisor=float(self.divisor), centre=np.asarray(self.centre, dtype=np.float64))
+        return params
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -284,8 +291,11 @@ def prepare_cost(
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
     x = torch.as_tensor(x).detach()  # the cost is never differentiated: tensors that require grad are fine
     y = torch.as_tensor(y).detach()
+    frame = None
     if cost == "sqeuclidean":
-        x, y = _centred_unit_scale(x.to(device=device), y.to(device=device))
+        stored = params is not None and "divisor" in params
+        frame = (float(params["divisor"]), np.asarray(params["centre"], np.float64)) if stored else None
+        x, y, frame = _centred_unit_scale(x.to(device=device), y.to(device=device), frame)
     x = x.to(device=device, dtype=dtype)
     y = y.to(device=device, dtype=dtype)
     zeros_x = torch.zeros(x.shape[0], dtype=dtype, device=device)
@@ -320,28 +330,34 @@ def prepare_cost(
         norm = 2.0 / params["scale"]
         geometry.row = sq_x / norm
         geometry.col = sq_y / norm
+        geometry.divisor, geometry.centre = frame
     geometry.offset = float(params["offset"])
     geometry.scale = float(params["scale"])
     return geometry
 
 
-def _centred_unit_scale(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both clouds moved to their common centre and divided by their largest norm, in float64.
+def _centred_unit_scale(
+    x: torch.Tensor, y: torch.Tensor, frame: tuple[float, np.ndarray] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, tuple[float, np.ndarray]]:
+    """Both clouds as ``x / divisor - centre`` in float64: moved to their common centre, largest norm 1.
 
     The squared-Euclidean cost is divided by its largest entry, so neither a common translation nor a common scale
     changes it; but ``|x|² + |y|² - 2<x, y>`` of clouds far from the origin loses the distances to rounding (an
     offset of 1000 on unit-spread data in float32 made every point look alike), and tiny values underflow.
+    ``frame`` (``(divisor, centre)``, from a stored cost) is applied instead of computed. Returns the frame too.
     """
     x, y = x.to(torch.float64), y.to(torch.float64)
-    magnitude = torch.maximum(x.abs().max(), y.abs().max())
-    if magnitude > 0:  # first into [-1, 1]: sums and norms of values near float64's limit would overflow
-        x, y = x / magnitude, y / magnitude
-    centre = (x.sum(0) + y.sum(0)) / (x.shape[0] + y.shape[0])
-    x, y = x - centre, y - centre
-    largest = torch.maximum(x.norm(dim=1).max(), y.norm(dim=1).max())
-    if largest > 0:
-        x, y = x / largest, y / largest
-    return x, y
+    if frame is None:
+        # First into [-1, 1]: sums and norms of values near float64's limit would overflow.
+        magnitude = float(torch.maximum(x.abs().max(), y.abs().max())) or 1.0
+        unit_x, unit_y = x / magnitude, y / magnitude
+        centre = (unit_x.sum(0) + unit_y.sum(0)) / (x.shape[0] + y.shape[0])
+        largest = float(torch.maximum((unit_x - centre).norm(dim=1).max(), (unit_y - centre).norm(dim=1).max()))
+        largest = largest or 1.0
+        frame = (magnitude * largest, (centre / largest).cpu().numpy())
+    divisor, centre = frame
+    shift = torch.as_tensor(centre, dtype=torch.float64, device=x.device)
+    return x / divisor - shift, y / divisor - shift, frame
 
 
 def _tile_extremes(

@@ -71,13 +71,25 @@ def _colors(mdata: MuData, mods: list[str], key: str, categories: list[str]) -> 
 
 
 def _cache_mods(mdata: MuData, key_added: str) -> list[str] | None:
-    """The modalities of the UMAP this function cached under ``key_added``; None when it cached none there."""
+    """The modalities whose ``.obsm[key_added]`` still holds what this function cached; None when it cached none.
+
+    Each cached array's fingerprint is recorded: coordinates a user has since put under that name are theirs.
+    """
     stored = mdata.uns.get(key_added)
     params = stored.get("params") if isinstance(stored, Mapping) else None
     # The embedding's fingerprint is recorded by this function alone: it marks a cache written here.
     if not (isinstance(params, Mapping) and "fingerprint" in params and "basis" in params):
         return None
-    return [str(mod) for mod in _plain(params.get("mods", []))]
+    prints = stored.get("coordinates")
+    if not isinstance(prints, Mapping):  # a cache written before the coordinates' fingerprints were recorded
+        return [str(mod) for mod in _plain(params.get("mods", []))]
+    return [
+        str(mod)
+        for mod, print_ in prints.items()
+        if mod in mdata.mod
+        and key_added in mdata[mod].obsm
+        and _fingerprint(np.asarray(mdata[mod].obsm[key_added])) == str(print_)
+    ]
 
 
 def _foreign(mdata: MuData, mods: list[str], key_added: str) -> list[str]:
@@ -256,7 +268,10 @@ def joint_embedding(
         offsets = np.cumsum([0] + [mdata[mod].n_obs for mod in mods])
         for position, mod in enumerate(mods):
             mdata[mod].obsm[key_added] = coordinates[offsets[position] : offsets[position + 1]]
-        mdata.uns[key_added] = {"params": params}
+        mdata.uns[key_added] = {
+            "params": params,
+            "coordinates": {mod: _fingerprint(mdata[mod].obsm[key_added]) for mod in mods},
+        }
         logg.info(
             "    finished",
             time=start,

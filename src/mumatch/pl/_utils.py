@@ -144,15 +144,17 @@ def category_colors(
         palette = palettes.default_102
     position = {category: number for number, category in enumerate(order)}
     palette = [to_hex(color) for color in palette]
-    taken = {to_hex(color) for color in known.values()}
+    # Over the full category list in its order, so that the result does not depend on which categories are drawn:
+    # a category keeps its stored colour, else takes its palette colour or the next one nobody uses yet (two types
+    # never share a colour when only some have stored colours).
+    taken = {to_hex(color) for category, color in known.items() if category in position}
     colors = {}
-    for category in categories:
+    for category in order:
         if category in known:
             colors[category] = to_hex(known[category])
             continue
-        # The category's palette colour, or the next one that no stored colour already uses (two types never
-        # share a colour when only some categories have stored colours).
         start = position[category]
         free = [palette[(start + step) % len(palette)] for step in range(len(palette))]
         colors[category] = next((color for color in free if color not in taken), free[0])
-    return colors
+        taken.add(colors[category])
+    return {category: colors[category] for category in categories}
