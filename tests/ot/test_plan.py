@@ -174,3 +174,28 @@ def test_a_stored_squared_euclidean_cost_is_rebuilt_for_a_subset_of_the_points()
     subset = mm.ot.plan_tile(x[:10], y, result.f[:10], result.g, result.epsilon, result.cost)
     np.testing.assert_allclose(subset, full[:10], rtol=1e-12)
     assert np.abs(full.sum(1) - 1 / 40).sum() < 2e-3  # and the plan is the converged one
+
+
+def test_a_stored_cost_without_a_frame_is_rebuilt_on_the_points_as_given():
+    # Costs stored before the frame was recorded hold only offset and scale, for the points as they were given.
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(20, 3))
+    result = mm.ot.sinkhorn(x, y, cost="sqeuclidean", epsilon=0.05, dtype="float64", device="cpu")
+    full = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost)
+    distances = ((x[:, None] - y[None]) ** 2).sum(-1)
+    old = {"kind": "sqeuclidean", "offset": 0.0, "scale": 2.0 / distances.max()}  # what an older version stored
+    np.testing.assert_allclose(mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, old), full, rtol=1e-9)
+    with pytest.raises(ValueError, match="centre has 3 dimensions"):
+        mm.ot.plan_tile(x[:, :2], y[:, :2], result.f, result.g, result.epsilon, result.cost)
+
+
+def test_squared_euclidean_plan_of_points_near_the_float64_limit():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(25, 3)), rng.normal(size=(20, 3))
+    plain = mm.ot.sinkhorn(x, y, cost="sqeuclidean", epsilon=0.05, dtype="float64", device="cpu")
+    huge = mm.ot.sinkhorn(x * 5e307, y * 5e307, cost="sqeuclidean", epsilon=0.05, dtype="float64", device="cpu")
+    np.testing.assert_allclose(
+        mm.ot.plan_tile(x * 5e307, y * 5e307, huge.f, huge.g, 0.05, huge.cost),
+        mm.ot.plan_tile(x, y, plain.f, plain.g, 0.05, plain.cost),
+        atol=1e-9,
+    )

@@ -217,4 +217,5 @@ def test_palette_colours_skip_every_colour_already_given():
     palette = category_colors(["A", "B", "C"])
     colors = category_colors(["A", "B", "C"], {"C": palette["A"]})  # C stored with A's palette colour
     assert len(set(colors.values())) == 3 and colors["C"] == palette["A"]
+    assert colors["B"] == palette["B"]  # only the displaced category moves
     assert category_colors(["B"], {"C": palette["A"]}, order=["A", "B", "C"])["B"] == colors["B"]

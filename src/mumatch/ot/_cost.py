@@ -90,10 +90,9 @@ class PointCloudCost:
     # each row's largest raw entry (kappa > 0: the row's smallest cost), found in the same pass.
     raw_affine: tuple[float, float] | None = None
     raw_row_max: torch.Tensor | None = None
-    # sqeuclidean: the points are ``x / divisor - centre`` (see _centred_unit_scale), recorded so that a stored
-    # cost is rebuilt exactly for any subset of the points.
-    divisor: float | None = None
-    centre: np.ndarray | None = None
+    # sqeuclidean: the points are ``(x / magnitude - centre) / radius`` (see _centred_unit_scale), recorded so that
+    # a stored cost is rebuilt exactly for any subset of the points.
+    frame: tuple[float, np.ndarray, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -141,8 +140,9 @@ class PointCloudCost:
     def params(self) -> dict[str, float | str | np.ndarray]:
         """What is needed, with the embeddings (or any subset of their points), to rebuild the cost exactly."""
         params = {"kind": self.kind, "offset": float(self.offset), "scale": float(self.scale)}
-        if self.divisor is not None:
-            params.update(divisor=float(self.divisor), centre=np.asarray(self.centre, dtype=np.float64))
+        if self.frame is not None:
+            magnitude, centre, radius = self.frame
+            params.update(magnitude=float(magnitude), centre=np.asarray(centre, dtype=np.float64), radius=float(radius))
         return params
 
 
@@ -292,9 +292,15 @@ def prepare_cost(
     x = torch.as_tensor(x).detach()  # the cost is never differentiated: tensors that require grad are fine
     y = torch.as_tensor(y).detach()
     frame = None
-    if cost == "sqeuclidean":
-        stored = params is not None and "divisor" in params
-        frame = (float(params["divisor"]), np.asarray(params["centre"], np.float64)) if stored else None
+    if cost == "sqeuclidean" and (params is None or "magnitude" in params):
+        # A stored cost without a frame (written before frames were recorded) is on the points as given.
+        if params is not None:
+            frame = (float(params["magnitude"]), np.asarray(params["centre"], np.float64), float(params["radius"]))
+            if frame[1].shape != (x.shape[1],):
+                raise ValueError(
+                    f"the stored cost's centre has {frame[1].size} dimensions, the points {x.shape[1]}: pass the "
+                    "embeddings the cost was computed on"
+                )
         x, y, frame = _centred_unit_scale(x.to(device=device), y.to(device=device), frame)
     x = x.to(device=device, dtype=dtype)
     y = y.to(device=device, dtype=dtype)
@@ -330,34 +336,33 @@ def prepare_cost(
         norm = 2.0 / params["scale"]
         geometry.row = sq_x / norm
         geometry.col = sq_y / norm
-        geometry.divisor, geometry.centre = frame
+        geometry.frame = frame
     geometry.offset = float(params["offset"])
     geometry.scale = float(params["scale"])
     return geometry
 
 
 def _centred_unit_scale(
-    x: torch.Tensor, y: torch.Tensor, frame: tuple[float, np.ndarray] | None = None
-) -> tuple[torch.Tensor, torch.Tensor, tuple[float, np.ndarray]]:
-    """Both clouds as ``x / divisor - centre`` in float64: moved to their common centre, largest norm 1.
+    x: torch.Tensor, y: torch.Tensor, frame: tuple[float, np.ndarray, float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, tuple[float, np.ndarray, float]]:
+    """Both clouds as ``(x / magnitude - centre) / radius`` in float64: at their common centre, largest norm 1.
 
     The squared-Euclidean cost is divided by its largest entry, so neither a common translation nor a common scale
     changes it; but ``|x|² + |y|² - 2<x, y>`` of clouds far from the origin loses the distances to rounding (an
-    offset of 1000 on unit-spread data in float32 made every point look alike), and tiny values underflow.
-    ``frame`` (``(divisor, centre)``, from a stored cost) is applied instead of computed. Returns the frame too.
+    offset of 1000 on unit-spread data in float32 made every point look alike), and tiny values underflow. Dividing
+    by the largest absolute value first keeps sums and norms of values near float64's limit from overflowing.
+    ``frame`` (``(magnitude, centre, radius)``, from a stored cost) is applied instead of computed; it is returned.
     """
     x, y = x.to(torch.float64), y.to(torch.float64)
     if frame is None:
-        # First into [-1, 1]: sums and norms of values near float64's limit would overflow.
         magnitude = float(torch.maximum(x.abs().max(), y.abs().max())) or 1.0
         unit_x, unit_y = x / magnitude, y / magnitude
         centre = (unit_x.sum(0) + unit_y.sum(0)) / (x.shape[0] + y.shape[0])
-        largest = float(torch.maximum((unit_x - centre).norm(dim=1).max(), (unit_y - centre).norm(dim=1).max()))
-        largest = largest or 1.0
-        frame = (magnitude * largest, (centre / largest).cpu().numpy())
-    divisor, centre = frame
+        radius = float(torch.maximum((unit_x - centre).norm(dim=1).max(), (unit_y - centre).norm(dim=1).max()))
+        frame = (magnitude, centre.cpu().numpy(), radius or 1.0)
+    magnitude, centre, radius = frame
     shift = torch.as_tensor(centre, dtype=torch.float64, device=x.device)
-    return x / divisor - shift, y / divisor - shift, frame
+    return (x / magnitude - shift) / radius, (y / magnitude - shift) / radius, frame
 
 
 def _tile_extremes(

@@ -438,8 +438,11 @@ class _TiledSolver(_Solver):
                         continue
                 previous_error = error
                 log_sums = column_sums.clamp_min(1e-300).log()
-                # g ← ε log b - λ ε LSE_i((f - C) / ε), with LSE_i = log(column sum) - g / ε (λ = 1: balanced).
-                g_sinkhorn = epsilon * log_b64 + lam * (g.double() - epsilon * log_sums)
+                # g ← ε log b - λ ε LSE_i((f - C) / ε), with LSE_i = log(column sum) - g / ε.
+                if self.tau is None:
+                    g_sinkhorn = epsilon * (log_b64 - log_sums) + g.double()
+                else:
+                    g_sinkhorn = epsilon * log_b64 + lam * (g.double() - epsilon * log_sums)
                 g_next = mixer.next(g.double(), g_sinkhorn)
                 plain_g = g_sinkhorn.to(self.dtype) if mixer.accelerated else None
                 if plain_g is not None:

@@ -144,15 +144,23 @@ def category_colors(
         palette = palettes.default_102
     position = {category: number for number, category in enumerate(order)}
     palette = [to_hex(color) for color in palette]
-    # Over the full category list in its order, so that the result does not depend on which categories are drawn:
-    # a category keeps its stored colour, else takes its palette colour or the next one nobody uses yet (two types
-    # never share a colour when only some have stored colours).
-    taken = {to_hex(color) for category, color in known.items() if category in position}
-    colors = {}
+    # Over the full category list, so that the result does not depend on which categories are drawn: a category
+    # keeps its stored colour, else its own palette colour unless a stored colour already uses it; the displaced
+    # ones then take the next palette colours nobody uses (two types never share a colour, and one clash moves
+    # one colour, not every later one).
+    colors = {category: to_hex(known[category]) for category in order if category in known}
+    taken = set(colors.values())
+    displaced = []
     for category in order:
-        if category in known:
-            colors[category] = to_hex(known[category])
+        if category in colors:
             continue
+        own = palette[position[category] % len(palette)]
+        if own in taken:
+            displaced.append(category)
+        else:
+            colors[category] = own
+            taken.add(own)
+    for category in displaced:
         start = position[category]
         free = [palette[(start + step) % len(palette)] for step in range(len(palette))]
         colors[category] = next((color for color in free if color not in taken), free[0])

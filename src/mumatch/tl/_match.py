@@ -210,8 +210,9 @@ def match_ot(
       (solve and sparse plan) and the solver's diagnostics, and
       for Sinkhorn the obs names of its cells (``cells1``, ``cells2``), the dual potentials ``f``, ``g`` and the
       cost's constants (``cost_kind``, ``cost_offset``, ``cost_scale``, and for the squared-Euclidean cost the
-      points' frame ``cost_divisor``, ``cost_centre``), from which :func:`mumatch.ot.plan_tile` (given them as
-      ``{"kind": ..., "offset": ..., ...}``) recomputes the full plan (on the block's cells'
+      points' frame ``cost_magnitude``, ``cost_centre``, ``cost_radius``), from which
+      :func:`mumatch.ot.plan_tile` (given them as ``{"kind": ..., "offset": ..., ...}``) recomputes the full plan
+      (on the block's cells'
       embeddings; with several ``use_rep``, on the representations side by side, scaled by ``1/√n``, each
       unit-normalised first for the cosine cost: the embedding whose cosine similarity is the mean of theirs);
     - ``mdata[mod].obs[f"{key_added}_confidence"]`` (largest weight of the cell's normalised row of the plan, or
@@ -377,7 +378,7 @@ def _solve_block(
             )
         record.update(result.diagnostics())
         record.update({"f": result.f, "g": result.g, "cost_kind": result.cost["kind"]})
-        # offset and scale; for the squared-Euclidean cost also the points' frame (divisor, centre)
+        # offset and scale; for the squared-Euclidean cost also the points' frame (magnitude, centre, radius)
         record.update({f"cost_{name}": value for name, value in result.cost.items() if name != "kind"})
         sparse = ot.sparsify_plan(
             x,
