@@ -117,11 +117,16 @@ def check_obs_key(mdata: MuData, mod: str, key: str, argument: str) -> None:
         )
 
 
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a real number (Python or numpy), booleans excluded."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+
+
 def check_positive(value: float, argument: str, *, allow_none: bool = False) -> None:
     """Raise unless ``value`` is a finite number > 0."""
     if value is None and allow_none:
         return
-    if not isinstance(value, int | float | np.integer | np.floating) or not np.isfinite(value) or value <= 0:
+    if not is_number(value) or not np.isfinite(value) or value <= 0:
         raise ValueError(f"{argument} must be a finite number > 0, got {value!r}")
 
 

@@ -234,8 +234,9 @@ def test_bad_hyperparameters_raise(small):
     assert model.init_params["n_hidden"] == {"rna": [32, 16], "atac": [24]}
     assert model.init_params["dropout"] == {"rna": [0.1, 0.2], "atac": [0.0]}
     model = make_model(small)
-    with pytest.raises(ValueError, match="lr"):
-        model.train(lr=-1.0, **FAST)
+    for lr in (-1.0, True):  # a boolean is no learning rate (it passed as 1 before)
+        with pytest.raises(ValueError, match="lr"):
+            model.train(lr=lr, **FAST)
 
 
 def test_defaults_follow_matchclot(cite, multiome):

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._validate import check_int
+from .._validate import check_int, is_number
 
 FEATURE_TYPES = {"rna": "GEX", "atac": "ATAC", "adt": "ADT"}
 # Mean counts per cell, of the order of 10x data after filtering: ~1.5k UMIs (RNA), ~2.5k fragments in peaks (ATAC),
@@ -199,12 +199,12 @@ def simulate_paired(
     if unknown or not 2 <= len(modalities) <= 3 or len(set(modalities)) != len(modalities):
         raise ValueError(f"modalities={modalities!r}: choose two or three distinct names of {list(FEATURE_TYPES)}")
     check_int(seed, "seed", minimum=0)
-    if not _is_real(paired_fraction) or not 0.0 <= paired_fraction <= 1.0:
+    if not is_number(paired_fraction) or not 0.0 <= paired_fraction <= 1.0:
         raise ValueError(f"paired_fraction must be a number in [0, 1], got {paired_fraction!r}")
     n_features = {"rna": n_genes, "atac": n_peaks, "adt": n_proteins}
     for mod in modalities:
         check_int(n_features[mod], FEATURE_ARGUMENTS[mod])
-    if not _is_real(batch_effect) or not np.isfinite(batch_effect) or batch_effect < 0:
+    if not is_number(batch_effect) or not np.isfinite(batch_effect) or batch_effect < 0:
         raise ValueError(f"batch_effect must be a finite number >= 0, got {batch_effect!r}")
     sizes = {**DEFAULT_LIBRARY_SIZE, **_check_library_size(library_size, modalities)}
 
@@ -284,10 +284,6 @@ def simulate_paired(
     return mdata
 
 
-def _is_real(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
-
-
 def _check_library_size(library_size: Mapping[str, float] | None, modalities: list[str]) -> dict[str, float]:
     """The mean library sizes the caller set: for simulated modalities, finite and > 0."""
     if library_size is None:
@@ -298,6 +294,6 @@ def _check_library_size(library_size: Mapping[str, float] | None, modalities: li
     if unknown:
         raise KeyError(f"library_size names {unknown}, which are not simulated; use names from {modalities}")
     for mod, size in library_size.items():
-        if not _is_real(size) or not np.isfinite(size) or size <= 0:
+        if not is_number(size) or not np.isfinite(size) or size <= 0:
             raise ValueError(f"library_size['{mod}'] must be a finite number > 0, got {size!r}")
     return {mod: float(size) for mod, size in library_size.items()}

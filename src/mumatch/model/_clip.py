@@ -13,7 +13,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._layout import MISSING_BATCH, label_name, paired_batch_labels, paired_positions
-from .._validate import check_int, check_mod, check_mudata, check_obs_names, check_positive
+from .._validate import check_int, check_mod, check_mudata, check_obs_names, check_positive, is_number
 from ..module import CLIPModule
 from ._base import ModalityRegistration, MuDataModel, TrainingPlan, modality_inputs, row_loader
 
@@ -159,7 +159,7 @@ class CLIP(MuDataModel):
             }
         else:
             hidden = {
-                mod: [widths] if _is_rate(widths) else list(widths)
+                mod: [widths] if is_number(widths) else list(widths)
                 for mod, widths in _per_modality(n_hidden, mods, "n_hidden").items()
             }
             for mod, widths in hidden.items():
@@ -172,13 +172,13 @@ class CLIP(MuDataModel):
                 if len(rates[mod]) != len(hidden[mod]):
                     # MatchCLOT's rates are per layer of its widths; other widths take the first rate everywhere.
                     rates[mod] = [rates[mod][0]] * len(hidden[mod])
-        elif _is_rate(dropout):
+        elif is_number(dropout):
             rates = {mod: [float(dropout)] * len(hidden[mod]) for mod in mods}
         else:
             rates = {}
             for mod, rate in _per_modality(dropout, mods, "dropout").items():
-                rate = [rate] * len(hidden[mod]) if _is_rate(rate) else list(rate)
-                if len(rate) != len(hidden[mod]) or not all(_is_rate(value) for value in rate):
+                rate = [rate] * len(hidden[mod]) if is_number(rate) else list(rate)
+                if len(rate) != len(hidden[mod]) or not all(is_number(value) for value in rate):
                     raise ValueError(
                         f"dropout['{mod}'] must be one rate or one per hidden layer ({len(hidden[mod])}), got {rate!r}"
                     )
@@ -244,7 +244,7 @@ class CLIP(MuDataModel):
 
     # ----- training ---------------------------------------------------------------------------------------------
     def _validation_split(
-        self, validation: str | float | Sequence[str] | None, n_paired: int, random_state: int
+        self, validation: str | int | float | Iterable[str | int] | None, n_paired: int, random_state: int
     ) -> tuple[np.ndarray, np.ndarray, str]:
         """(training rows, validation rows, description) over the paired cells, in :func:`paired_positions` order."""
         everything = np.arange(n_paired)
@@ -427,10 +427,6 @@ class CLIP(MuDataModel):
         return torch.cat(parts).numpy().astype(np.float32)
 
 
-def _is_rate(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
-
-
 def _per_modality(value: object, mods: list[str], argument: str) -> dict[str, Any]:
     """``value`` as ``{mod: setting}``, checked to name exactly the model's modalities."""
     if not isinstance(value, Mapping):
@@ -440,7 +436,7 @@ def _per_modality(value: object, mods: list[str], argument: str) -> dict[str, An
         raise KeyError(f"{argument} must give a setting for each of {mods} (missing {missing}, unknown {unknown})")
     for mod in mods:
         setting = value[mod]
-        if not _is_rate(setting) and not isinstance(setting, Sequence | np.ndarray) or isinstance(setting, str):
+        if not is_number(setting) and not isinstance(setting, Sequence | np.ndarray) or isinstance(setting, str):
             raise ValueError(f"{argument}['{mod}'] must be a number or a list of numbers, got {setting!r}")
     return {mod: value[mod] for mod in mods}
 

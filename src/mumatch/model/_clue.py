@@ -22,7 +22,7 @@ from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
 from .._layout import MISSING_BATCH, batch_labels
-from .._validate import check_counts, check_int, check_layer, check_mods, check_mudata, check_positive
+from .._validate import check_counts, check_int, check_layer, check_mods, check_mudata, check_positive, is_number
 from ..module._clue import CLUEModule
 from ..nn._likelihoods import LIKELIHOODS
 from ._base import MuDataModel, ShuffledBatches, TrainingPlan, modality_inputs
@@ -80,10 +80,6 @@ MAX_EPOCHS_CAP = 1000
 MIN_MATCHING_CELLS = 10
 # Feature types (var['feature_types'], as in the competition's files) whose counts are peaks.
 PEAK_FEATURE_TYPES = ("ATAC", "Peaks", "peaks")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
 
 
 def _is_peaks(mdata: MuData, mod: str) -> bool:
@@ -262,9 +258,9 @@ class CLUE(MuDataModel):
         for name in (*widths, "n_hidden_discriminator", "n_layers_discriminator"):
             check_int(params[name], name)
         for name in ("lam_self", "lam_cross", "lam_mse", "lam_kl", "lam_adversarial"):
-            if not _is_number(params[name]) or not np.isfinite(params[name]) or params[name] < 0:
+            if not is_number(params[name]) or not np.isfinite(params[name]) or params[name] < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {params[name]!r}")
-        if not _is_number(params["dropout"]) or not 0 <= params["dropout"] < 1:
+        if not is_number(params["dropout"]) or not 0 <= params["dropout"] < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {params['dropout']!r}")
         n_features = [mdata[mod].n_vars for mod in mods]
         with torch.random.fork_rng():

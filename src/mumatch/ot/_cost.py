@@ -283,7 +283,7 @@ def prepare_cost(
     Euclidean distance divided by its largest entry, computed on both clouds moved to their common centre and unit
     scale (which leaves it unchanged, and keeps float32 from losing far-off or tiny clouds to rounding). The
     extremes are found in one tiled pass over the products; ``params`` (from :meth:`PointCloudCost.params`) skips
-    that pass and reproduces a stored cost exactly (from the same ``x`` and ``y``). With
+    that pass and reproduces a stored cost exactly (for the same points or any subset of them). With
     ``product_out`` (an ``N × M`` buffer), that pass is one tile written into it and ``raw_affine`` says how to turn
     it into ``-C``, so that a dense solver need not compute the product twice.
     """

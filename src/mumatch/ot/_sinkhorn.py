@@ -426,7 +426,7 @@ class _TiledSolver(_Solver):
                 f, column_sums = self.row_pass(f, g, epsilon, exact=exact)
                 exact = False
                 n_iter += 1
-                # The rows are exact for f; balanced, the columns must sum to b, relaxed to b · exp(-g / tau).
+                # The rows are exact for f: the columns' distance to their target is the plan's (see column_error).
                 error = self.column_error(column_sums, g.double(), epsilon)
                 if error <= stage_tol or n_iter >= max_iter:
                     break

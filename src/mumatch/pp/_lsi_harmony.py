@@ -200,7 +200,7 @@ def _harmonize(
     return corrected, {"applied": True, "reason": reason, "n_batches": int(batches.nunique())}, []
 
 
-def _check_common(mdata: object, mods, key_added: str, batch_key: str | None, harmony: bool, random_state: int):
+def _check_common(mdata: object, mods, key_added: str, batch_key: str | None, random_state: int):
     check_mudata(mdata)
     names = check_mods(mdata, mods)
     if not isinstance(key_added, str) or not key_added:
@@ -310,7 +310,7 @@ def lsi_harmony(
     >>> mdata["atac"].obsm["X_lsi_harmony"].shape
     (500, 256)
     """
-    names = _check_common(mdata, mods, key_added, batch_key, harmony, random_state)
+    names = _check_common(mdata, mods, key_added, batch_key, random_state)
     kinds = {mod: modality_kind(mod, mdata[mod].var) for mod in names}
     sizes = _resolve_n_comps(n_comps, names, kinds)
     masks = {mod: _feature_mask(mdata, mod, use_highly_variable) for mod in names}
@@ -448,7 +448,7 @@ def lsi_harmony_transform(
     (600, 192)
     """
     key_added = key if key_added is None else key_added
-    names = _check_common(mdata, mods, key_added, batch_key, harmony, random_state)
+    names = _check_common(mdata, mods, key_added, batch_key, random_state)
     check_mudata(reference, "reference")
     fits, replaced = {}, []
     for mod in names:

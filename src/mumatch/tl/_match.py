@@ -212,9 +212,9 @@ def match_ot(
       cost's constants (``cost_kind``, ``cost_offset``, ``cost_scale``, and for the squared-Euclidean cost the
       points' frame ``cost_magnitude``, ``cost_centre``, ``cost_radius``), from which
       :func:`mumatch.ot.plan_tile` (given them as ``{"kind": ..., "offset": ..., ...}``) recomputes the full plan
-      (on the block's cells'
-      embeddings; with several ``use_rep``, on the representations side by side, scaled by ``1/√n``, each
-      unit-normalised first for the cosine cost: the embedding whose cosine similarity is the mean of theirs);
+      on the block's cells' embeddings (with several ``use_rep``, on the representations side by side, scaled by
+      ``1/√n``, each unit-normalised first for the cosine cost: the embedding whose cosine similarity is the mean
+      of theirs);
     - ``mdata[mod].obs[f"{key_added}_confidence"]`` (largest weight of the cell's normalised row of the plan, or
       column for ``mod2``) and ``mdata[mod].obs[f"{key_added}_entropy"]`` (its entropy, nats), NaN for cells that
       were not matched.
