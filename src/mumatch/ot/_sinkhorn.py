@@ -41,6 +41,7 @@ from ._cost import (
     resolve_memory_budget,
     strip_layout,
 )
+from ._truncation import TruncatedCost, truncate_cost
 
 # Largest |log| of a scaling before it is absorbed into the potentials: e^30 keeps every product of kernel entries
 # (≤ 1) and scalings far inside float32's range (e^88), e^200 does the same for float64.
@@ -62,6 +63,11 @@ ANDERSON_DEPTH = 4
 NOISE_FACTOR = 4.0
 # Intermediate stages stop at this marginal error (or at the final tolerance when that is looser).
 STAGE_TOL = 1e-2
+# Truncations of the final stage's kernel (the first, then around the potentials it gave) before that stage is
+# finished on the whole kernel.
+TRUNCATION_ATTEMPTS = 2
+# Iterations over which a stage on a truncated kernel must halve its error (see _SparseSolver).
+STALL_WINDOW = 50
 
 
 @dataclass
@@ -99,6 +105,8 @@ class SinkhornResult:
         Kernel rebuilds (absorptions and stage changes) in dense mode; passes over the tiles in tiled mode.
     epsilon_schedule
         The epsilon of every stage.
+    truncated_stages
+        Stage solves run on a truncated kernel (see ``truncate`` in :func:`sinkhorn`).
     """
 
     f: np.ndarray
@@ -113,6 +121,7 @@ class SinkhornResult:
     mode: str
     n_rebuilds: int
     epsilon_schedule: list[float] = field(default_factory=list)
+    truncated_stages: int = 0
 
     def diagnostics(self) -> dict:
         """Scalar diagnostics, ready for ``.uns``."""
@@ -124,6 +133,7 @@ class SinkhornResult:
             "mode": self.mode,
             "n_rebuilds": int(self.n_rebuilds),
             "epsilon_schedule": np.asarray(self.epsilon_schedule, dtype=np.float64),
+            "truncated_stages": int(self.truncated_stages),
         }
 
 
@@ -159,6 +169,7 @@ def sinkhorn(
     dtype: str = "float32",
     device: str = "auto",
     memory_budget: int | None = None,
+    truncate: bool = True,
 ) -> SinkhornResult:
     """Entropic optimal transport between two point clouds.
 
@@ -200,6 +211,12 @@ def sinkhorn(
         Bytes for ``N × M`` work arrays: the dense kernel, or one row tile. ``None`` (default): a quarter of the
         memory available on the device, at most 2 GiB, so that the kernel is stored up to ~23k × 23k cells in
         float32 (a stored kernel makes each iteration a pass over memory instead of a product and an ``exp``).
+    truncate
+        Solve the epsilon-scaling stages after the first on a truncated kernel (on the CPU): the entries the previous
+        stage's potentials place within ``e^-20`` of their row's largest, stored sparse when they fit
+        ``memory_budget`` (Schmitzer 2019). The final answer is checked on the whole cost and finished there when the
+        dropped entries matter. At small epsilon this makes most iterations sparse matrix-vector products (planted
+        benchmark, 10k × 10k, epsilon 0.001: 0.07 % of the entries). ``False`` iterates on the whole kernel.
 
     Returns
     -------
@@ -222,6 +239,8 @@ def sinkhorn(
     _check_positive(epsilon_start, "epsilon_start", allow_none=True)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int | np.integer) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not isinstance(truncate, bool | np.bool_):
+        raise ValueError(f"truncate must be True or False, got {truncate!r}")
     if mode not in ("auto", "dense", "tiled"):
         raise ValueError(f"mode must be 'auto', 'dense' or 'tiled', got {mode!r}")
     torch_dtype = resolve_dtype(dtype)
@@ -242,12 +261,12 @@ def sinkhorn(
         )
         cost_range = 1.0 - geometry.scale if cost == "cosine" else 1.0  # the cosine cost lies in [scale, 1]
         schedule = epsilon_schedule(epsilon, cost_range, torch_dtype, epsilon_start)
-        if dense:
-            state = _DenseSolver(geometry, log_a, log_b, tau, memory_budget).run(schedule, tol, max_iter, kernel)
-        else:
-            state = _TiledSolver(geometry, log_a, log_b, tau, memory_budget).run(schedule, tol, max_iter)
-        del kernel
-    f, g, n_iter, error, n_rebuilds = state
+        solver = (_DenseSolver if dense else _TiledSolver)(geometry, log_a, log_b, tau, memory_budget)
+        # On a GPU a pass over the whole kernel costs little; the truncated stages are for the CPU.
+        truncate = truncate and torch_device.type == "cpu"
+        state = _run_stages(solver, kernel, schedule, tol, max_iter, truncate)
+        del kernel, solver
+    f, g, n_iter, error, n_rebuilds, truncated_stages = state
     if not bool(torch.isfinite(f).all() and torch.isfinite(g).all()):
         # Finite embeddings can still overflow the cost (e.g. squared distances of values ~1e20 in float32).
         raise FloatingPointError(
@@ -267,6 +286,7 @@ def sinkhorn(
         mode="dense" if dense else "tiled",
         n_rebuilds=n_rebuilds,
         epsilon_schedule=schedule,
+        truncated_stages=truncated_stages,
     )
 
 
@@ -405,11 +425,11 @@ class _Solver:
 class _TiledSolver(_Solver):
     """One pass over the row strips per iteration; nothing ``N × M`` is kept."""
 
-    def run(self, schedule: list[float], tol: float, max_iter: int) -> tuple:
-        """Run every stage; return ``(f, g, n_iter, error, n_passes)``."""
+    def run(self, schedule: list[float], tol: float, max_iter: int, g_start: torch.Tensor | None = None) -> tuple:
+        """Run every stage from ``g_start`` (zero by default); return ``(f, g, n_iter, error, n_passes)``."""
         n_rows, n_cols = self.geometry.shape
         f = torch.zeros(n_rows, dtype=self.dtype, device=self.geometry.x.device)
-        g = torch.zeros(n_cols, dtype=self.dtype, device=self.geometry.x.device)
+        g = torch.zeros(n_cols, dtype=self.dtype, device=self.geometry.x.device) if g_start is None else g_start
         n_iter, error = 0, math.inf
         log_b64 = self.log_b.double()
         bound = ABSORB_LOG_BOUND[self.dtype]
@@ -624,17 +644,29 @@ class _DenseSolver(_Solver):
         log_u = u.log()
         return log_u, kernel_t_u
 
-    def run(self, schedule: list[float], tol: float, max_iter: int, kernel: torch.Tensor) -> tuple:
-        """Run every stage in ``kernel``'s memory; return ``(f, g, n_iter, error, n_rebuilds)``.
+    def stalled(self, n_iter: int, error: float) -> bool:
+        """Whether to give up on the stage (never: Sinkhorn on the whole kernel converges)."""
+        return False
+
+    def run(
+        self,
+        schedule: list[float],
+        tol: float,
+        max_iter: int,
+        kernel: torch.Tensor | TruncatedCost,
+        g_start: torch.Tensor | None = None,
+    ) -> tuple:
+        """Run every stage in ``kernel``'s memory from ``g_start``; return ``(f, g, n_iter, error, n_rebuilds)``.
 
         The iterate is the column scaling ``log v`` on top of the absorbed potentials; one pass over the kernel
         gives the exact row scaling ``u`` for it and ``Kᵀ u``, hence the column error and the next Sinkhorn update.
         """
         n_rows, n_cols = self.geometry.shape
         device = self.geometry.x.device
-        raw = self.geometry.raw_affine is not None  # the kernel's memory holds the cost's product until then
+        # The kernel's memory holds the cost's product until the first build from zero potentials.
+        raw = self.geometry.raw_affine is not None and g_start is None
         f = torch.zeros(n_rows, dtype=self.dtype, device=device)
-        g = torch.zeros(n_cols, dtype=self.dtype, device=device)
+        g = torch.zeros(n_cols, dtype=self.dtype, device=device) if g_start is None else g_start
         bound = ABSORB_LOG_BOUND[self.dtype]
         n_iter, n_rebuilds, error = 0, 0, math.inf
         for stage, epsilon in enumerate(schedule):
@@ -663,7 +695,7 @@ class _DenseSolver(_Solver):
                 error = self.column_error(column_marginal, g + epsilon * log_v, epsilon)
                 if final and self.tau is None and error < best_error:
                     best_error, best_state = error, (f, g, log_u, log_v)
-                if error <= stage_tol or n_iter >= max_iter:
+                if error <= stage_tol or n_iter >= max_iter or self.stalled(n_iter, error):
                     if error > best_error:
                         # Cut short after a step that made things worse (an accelerated one, before its retraction).
                         (f, g, log_u, log_v), error = best_state, best_error
@@ -695,6 +727,129 @@ class _DenseSolver(_Solver):
                 rebuilt = False
             f, g = f + epsilon * log_u, g + epsilon * log_v
         return f, g, n_iter, error, n_rebuilds
+
+
+class _SparseSolver(_DenseSolver):
+    """The dense solver's iterations on a truncated kernel (:class:`TruncatedCost`): sparse matrix-vector products.
+
+    A truncated kernel can lack a coupling with the required marginals (a column whose few kept rows all prefer other
+    columns), and then Sinkhorn stalls: a stage whose error has not halved within :data:`STALL_WINDOW` iterations is
+    given up, to be finished on the whole kernel.
+    """
+
+    def run(self, *args, **kwargs) -> tuple:
+        """:meth:`_DenseSolver.run`, watching for a stall."""
+        self._checkpoint = (0, math.inf)
+        return super().run(*args, **kwargs)
+
+    def stalled(self, n_iter: int, error: float) -> bool:
+        """Whether the error failed to halve over the last :data:`STALL_WINDOW` iterations."""
+        since, reference = self._checkpoint
+        if n_iter - since < STALL_WINDOW:
+            return False
+        self._checkpoint = (n_iter, error)
+        return error > 0.5 * reference
+
+    def row_pass(
+        self, g: torch.Tensor, epsilon: float, store: TruncatedCost, raw: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`_DenseSolver.row_pass`, on the kept entries: the kernel for ``g``, rows divided by their max."""
+        lam = self.exponent(epsilon)
+        exponents = (g[store.col] + store.neg_cost) / epsilon
+        row_max = torch.segment_reduce(exponents, "max", offsets=store.crow)
+        values = (exponents - row_max[store.row]).exp_()
+        log_sums = row_max + torch.segment_reduce(values, "sum", offsets=store.crow).log()
+        self.kernel, self.kernel_t = store.kernels(values)
+        f = -epsilon * row_max
+        log_u = self.log_a - lam * log_sums + row_max
+        column_sums = torch.mv(self.kernel_t, log_u.exp()).double()
+        return f, log_u, column_sums
+
+    def scaling_pass(
+        self, kernel: TruncatedCost, v: torch.Tensor, f: torch.Tensor, epsilon: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`_DenseSolver.scaling_pass`, with the kernel of the last :meth:`row_pass`."""
+        lam = self.exponent(epsilon)
+        kernel_v = torch.mv(self.kernel, v).clamp_min_(self.tiny)
+        if lam == 1.0:
+            u = self.a / kernel_v
+        else:
+            u = torch.exp(self.log_a - lam * kernel_v.log() + (lam - 1.0) * f / epsilon)
+        return u.log(), torch.mv(self.kernel_t, u)
+
+
+def _run_stages(
+    primary: _DenseSolver | _TiledSolver,
+    kernel: torch.Tensor | None,
+    schedule: list[float],
+    tol: float,
+    max_iter: int,
+    truncate: bool,
+) -> tuple:
+    """Solve every stage; those after the first on a truncated kernel where it fits the memory budget.
+
+    Returns ``(f, g, n_iter, error, n_rebuilds, truncated_stages)``. A truncated stage starts from the previous
+    stage's potentials, which also choose its entries (:func:`truncate_cost`). The final stage's answer is checked
+    by one exact row update on the whole cost (a tiled pass): if the dropped entries put the marginals above
+    ``tol``, the kernel is truncated again around the current potentials (at most :data:`TRUNCATION_ATTEMPTS` times),
+    then the stage is finished on the whole kernel.
+    """
+
+    def full(stages: list[float], stage_tol: float, budget: int, g_start: torch.Tensor | None) -> tuple:
+        if isinstance(primary, _DenseSolver):
+            return primary.run(stages, stage_tol, budget, kernel, g_start=g_start)
+        return primary.run(stages, stage_tol, budget, g_start=g_start)
+
+    if not truncate or len(schedule) == 1:
+        return (*full(schedule, tol, max_iter, None), 0)
+    args = (primary.geometry, primary.log_a, primary.log_b, primary.tau, primary.memory_budget)
+    sparse, exact = _SparseSolver(*args), _TiledSolver(*args)
+    f, g, n_iter, error, n_rebuilds = full(schedule[:1], max(tol, STAGE_TOL), max_iter, None)
+    truncated_stages = 0
+    pattern = None
+    for stage, epsilon in enumerate(schedule[1:], start=1):
+        final = stage == len(schedule) - 1
+        stage_tol = tol if final else max(tol, STAGE_TOL)
+        solved = False
+        g_stage = g  # where the whole kernel starts from if the truncated ones fail
+        for attempt in range(TRUNCATION_ATTEMPTS if final else 1):
+            if n_iter >= max_iter:
+                break
+            # The previous stage's entries hold the next one's; a failed check looks at the whole cost again.
+            pattern = pattern.restrict(g, epsilon) if pattern is not None and attempt == 0 else None
+            if pattern is None:
+                pattern = truncate_cost(primary.geometry, g, epsilon, primary.memory_budget)
+                n_rebuilds += 1
+            if pattern is None:
+                break
+            f, g_sparse, stage_iter, error, stage_rebuilds = sparse.run(
+                [epsilon], stage_tol, max_iter - n_iter, pattern, g
+            )
+            n_iter, n_rebuilds = n_iter + stage_iter, n_rebuilds + stage_rebuilds
+            truncated_stages += 1
+            if error > stage_tol and n_iter < max_iter:
+                break  # stalled: the truncated kernel has no coupling with these marginals
+            g = g_stage = g_sparse
+            if not final:
+                solved = True
+                break
+            # The truncated problem is solved; the whole one's rows and columns say whether it is the answer.
+            f, column_sums = exact.row_pass(f, g, epsilon, exact=True)
+            error = exact.column_error(column_sums, g.double(), epsilon)
+            n_rebuilds += 1
+            if error <= tol:
+                solved = True
+                break
+        if solved:
+            continue
+        if n_iter >= max_iter:
+            # Out of iterations: the potentials still end on an exact row update at the final epsilon.
+            f, column_sums = exact.row_pass(f, g, schedule[-1], exact=True)
+            error = exact.column_error(column_sums, g.double(), schedule[-1])
+            return f, g, n_iter, error, n_rebuilds + 1, truncated_stages
+        f, g, stage_iter, error, stage_rebuilds = full([epsilon], stage_tol, max_iter - n_iter, g_stage)
+        n_iter, n_rebuilds = n_iter + stage_iter, n_rebuilds + stage_rebuilds
+    return f, g, n_iter, error, n_rebuilds, truncated_stages
 
 
 def _check_positive(value: float | None, argument: str, *, allow_none: bool = False) -> None:
