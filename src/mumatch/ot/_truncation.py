@@ -20,11 +20,11 @@ from ._cost import PointCloudCost, strip_layout
 # Entries whose log-plan (f_i + g_j - C_ij) / epsilon is more than this below its row's largest are dropped: each
 # weighs < e^-20 = 2e-9 of the row's largest entry, so a row of M entries loses < M · 2e-9 of its mass.
 TRUNCATION = 20.0
-# Bytes held per kept entry (its cost, row and column, the kernel values of both orientations, the transposed order
-# and the temporaries of a rebuild), and the share of the memory budget the kept entries may take: a dense solver's
-# kernel stays allocated beside them (for a stage finished on the whole kernel), and building them holds their
-# pieces and their sorted copy at once.
-BYTES_PER_ENTRY = 64
+# Bytes held per kept entry at the peak (its cost, row and column, the kernel values of both orientations, the
+# transposed order and the temporaries of a rebuild; measured: 92 B in float32, 102 B in float64), and the share of
+# the memory budget the kept entries may take: a dense solver's kernel stays allocated beside them (for a stage
+# finished on the whole kernel).
+BYTES_PER_ENTRY = 112
 BUDGET_SHARE = 0.25
 # The kept entries are counted over this fraction of the rows before the rest is read: a projection over the memory
 # budget stops the pass early.
@@ -120,10 +120,11 @@ def truncate_cost(
             kept += local_rows.numel()
         if kept > max_entries or (stop >= probe_rows and kept * n_rows > max_entries * stop):
             return None
+    del buffer, blocks
+    row, col, neg_cost = torch.cat(rows_out), torch.cat(cols_out), torch.cat(values_out)
+    del rows_out, cols_out, values_out  # their concatenations replace them before the sorted copies are made
     # Entries were found strip by strip and block by block, not row by row.
-    return _from_entries(
-        geometry.shape, torch.cat(rows_out), torch.cat(cols_out), torch.cat(values_out), sorted_by_row=False
-    )
+    return _from_entries(geometry.shape, row, col, neg_cost, sorted_by_row=False)
 
 
 def _from_entries(
