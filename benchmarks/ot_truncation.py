@@ -171,7 +171,7 @@ def main() -> None:
     for n in args.sizes:
         x, y = planted(n, args.seed)
         for epsilon in args.epsilons:
-            # float64 would start at epsilon itself (no scaling, slow at 0.001): start where float32 does.
+            # A start well above epsilon, as float32's default.
             solve = dict(dtype="float64", tol=1e-5, max_iter=20_000, mode="dense", memory_budget=2**34)
             final = mm.ot.sinkhorn(x, y, epsilon=epsilon, epsilon_start=max(epsilon, 0.0125), **solve)
             guide = mm.ot.sinkhorn(x, y, epsilon=4 * epsilon, epsilon_start=max(4 * epsilon, 0.0125), **solve)

@@ -28,7 +28,7 @@ def whole_error(x, y, result) -> float:
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-3), ("float64", 1e-5)])
 def test_truncated_stages_give_the_plan_of_the_whole_kernel(mode, cost, dtype, tol):
     x, y = planted(400)
-    # Three stages in both types (float64's safe start would be 0.001 itself).
+    # The same three stages in both types.
     kwargs = dict(epsilon=0.001, epsilon_start=0.016, cost=cost, tol=tol, max_iter=5000, mode=mode, dtype=dtype)
     truncated = mm.ot.sinkhorn(x, y, device="cpu", **kwargs)
     whole = mm.ot.sinkhorn(x, y, device="cpu", truncate=False, **kwargs)
