@@ -534,8 +534,18 @@ def test_anderson_least_squares_off_the_cpu_matches_lapack(collinear):
     def misfit(gamma):
         return torch.linalg.norm(residual - differences @ gamma)
 
-    np.testing.assert_allclose(misfit(reduced), misfit(lapack), rtol=1e-10)
-    np.testing.assert_allclose(reduced, lapack, atol=1e-8)
+    if not collinear:
+        np.testing.assert_allclose(misfit(reduced), misfit(lapack), rtol=1e-10)
+        np.testing.assert_allclose(reduced, lapack, atol=1e-8)
+        return
+    # Collinear: the least misfit is that of the three independent columns, whatever column a rank-revealing QR
+    # drops. (LAPACK's own answer is not the reference here: in one run of the suite, with other tests' threads
+    # around it, gelsy's pivoting made another rank decision and missed the minimum by 1e-5 relative.)
+    independent = torch.linalg.lstsq(differences[:, :3], residual).solution
+    least = torch.linalg.norm(residual - differences[:, :3] @ independent)
+    np.testing.assert_allclose(misfit(reduced), least, rtol=1e-10)
+    np.testing.assert_allclose(float(reduced[1] + reduced[3]), float(independent[1]), atol=1e-8)
+    np.testing.assert_allclose(reduced[[0, 2]], independent[[0, 2]], atol=1e-8)
     assert float(reduced.abs().max()) < 10  # no extrapolation along the near-null direction
 
 
