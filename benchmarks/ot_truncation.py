@@ -45,9 +45,12 @@ ROW_TILE = 1000
 REPEATS = 5
 
 
-def log_plan(x: np.ndarray, y: np.ndarray, result: mm.ot.SinkhornResult, rows: slice) -> np.ndarray:
-    """``(f + g - C) / epsilon`` of ``rows``, float64."""
-    negative_cost = result.cost["scale"] * (x[rows] @ y.T) - result.cost["offset"]
+def log_plan(
+    x: np.ndarray, y: np.ndarray, result: mm.ot.SinkhornResult, rows: slice, product: np.ndarray | None = None
+) -> np.ndarray:
+    """``(f + g - C) / epsilon`` of ``rows``, float64 (``product``: ``x[rows] @ y.T`` when already computed)."""
+    product = x[rows] @ y.T if product is None else product
+    negative_cost = result.cost["scale"] * product - result.cost["offset"]
     return (result.f[rows, None] + result.g[None, :] + negative_cost) / result.epsilon
 
 
@@ -61,9 +64,11 @@ def truncation_profile(
     total = 0.0
     for start in range(0, x.shape[0], ROW_TILE):
         rows = slice(start, min(start + ROW_TILE, x.shape[0]))
-        plan = np.exp(log_plan(x, y, final, rows))
-        # The guide's potentials at the final epsilon: its stage's plan is exp((f + g - C) / (4 epsilon)).
-        guide_log = (guide.f[rows, None] + guide.g[None, :] + guide.cost["scale"] * (x[rows] @ y.T)) / final.epsilon
+        product = x[rows] @ y.T
+        plan = np.exp(log_plan(x, y, final, rows, product))
+        # The guide's potentials at the final epsilon (its own plan is exp((f + g - C) / (4 epsilon))); the cost's
+        # offset is the same for every entry and leaves each row's threshold where it is.
+        guide_log = (guide.f[rows, None] + guide.g[None, :] + guide.cost["scale"] * product) / final.epsilon
         guide_log -= guide_log.max(axis=1, keepdims=True)
         total += plan.sum()
         for t in THRESHOLDS:

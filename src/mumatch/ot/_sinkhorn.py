@@ -14,8 +14,10 @@ Two regimes, chosen by the memory budget:
 
 A kernel rebuild is itself one exact log-domain row update: every row of the kernel is divided by its largest entry
 (so it holds a 1 and no division by zero can occur) and the row's mass goes into the row scaling. Epsilon-scaling
-(annealing epsilon geometrically from a value where the kernel's exponents fit the floating-point range) keeps columns
-from underflowing at small epsilon.
+(annealing epsilon geometrically from a value where the kernel's exponents fit float32's range) keeps columns from
+underflowing at small epsilon. On the CPU, the stages after the first iterate on a **truncated** kernel: the few
+entries per row the previous stage's potentials leave the plan, stored sparse (``_truncation.py``), with the dense
+solver's steps; the answer is then checked, and if need be finished, on the whole kernel (:func:`_run_stages`).
 """
 
 from __future__ import annotations
@@ -208,8 +210,9 @@ def sinkhorn(
     max_iter
         Most Sinkhorn iterations, all stages together.
     epsilon_start
-        First epsilon of the epsilon-scaling schedule; ``None`` picks the smallest safe one (see
-        :func:`epsilon_schedule`), which means no scaling at MatchCLOT's epsilon.
+        First epsilon of the epsilon-scaling schedule; ``None`` starts where the kernel's exponents reach 50, the
+        smallest epsilon safe in float32 (see :func:`epsilon_schedule`), which means no scaling at MatchCLOT's
+        epsilon.
     mode
         ``"dense"`` stores the ``N × M`` kernel, ``"tiled"`` never does, ``"auto"`` stores it when it fits
         ``memory_budget``.
