@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from ._cost import (
     resolve_memory_budget,
     strip_layout,
 )
+from ._parallel import map_row_ranges, sum_in_order
 from ._truncation import TruncatedCost, truncate_cost
 
 # Largest |log| of a scaling before it is absorbed into the potentials: e^30 keeps every product of kernel entries
@@ -65,6 +66,9 @@ EPSILON_DECAY = 0.25
 ANDERSON_DEPTH = 4
 # Below this many times the rounding level of the iterates, a change of the residual is noise (see _AndersonMixer).
 NOISE_FACTOR = 4.0
+# Column sums of a tiled pass below this are rounding (their strips' entries underflowed): recomputed exactly (see
+# _TiledSolver.log_column_sums). float32's smallest normal is 1.2e-38; a sum of a few denormal entries is below 1e-30.
+RELIABLE_SUM = {torch.float32: 1e-30, torch.float64: 1e-290}
 # Intermediate stages stop at this marginal error (or at the final tolerance when that is looser).
 STAGE_TOL = 1e-2
 # Truncations of the final stage's kernel whose check on the whole cost may fail (the first, then one around the
@@ -471,7 +475,7 @@ class _TiledSolver(_Solver):
                         g, plain_g = plain_g, None
                         continue
                 previous_error = error
-                log_sums = column_sums.clamp_min(1e-300).log()
+                log_sums = self.log_column_sums(column_sums, f, g, epsilon)
                 # g ← ε log b - λ ε LSE_i((f - C) / ε), with LSE_i = log(column sum) - g / ε.
                 if self.tau is None:
                     g_sinkhorn = epsilon * (log_b64 - log_sums) + g.double()
@@ -488,6 +492,32 @@ class _TiledSolver(_Solver):
                         g_next, plain_g = g_sinkhorn, None
                 g = g_next.to(self.dtype)
         return f, g, n_iter, error, n_iter
+
+    def log_column_sums(
+        self, column_sums: torch.Tensor, f: torch.Tensor, g: torch.Tensor, epsilon: float
+    ) -> torch.Tensor:
+        """``log`` of the plan's column sums (float64); those a pass left below :data:`RELIABLE_SUM` are recomputed.
+
+        A strip's entries are ``exp`` of exponents shifted by each row's own scale, so a column far from every row
+        sums to zero or to a denormal in float32. Its log then says nothing (clamped, it moved ``g`` by
+        ``-ε log 1e-300``, and an unbalanced solve's next row scale overflowed to inf and NaN). Those columns get
+        their exact log-domain sum ``g / ε + LSE_i((f - C) / ε)``, a product with only their points.
+        """
+        unreliable = torch.nonzero(column_sums < RELIABLE_SUM[self.dtype]).flatten()
+        log_sums = column_sums.clamp_min(torch.finfo(torch.float64).tiny).log()
+        if unreliable.numel() == 0:
+            return log_sums
+        geometry = self.geometry
+        columns = replace(geometry, y=geometry.y[unreliable], col=geometry.col[unreliable])
+        n_rows = geometry.shape[0]
+        step = max(1, self.memory_budget // (4 * unreliable.numel() * geometry.x.element_size()))
+        exponents = torch.full((unreliable.numel(),), -math.inf, dtype=torch.float64, device=f.device)
+        for start in range(0, n_rows, step):
+            stop = min(start + step, n_rows)
+            tile = columns.neg_cost_tile(start, stop).double().add_(f[start:stop, None].double())
+            exponents = torch.logaddexp(exponents, torch.logsumexp(tile / epsilon, dim=0))
+        log_sums[unreliable] = exponents + g[unreliable].double() / epsilon
+        return log_sums
 
     def row_pass(
         self, f: torch.Tensor, g: torch.Tensor, epsilon: float, *, exact: bool
@@ -595,36 +625,42 @@ class _DenseSolver(_Solver):
         """
         n_rows, n_cols = self.geometry.shape
         lam = self.exponent(epsilon)
-        step = self.block_rows()
         f = torch.empty(n_rows, dtype=self.dtype, device=g.device)
         log_u = torch.empty_like(f)
-        column_sums = torch.zeros(n_cols, dtype=torch.float64, device=g.device)
         inv_epsilon = 1.0 / epsilon
-        for start in range(0, n_rows, step):
-            stop = min(start + step, n_rows)
-            tile = store[start:stop]
-            # (g - C) / epsilon up to a per-row constant, minus each row's max: the exponents of the stable row
-            # logsumexp. The first pass over the product knows the row maxima: two passes over the tile, not four.
-            # The exponents are in base 2 (see LOG2E); row_shift is in natural units.
-            if raw:
-                kappa, c0 = self.geometry.raw_affine
-                raw_max = self.geometry.raw_row_max[start:stop]
-                scale = kappa * inv_epsilon
-                # One pass, not sub_ then mul_.
-                torch.add((-scale * LOG2E * raw_max)[:, None], tile, alpha=scale * LOG2E, out=tile)
-                row_shift = raw_max * scale + c0 * inv_epsilon
-            else:
-                self.geometry.shifted_tile(start, stop, inv_epsilon * LOG2E, g, out=tile)
-                row_max = tile.amax(dim=1)
-                tile.sub_(row_max[:, None])
-                row_shift = row_max / LOG2E + self.geometry.row_constant(start, stop, inv_epsilon)
-            tile.exp2_()
-            # A matrix-vector product sums rows several times faster than tensor.sum on CPU (measured).
-            log_sums = row_shift + torch.mv(tile, self.ones(n_cols, tile)).log()
-            # The kernel keeps the potential -epsilon · row_shift; the exact update lives in the row scaling.
-            f[start:stop] = -epsilon * row_shift
-            log_u[start:stop] = self.log_a[start:stop] - lam * log_sums + row_shift
-            column_sums += torch.mv(tile.T, log_u[start:stop].exp()).double()
+        ones = self.ones(n_cols, g)
+
+        def rows_of(first: int, last: int) -> torch.Tensor:
+            column_sums = torch.zeros(n_cols, dtype=torch.float64, device=g.device)
+            for start in range(first, last, step):
+                stop = min(start + step, last)
+                tile = store[start:stop]
+                # (g - C) / epsilon up to a per-row constant, minus each row's max: the exponents of the stable row
+                # logsumexp. The first pass over the product knows the row maxima: two passes over the tile, not
+                # four. The exponents are in base 2 (see LOG2E); row_shift is in natural units.
+                if raw:
+                    kappa, c0 = self.geometry.raw_affine
+                    raw_max = self.geometry.raw_row_max[start:stop]
+                    scale = kappa * inv_epsilon
+                    # One pass, not sub_ then mul_.
+                    torch.add((-scale * LOG2E * raw_max)[:, None], tile, alpha=scale * LOG2E, out=tile)
+                    row_shift = raw_max * scale + c0 * inv_epsilon
+                else:
+                    self.geometry.shifted_tile(start, stop, inv_epsilon * LOG2E, g, out=tile)
+                    row_max = tile.amax(dim=1)
+                    tile.sub_(row_max[:, None])
+                    row_shift = row_max / LOG2E + self.geometry.row_constant(start, stop, inv_epsilon)
+                tile.exp2_()
+                # A matrix-vector product sums rows several times faster than tensor.sum on CPU (measured).
+                log_sums = row_shift + torch.mv(tile, ones).log()
+                # The kernel keeps the potential -epsilon · row_shift; the exact update lives in the row scaling.
+                f[start:stop] = -epsilon * row_shift
+                log_u[start:stop] = self.log_a[start:stop] - lam * log_sums + row_shift
+                column_sums += torch.mv(tile.T, log_u[start:stop].exp()).double()
+            return column_sums
+
+        step = self.block_rows()
+        column_sums = sum_in_order(map_row_ranges(rows_of, n_rows, step, g.device))
         return f, log_u, column_sums
 
     def block_rows(self) -> int:
@@ -642,19 +678,25 @@ class _DenseSolver(_Solver):
         lam = self.exponent(epsilon)
         kernel_v = torch.empty_like(f)
         u = torch.empty_like(f)
-        kernel_t_u = torch.zeros_like(v)
+
+        def rows_of(first: int, last: int) -> torch.Tensor:
+            kernel_t_u = torch.zeros_like(v)
+            for start in range(first, last, step):
+                block = kernel[start : min(start + step, last)]
+                rows = slice(start, start + block.shape[0])
+                block_v = torch.mv(block, v, out=kernel_v[rows]).clamp_min_(self.tiny)
+                # With potentials absorbed, the relaxed update is a · (K v)^-λ · exp((λ - 1) f / ε) (λ = 1:
+                # balanced). Balanced, u = a / K v directly: a block's few small operations cost as much as its
+                # products at 10k.
+                if lam == 1.0:
+                    torch.div(self.a[rows], block_v, out=u[rows])
+                else:
+                    torch.exp(self.log_a[rows] - lam * block_v.log() + (lam - 1.0) * f[rows] / epsilon, out=u[rows])
+                kernel_t_u.addmv_(block.T, u[rows])
+            return kernel_t_u
+
         step = self.block_rows()
-        for start in range(0, kernel.shape[0], step):
-            block = kernel[start : start + step]
-            rows = slice(start, start + block.shape[0])
-            block_v = torch.mv(block, v, out=kernel_v[rows]).clamp_min_(self.tiny)
-            # With potentials absorbed, the relaxed update is a · (K v)^-λ · exp((λ - 1) f / ε) (λ = 1: balanced).
-            # Balanced, u = a / K v directly: a block's few small operations cost as much as its products at 10k.
-            if lam == 1.0:
-                torch.div(self.a[rows], block_v, out=u[rows])
-            else:
-                torch.exp(self.log_a[rows] - lam * block_v.log() + (lam - 1.0) * f[rows] / epsilon, out=u[rows])
-            kernel_t_u.addmv_(block.T, u[rows])
+        kernel_t_u = sum_in_order(map_row_ranges(rows_of, kernel.shape[0], step, kernel.device))
         log_u = u.log()
         return log_u, kernel_t_u
 
