@@ -82,3 +82,63 @@ def test_other_libraries_are_quiet_below_hints_and_restored_after(verbosity):
     assert len(caught) == (0 if verbosity < 3 else 1)
     assert lightning.level == logging.INFO
     lightning.setLevel(original)
+
+
+def test_demo_on_clip_and_clue_writes_all_three_plans(tmp_path, capsys):
+    import mudata
+
+    assert main(["demo", "--data", "cite", "--out", str(tmp_path), "--embedding", "clip+clue"]) == 0
+    scores = pd.read_csv(tmp_path / "scores.csv", index_col="method")
+    assert list(scores.index) == ["random baseline", "CLIP + OT", "CLUE + OT", "CLIP + CLUE + OT"]
+    for method in ("CLIP + OT", "CLUE + OT", "CLIP + CLUE + OT"):
+        assert scores.loc[method, "match score"] > 1.5 * scores.loc["random baseline", "match score"]
+        assert scores.loc[method, "FOSCTTM"] < 0.45
+    result = mudata.read_h5mu(tmp_path / "result.h5mu")
+    assert {"match_clip", "match_clue", "match_clip_clue"} <= set(result.obsp)
+    assert "X_clip_clue" in result["rna"].obsm and "X_clue" in result["adt"].obsm
+
+
+def test_run_on_clue_writes_its_plan(data_root, tmp_path, capsys):
+    folder = data_root / "neurips2021_starter" / "cite"
+    args = ["run", "--out", str(tmp_path / "prediction.h5ad"), "--embedding", "clue"]
+    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2"):
+        args += [f"--{part.replace('_', '-')}", str(folder / f"{part}.h5ad")]
+    assert main(args) == 0
+    assert "(match_clue)" in capsys.readouterr().out
+    assert ad.read_h5ad(tmp_path / "prediction.h5ad").shape == (289, 289)
+
+
+def test_unknown_embedding_is_refused_before_any_work(tmp_path, capsys):
+    from mumatch import cli
+    from mumatch._pipeline import stages
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--data", "cite", "--out", str(tmp_path), "--embedding", "scglue"])
+    assert "invalid choice" in capsys.readouterr().err
+    for call in (
+        lambda: cli.demo("cite", str(tmp_path), embedding="CLIP"),
+        lambda: cli.run({}, str(tmp_path / "p.h5ad"), embedding="glue"),
+        lambda: stages("rna", "adt", 0, embedding="clue+clip"),
+    ):
+        with pytest.raises(ValueError, match=r"embedding must be one of \['clip', 'clue', 'clip\+clue'\]"):
+            call()
+    assert not (tmp_path / "result.h5mu").exists()
+
+
+def test_joint_unit_rep_inner_products_are_mean_cosines():
+    import numpy as np
+
+    from mumatch._pipeline import joint_unit_rep
+
+    rng = np.random.default_rng(0)
+    a1, a2 = rng.normal(size=(5, 3)), rng.normal(size=(5, 7))
+    b1, b2 = rng.normal(size=(4, 3)), rng.normal(size=(4, 7))
+
+    def cosine(x, y):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (y / np.linalg.norm(y, axis=1, keepdims=True)).T
+
+    joint_a, joint_b = joint_unit_rep([a1, a2]), joint_unit_rep([b1, b2])
+    np.testing.assert_allclose(joint_a @ joint_b.T, (cosine(a1, b1) + cosine(a2, b2)) / 2, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(joint_a, axis=1), 1.0, atol=1e-6)
+    # A zero row (e.g. a cell without counts) stays zero instead of becoming NaN.
+    assert np.isfinite(joint_unit_rep([np.zeros((1, 3)), np.ones((1, 2))])).all()

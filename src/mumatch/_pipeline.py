@@ -25,6 +25,14 @@ from ._layout import (
 
 RANDOM_KEY = "match_random"
 CLIP_KEY = "match_clip"
+CLUE_KEY = "match_clue"
+COMBINED_KEY = "match_clip_clue"
+# What the pipeline can match on (``mumatch run --embedding``): CLIP, CLUE, or both with their cosine similarities
+# averaged. Measured (docs/benchmarks.md, CLUE section, mean of 3 seeds): CLUE beat CLIP on the cite starter
+# (0.070 vs 0.059) and on the multiome starter (0.0075 vs 0.0052, near chance), CLIP + CLUE was best on pbmc10k_cite
+# (0.0125 vs 0.0111); CLUE trains 5-15× longer than CLIP, so CLIP stays the default.
+EMBEDDINGS = ("clip", "clue", "clip+clue")
+COMBINED_REP = "X_clip_clue"
 # With a single training batch there is no batch to hold out per model (MatchCLOT's ensemble); the pipeline then
 # trains models on different seeds and random validation splits and averages their similarities. The ensemble makes up
 # for a small training set: about SEED_ENSEMBLE_CELLS paired cells over all its models, at most N_SEED_MODELS models.
@@ -42,7 +50,7 @@ MATCH_EPSILON = 0.001
 MATCH_MAX_ITER = 5000
 # The random baseline is a dense block before it becomes a CSR plan: only below this many (test × test) entries.
 RANDOM_BASELINE_MAX_ENTRIES = 25_000_000
-# Extra options of train_clip (tests shorten training with e.g. {"max_epochs": 3}).
+# Extra options of train_clip and train_clue (tests shorten training with e.g. {"max_epochs": 3}).
 TRAIN_OPTIONS: dict = {}
 
 
@@ -109,8 +117,32 @@ def ensemble_choice(mdata: MuData, mod1: str, mod2: str, batch_key: str = "batch
     return seed_ensemble_size(paired_positions(mdata, mod1, mod2)[0].size)
 
 
-def stages(mod1: str, mod2: str, seed: int) -> list[tuple[str, Callable[[MuData, PipelineResult], None]]]:
-    """The pipeline's stages, in order: each takes the MuData and records what it wrote."""
+def joint_unit_rep(parts: list[np.ndarray]) -> np.ndarray:
+    """The parts, each L2-normalised per row, side by side and divided by √(number of parts).
+
+    The rows are unit vectors whose inner products are the means of the parts' cosine similarities, i.e. what
+    ``match_ot(use_rep=[...])`` matches on.
+    """
+    units = [part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), np.finfo(float).tiny) for part in parts]
+    return (np.hstack(units) / np.sqrt(len(parts))).astype(np.float32)
+
+
+def check_embedding(embedding: str) -> str:
+    """``embedding`` if the pipeline knows it (see :data:`EMBEDDINGS`), else a ValueError naming the choices."""
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {list(EMBEDDINGS)}, got {embedding!r}")
+    return embedding
+
+
+def stages(
+    mod1: str, mod2: str, seed: int, embedding: str = "clip"
+) -> list[tuple[str, Callable[[MuData, PipelineResult], None]]]:
+    """The pipeline's stages, in order: each takes the MuData and records what it wrote.
+
+    ``embedding`` (see :data:`EMBEDDINGS`) says which models are trained and matched on; ``"clip+clue"`` writes the
+    plans of both and of their combination, the last one being the combination's.
+    """
+    check_embedding(embedding)
 
     def random_baseline(mdata: MuData, result: PipelineResult) -> None:
         n_entries = int(unpaired_mask(mdata, mod1, mod2).sum()) * int(unpaired_mask(mdata, mod2, mod1).sum())
@@ -124,29 +156,55 @@ def stages(mod1: str, mod2: str, seed: int) -> list[tuple[str, Callable[[MuData,
         fill_unpaired_batches(mdata, mod1, mod2)
         pp.lsi_harmony(mdata, [mod1, mod2], random_state=seed)
 
-    def train(mdata: MuData, result: PipelineResult) -> None:
+    def train_clip(mdata: MuData, result: PipelineResult) -> None:
         ensemble = ensemble_choice(mdata, mod1, mod2)
         options = {"ensemble": ensemble, "random_state": seed, "progress_bar": False, **TRAIN_OPTIONS}
         tl.train_clip(mdata, mod1, mod2, **options)
 
-    def match(mdata: MuData, result: PipelineResult) -> None:
-        options = {"epsilon": MATCH_EPSILON, "max_iter": MATCH_MAX_ITER, "key_added": CLIP_KEY}
-        tl.match_ot(mdata, mod1, mod2, use_rep="X_clip", **options)
-        result.plan_keys["CLIP + OT"] = CLIP_KEY
-        result.embedding_keys["CLIP + OT"] = "X_clip"
+    def train_clue(mdata: MuData, result: PipelineResult) -> None:
+        # A seed ensemble sized as CLIP's (train_clue has no per-batch ensemble): cite starter 0.051 → 0.070 with 5.
+        ensemble = seed_ensemble_size(paired_positions(mdata, mod1, mod2)[0].size)
+        options = {"ensemble": ensemble, "random_state": seed, "progress_bar": False, **TRAIN_OPTIONS}
+        tl.train_clue(mdata, [mod1, mod2], **options)
 
+    plans = {
+        "clip": [("CLIP + OT", "X_clip", CLIP_KEY)],
+        "clue": [("CLUE + OT", "X_clue", CLUE_KEY)],
+        "clip+clue": [
+            ("CLIP + OT", "X_clip", CLIP_KEY),
+            ("CLUE + OT", "X_clue", CLUE_KEY),
+            ("CLIP + CLUE + OT", ["X_clip", "X_clue"], COMBINED_KEY),
+        ],
+    }[embedding]
+
+    def match(mdata: MuData, result: PipelineResult) -> None:
+        options = {"epsilon": MATCH_EPSILON, "max_iter": MATCH_MAX_ITER}
+        for method, use_rep, key in plans:
+            tl.match_ot(mdata, mod1, mod2, use_rep=use_rep, key_added=key, **options)
+            result.plan_keys[method] = key
+            if isinstance(use_rep, list):
+                # The representation whose cosine similarities match_ot averaged, for the embedding's FOSCTTM.
+                for mod in (mod1, mod2):
+                    mdata[mod].obsm[COMBINED_REP] = joint_unit_rep([mdata[mod].obsm[rep] for rep in use_rep])
+                use_rep = COMBINED_REP
+            result.embedding_keys[method] = use_rep
+
+    training = [("train_clip", train_clip)] if "clip" in embedding else []
+    training += [("train_clue", train_clue)] if "clue" in embedding else []
     return [
         ("random baseline", random_baseline),
         ("lsi_harmony", preprocess),
-        ("train_clip", train),
+        *training,
         ("match_ot", match),
     ]
 
 
-def run_pipeline(mdata: MuData, mod1: str, mod2: str, *, seed: int = 0, progress: bool = True) -> PipelineResult:
-    """Run every stage on ``mdata`` in place, with a progress bar over the stages."""
+def run_pipeline(
+    mdata: MuData, mod1: str, mod2: str, *, seed: int = 0, embedding: str = "clip", progress: bool = True
+) -> PipelineResult:
+    """Run every stage on ``mdata`` in place, with a progress bar over the stages (see :func:`stages`)."""
     result = PipelineResult()
-    bar = tqdm(stages(mod1, mod2, seed), desc="mumatch", unit="stage", disable=not progress)
+    bar = tqdm(stages(mod1, mod2, seed, embedding), desc="mumatch", unit="stage", disable=not progress)
     for name, stage in bar:
         bar.set_postfix_str(name)
         start = time.perf_counter()
