@@ -219,3 +219,25 @@ def test_palette_colours_skip_every_colour_already_given():
     assert len(set(colors.values())) == 3 and colors["C"] == palette["A"]
     assert colors["B"] == palette["B"]  # only the displaced category moves
     assert category_colors(["B"], {"C": palette["A"]}, order=["A", "B", "C"])["B"] == colors["B"]
+
+
+def test_joint_embedding_recomputes_its_cache_after_subsetting_without_a_warning(matched, fast_umap, logged_warnings):
+    mm.pl.joint_embedding(matched, "X_shared", color="cell_type", key_added="X_joint", show=False)
+    keep = matched.obs_names[::2]
+    subset = matched[keep].copy()
+    assert subset["rna"].n_obs < matched["rna"].n_obs and "X_joint" in subset["rna"].obsm
+    mm.pl.joint_embedding(subset, "X_shared", color="cell_type", key_added="X_joint", show=False)
+    assert not logged_warnings  # the subset's cache is the earlier call's, not "something it did not write"
+    assert subset.uns["X_joint"]["n_obs"] == {mod: subset[mod].n_obs for mod in ("rna", "atac")}
+    # Drawn from the subset's own embedding (the stand-in UMAP is its first two columns).
+    np.testing.assert_allclose(subset["rna"].obsm["X_joint"], subset["rna"].obsm["X_shared"][:, :2], rtol=1e-6)
+
+
+def test_joint_embedding_still_keeps_a_users_coordinates_of_the_same_cells(matched, fast_umap, logged_warnings):
+    mm.pl.joint_embedding(matched, "X_shared", color="cell_type", key_added="X_joint", show=False)
+    mine = np.zeros((matched["rna"].n_obs, 2), dtype=np.float32)
+    matched["rna"].obsm["X_joint"] = mine  # same cells, other coordinates: the user's
+    matched["rna"].obsm["X_shared"] = matched["rna"].obsm["X_shared"][:, ::-1].copy()
+    mm.pl.joint_embedding(matched, "X_shared", color="cell_type", key_added="X_joint", show=False)
+    assert any("not cached" in message for message in logged_warnings)
+    np.testing.assert_array_equal(matched["rna"].obsm["X_joint"], mine)

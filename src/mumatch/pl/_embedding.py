@@ -73,7 +73,9 @@ def _colors(mdata: MuData, mods: list[str], key: str, categories: list[str]) -> 
 def _cache_mods(mdata: MuData, key_added: str) -> list[str] | None:
     """The modalities whose ``.obsm[key_added]`` still holds what this function cached; None when it cached none.
 
-    Each cached array's fingerprint is recorded: coordinates a user has since put under that name are theirs.
+    Each cached array's fingerprint is recorded: coordinates a user has since put under that name are theirs. A
+    modality whose number of cells changed since (the MuData was subset, and the coordinates with its cells) still
+    holds the cache, stale.
     """
     stored = mdata.uns.get(key_added)
     params = stored.get("params") if isinstance(stored, Mapping) else None
@@ -83,13 +85,16 @@ def _cache_mods(mdata: MuData, key_added: str) -> list[str] | None:
     prints = stored.get("coordinates")
     if not isinstance(prints, Mapping):  # a cache written before the coordinates' fingerprints were recorded
         return [str(mod) for mod in _plain(params.get("mods", []))]
-    return [
-        str(mod)
-        for mod, print_ in prints.items()
-        if mod in mdata.mod
-        and key_added in mdata[mod].obsm
-        and _fingerprint(np.asarray(mdata[mod].obsm[key_added])) == str(print_)
-    ]
+    sizes = stored.get("n_obs")
+    sizes = sizes if isinstance(sizes, Mapping) else {}
+
+    def ours(mod: str, print_: object) -> bool:
+        if mod not in mdata.mod or key_added not in mdata[mod].obsm:
+            return False
+        subset = mod in sizes and int(sizes[mod]) != mdata[mod].n_obs
+        return subset or _fingerprint(np.asarray(mdata[mod].obsm[key_added])) == str(print_)
+
+    return [str(mod) for mod, print_ in prints.items() if ours(mod, print_)]
 
 
 def _foreign(mdata: MuData, mods: list[str], key_added: str) -> list[str]:
@@ -271,6 +276,7 @@ def joint_embedding(
         mdata.uns[key_added] = {
             "params": params,
             "coordinates": {mod: _fingerprint(mdata[mod].obsm[key_added]) for mod in mods},
+            "n_obs": {mod: int(mdata[mod].n_obs) for mod in mods},
         }
         logg.info(
             "    finished",
