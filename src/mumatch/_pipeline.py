@@ -14,6 +14,7 @@ from scanpy import logging as logg
 from tqdm.auto import tqdm
 
 from . import metrics, pp, tl
+from ._ensemble import concatenate_members
 from ._layout import (
     MISSING_BATCH,
     batch_labels,
@@ -117,16 +118,6 @@ def ensemble_choice(mdata: MuData, mod1: str, mod2: str, batch_key: str = "batch
     return seed_ensemble_size(paired_positions(mdata, mod1, mod2)[0].size)
 
 
-def joint_unit_rep(parts: list[np.ndarray]) -> np.ndarray:
-    """The parts, each L2-normalised per row, side by side and divided by √(number of parts).
-
-    The rows are unit vectors whose inner products are the means of the parts' cosine similarities, i.e. what
-    ``match_ot(use_rep=[...])`` matches on.
-    """
-    units = [part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), np.finfo(float).tiny) for part in parts]
-    return (np.hstack(units) / np.sqrt(len(parts))).astype(np.float32)
-
-
 def check_embedding(embedding: str) -> str:
     """``embedding`` if the pipeline knows it (see :data:`EMBEDDINGS`), else a ValueError naming the choices."""
     if embedding not in EMBEDDINGS:
@@ -185,7 +176,8 @@ def stages(
             if isinstance(use_rep, list):
                 # The representation whose cosine similarities match_ot averaged, for the embedding's FOSCTTM.
                 for mod in (mod1, mod2):
-                    mdata[mod].obsm[COMBINED_REP] = joint_unit_rep([mdata[mod].obsm[rep] for rep in use_rep])
+                    parts = [np.asarray(mdata[mod].obsm[rep]) for rep in use_rep]
+                    mdata[mod].obsm[COMBINED_REP] = concatenate_members(parts)
                 use_rep = COMBINED_REP
             result.embedding_keys[method] = use_rep
 

@@ -1,3 +1,6 @@
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -18,42 +21,74 @@ def test_row_ranges_cover_every_row_once_cut_at_blocks(n_rows, step, n_workers):
 
 
 def test_row_ranges_give_each_worker_enough_blocks():
-    # 8 blocks and a minimum of 4 per worker: two workers, not eight.
-    assert len(_parallel.row_ranges(8 * 5, 5, 8)) == 2
+    # 16 blocks and a minimum of 8 per worker: two workers, not eight.
+    assert len(_parallel.row_ranges(16 * 5, 5, 8)) == 2
     assert len(_parallel.row_ranges(3, 1, 8)) == 1
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_map_row_ranges_returns_in_row_order_and_restores_the_thread_count(threads):
+def test_map_row_ranges_returns_in_row_order_on_single_threaded_workers(threads):
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     seen = []
     try:
         parts = _parallel.map_row_ranges(
-            lambda lo, hi: seen.append(torch.get_num_threads()) or torch.arange(lo, hi), 40, 2, torch.device("cpu")
+            lambda lo, hi: seen.append(torch.get_num_threads()) or torch.arange(lo, hi), 80, 2, torch.device("cpu")
         )
-        assert torch.get_num_threads() == threads
+        assert torch.get_num_threads() == threads  # the caller's count is never touched
     finally:
         torch.set_num_threads(previous)
-    assert torch.equal(torch.cat(parts), torch.arange(40))
+    assert torch.equal(torch.cat(parts), torch.arange(80))
     assert len(parts) == threads
     # Workers run torch on one thread each (a single range runs on the caller's).
     assert seen == ([threads] if threads == 1 else [1] * threads)
 
 
-def test_map_row_ranges_raises_a_workers_error_and_restores_the_thread_count():
+def test_workers_leave_the_default_of_later_threads_alone():
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
+    try:
+        _parallel._pools.clear()  # a new pool: its workers set their own count to 1 as they start
+        _parallel.map_row_ranges(lambda lo, hi: None, 80, 2, torch.device("cpu"))
+        counts = []
+        later = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+        later.start()
+        later.join()
+        assert counts == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
 
-    def fail(lo, hi):
-        if lo > 0:
+
+def test_a_forked_process_gets_its_own_pool(monkeypatch):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = _parallel._pool(2)
+        assert _parallel._pool(2) is first
+        monkeypatch.setattr(_parallel.os, "getpid", lambda: -1)  # as in a child: the parent's threads are not there
+        second = _parallel._pool(2)
+        assert second is not first
+        assert second.submit(lambda: 7).result(timeout=10) == 7
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_map_row_ranges_raises_a_workers_error_after_every_worker_finished():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    finished = []
+
+    def work(lo, hi):
+        if lo == 0:
             raise FloatingPointError("worker")
+        time.sleep(0.2)
+        finished.append(lo)
         return lo
 
     try:
         with pytest.raises(FloatingPointError, match="worker"):
-            _parallel.map_row_ranges(fail, 40, 2, torch.device("cpu"))
-        assert torch.get_num_threads() == 2
+            _parallel.map_row_ranges(work, 80, 2, torch.device("cpu"))
+        assert finished == [40] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
 

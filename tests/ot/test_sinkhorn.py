@@ -644,3 +644,20 @@ def test_log_column_sums_recomputes_the_columns_a_pass_underflowed():
     torch.testing.assert_close(log_sums, exact, rtol=1e-6, atol=1e-4)
     # Reliable sums are only logged, not recomputed.
     assert torch.equal(log_sums[[0, 5]], column_sums[[0, 5]].log())
+
+
+def test_unbalanced_plan_of_almost_no_mass_in_float32():
+    # tau = 1e-3 on the cosine cost: the relaxed plan keeps ~1e-55 of the mass, below float32's range. Tiled: every
+    # column sum underflows; their recomputed sums now also give the error (it stayed 1.0 for 2,000 iterations).
+    rng = np.random.default_rng(0)
+    n, m = rng.integers(1, 40, 2)
+    x, y = rng.standard_normal((n, 5)), rng.standard_normal((m, 5))
+    kwargs = {"epsilon": 1e-3, "epsilon_start": 0.05, "cost": "cosine", "tau": 1e-3, "device": "cpu", "max_iter": 2000}
+    tiled = mm.ot.sinkhorn(x, y, mode="tiled", **kwargs)
+    reference = mm.ot.sinkhorn(x, y, mode="tiled", dtype="float64", **kwargs)
+    assert tiled.converged and tiled.n_iter < 40
+    np.testing.assert_allclose(tiled.f, reference.f, atol=1e-4)
+    np.testing.assert_allclose(tiled.g, reference.g, atol=1e-4)
+    # The dense float32 kernel cannot hold such a plan: a clear error that names the way out.
+    with pytest.raises(FloatingPointError, match="pass dtype='float64'"):
+        mm.ot.sinkhorn(x, y, mode="dense", **kwargs)

@@ -286,10 +286,12 @@ def sinkhorn(
         del kernel, solver
     f, g, n_iter, error, n_rebuilds, truncated_stages = state
     if not bool(torch.isfinite(f).all() and torch.isfinite(g).all()):
-        # Finite embeddings can still overflow the cost (e.g. squared distances of values ~1e20 in float32).
+        # Finite embeddings can still overflow the cost (e.g. squared distances of values ~1e20 in float32), and an
+        # unbalanced plan can carry almost no mass (small tau: ~1e-55, below float32's range).
         raise FloatingPointError(
-            f"the Sinkhorn potentials are not finite: the {cost} cost overflowed {dtype}; rescale the embeddings "
-            "(e.g. standardise them) or pass dtype='float64'"
+            f"the Sinkhorn potentials are not finite: the {cost} cost or the plan's mass left {dtype}'s range (an "
+            "unbalanced plan with a small tau can carry almost no mass); rescale the embeddings (e.g. standardise "
+            "them) or pass dtype='float64'"
         )
     return SinkhornResult(
         f=f.double().cpu().numpy(),
@@ -464,8 +466,10 @@ class _TiledSolver(_Solver):
                 f, column_sums = self.row_pass(f, g, epsilon, exact=exact)
                 exact = False
                 n_iter += 1
+                # Underflowed columns recomputed (see log_column_sums), for the error as for the update.
+                log_sums = self.log_column_sums(column_sums, f, g, epsilon)
                 # The rows are exact for f: the columns' distance to their target is the plan's (see column_error).
-                error = self.column_error(column_sums, g.double(), epsilon)
+                error = self.column_error(log_sums.exp(), g.double(), epsilon)
                 if error <= stage_tol or n_iter >= max_iter:
                     break
                 if error > previous_error:
@@ -475,7 +479,6 @@ class _TiledSolver(_Solver):
                         g, plain_g = plain_g, None
                         continue
                 previous_error = error
-                log_sums = self.log_column_sums(column_sums, f, g, epsilon)
                 # g ← ε log b - λ ε LSE_i((f - C) / ε), with LSE_i = log(column sum) - g / ε.
                 if self.tau is None:
                     g_sinkhorn = epsilon * (log_b64 - log_sums) + g.double()
@@ -510,7 +513,8 @@ class _TiledSolver(_Solver):
         geometry = self.geometry
         columns = replace(geometry, y=geometry.y[unreliable], col=geometry.col[unreliable])
         n_rows = geometry.shape[0]
-        step = max(1, self.memory_budget // (4 * unreliable.numel() * geometry.x.element_size()))
+        # A tile's product, its float64 copy and the exponents: ~32 bytes per entry in float32.
+        step = max(1, self.memory_budget // (4 * unreliable.numel() * (geometry.x.element_size() + 24)))
         exponents = torch.full((unreliable.numel(),), -math.inf, dtype=torch.float64, device=f.device)
         for start in range(0, n_rows, step):
             stop = min(start + step, n_rows)

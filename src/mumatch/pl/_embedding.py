@@ -73,9 +73,9 @@ def _colors(mdata: MuData, mods: list[str], key: str, categories: list[str]) -> 
 def _cache_mods(mdata: MuData, key_added: str) -> list[str] | None:
     """The modalities whose ``.obsm[key_added]`` still holds what this function cached; None when it cached none.
 
-    Each cached array's fingerprint is recorded: coordinates a user has since put under that name are theirs. A
-    modality whose number of cells changed since (the MuData was subset, and the coordinates with its cells) still
-    holds the cache, stale.
+    Each cached array's fingerprint is recorded: coordinates a user has since put under that name are theirs. So are
+    its rows (a float32 pair is one 64-bit key): after subsetting, the rows left are all among them, and the cache,
+    stale, is still this function's.
     """
     stored = mdata.uns.get(key_added)
     params = stored.get("params") if isinstance(stored, Mapping) else None
@@ -85,14 +85,19 @@ def _cache_mods(mdata: MuData, key_added: str) -> list[str] | None:
     prints = stored.get("coordinates")
     if not isinstance(prints, Mapping):  # a cache written before the coordinates' fingerprints were recorded
         return [str(mod) for mod in _plain(params.get("mods", []))]
-    sizes = stored.get("n_obs")
-    sizes = sizes if isinstance(sizes, Mapping) else {}
+    written_rows = stored.get("rows")
+    written_rows = written_rows if isinstance(written_rows, Mapping) else {}
 
     def ours(mod: str, print_: object) -> bool:
         if mod not in mdata.mod or key_added not in mdata[mod].obsm:
             return False
-        subset = mod in sizes and int(sizes[mod]) != mdata[mod].n_obs
-        return subset or _fingerprint(np.asarray(mdata[mod].obsm[key_added])) == str(print_)
+        coordinates = np.asarray(mdata[mod].obsm[key_added])
+        if _fingerprint(coordinates) == str(print_):
+            return True
+        # Fewer cells, every row one that was written here: the MuData was subset, its cells kept their coordinates.
+        rows = _row_keys(coordinates)
+        written = written_rows.get(mod)
+        return rows is not None and written is not None and bool(np.isin(rows, np.asarray(written)).all())
 
     return [str(mod) for mod, print_ in prints.items() if ours(mod, print_)]
 
@@ -102,6 +107,13 @@ def _foreign(mdata: MuData, mods: list[str], key_added: str) -> list[str]:
     written = _cache_mods(mdata, key_added)
     slots = [f"mdata['{mod}'].obsm" for mod in mods if key_added in mdata[mod].obsm and mod not in (written or [])]
     return slots + ([] if written is not None or key_added not in mdata.uns else ["mdata.uns"])
+
+
+def _row_keys(coordinates: np.ndarray) -> np.ndarray | None:
+    """Each row of 2-d float32 coordinates as one uint64 (the row's bytes), sorted; None for other arrays."""
+    if coordinates.ndim != 2 or coordinates.shape[1] != 2 or coordinates.dtype != np.float32:
+        return None
+    return np.sort(np.ascontiguousarray(coordinates).view(np.uint64).ravel())
 
 
 def _fingerprint(stacked: np.ndarray) -> str:
@@ -276,7 +288,7 @@ def joint_embedding(
         mdata.uns[key_added] = {
             "params": params,
             "coordinates": {mod: _fingerprint(mdata[mod].obsm[key_added]) for mod in mods},
-            "n_obs": {mod: int(mdata[mod].n_obs) for mod in mods},
+            "rows": {mod: _row_keys(mdata[mod].obsm[key_added]) for mod in mods},
         }
         logg.info(
             "    finished",
