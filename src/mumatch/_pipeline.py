@@ -29,9 +29,9 @@ CLIP_KEY = "match_clip"
 CLUE_KEY = "match_clue"
 COMBINED_KEY = "match_clip_clue"
 # What the pipeline can match on (``mumatch run --embedding``): CLIP, CLUE, or both with their cosine similarities
-# averaged. Measured (docs/benchmarks.md, CLUE section, mean of 3 seeds): CLUE beat CLIP on the cite starter
-# (0.070 vs 0.059) and on the multiome starter (0.0075 vs 0.0052, near chance), CLIP + CLUE was best on pbmc10k_cite
-# (0.0125 vs 0.0111); CLUE trains 5-15× longer than CLIP, so CLIP stays the default.
+# averaged. Measured (docs/benchmarks.md, mean of 3 seeds): cite starter CLIP 0.059, CLUE 0.071, both 0.075;
+# multiome starter 0.0052, 0.0057, 0.0067 (near chance, 0.0036); pbmc10k_cite 0.0110, 0.0109, 0.0118. CLUE trains
+# 5-15× longer than CLIP, so CLIP stays the default.
 EMBEDDINGS = ("clip", "clue", "clip+clue")
 COMBINED_REP = "X_clip_clue"
 # With a single training batch there is no batch to hold out per model (MatchCLOT's ensemble); the pipeline then
