@@ -19,7 +19,7 @@ from ._pipeline import EMBEDDINGS, check_embedding, run_pipeline, score_table
 
 DEMO_DATA = ("multiome", "cite", "simulated")
 EMBEDDING_HELP = (
-    "what to match on: clip (default, fastest), clue (5-15x longer training; better on the starters), or clip+clue "
+    "what to match on: clip (default, fastest), clue (5-15x longer training; better on the CITE starter), or clip+clue "
     "(both, their cosine similarities averaged; writes all three plans, predicts with the combined one)"
 )
 
