@@ -164,21 +164,21 @@ def stages(
         "clip+clue": [
             ("CLIP + OT", "X_clip", CLIP_KEY),
             ("CLUE + OT", "X_clue", CLUE_KEY),
-            ("CLIP + CLUE + OT", ["X_clip", "X_clue"], COMBINED_KEY),
+            ("CLIP + CLUE + OT", COMBINED_REP, COMBINED_KEY),
         ],
     }[embedding]
 
     def match(mdata: MuData, result: PipelineResult) -> None:
+        if embedding == "clip+clue":
+            # Both embeddings side by side, each unit-normalised and scaled by 1/√2: its cosine similarity is the
+            # mean of theirs (what match_ot(use_rep=["X_clip", "X_clue"]) matches on), and FOSCTTM has one to rank.
+            for mod in (mod1, mod2):
+                parts = [np.asarray(mdata[mod].obsm[rep]) for rep in ("X_clip", "X_clue")]
+                mdata[mod].obsm[COMBINED_REP] = concatenate_members(parts)
         options = {"epsilon": MATCH_EPSILON, "max_iter": MATCH_MAX_ITER}
         for method, use_rep, key in plans:
             tl.match_ot(mdata, mod1, mod2, use_rep=use_rep, key_added=key, **options)
             result.plan_keys[method] = key
-            if isinstance(use_rep, list):
-                # The representation whose cosine similarities match_ot averaged, for the embedding's FOSCTTM.
-                for mod in (mod1, mod2):
-                    parts = [np.asarray(mdata[mod].obsm[rep]) for rep in use_rep]
-                    mdata[mod].obsm[COMBINED_REP] = concatenate_members(parts)
-                use_rep = COMBINED_REP
             result.embedding_keys[method] = use_rep
 
     training = [("train_clip", train_clip)] if "clip" in embedding else []

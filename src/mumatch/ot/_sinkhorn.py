@@ -633,6 +633,7 @@ class _DenseSolver(_Solver):
         log_u = torch.empty_like(f)
         inv_epsilon = 1.0 / epsilon
         ones = self.ones(n_cols, g)
+        step = self.block_rows()
 
         def rows_of(first: int, last: int) -> torch.Tensor:
             column_sums = torch.zeros(n_cols, dtype=torch.float64, device=g.device)
@@ -663,7 +664,6 @@ class _DenseSolver(_Solver):
                 column_sums += torch.mv(tile.T, log_u[start:stop].exp()).double()
             return column_sums
 
-        step = self.block_rows()
         column_sums = sum_in_order(map_row_ranges(rows_of, n_rows, step, g.device))
         return f, log_u, column_sums
 
@@ -682,6 +682,7 @@ class _DenseSolver(_Solver):
         lam = self.exponent(epsilon)
         kernel_v = torch.empty_like(f)
         u = torch.empty_like(f)
+        step = self.block_rows()
 
         def rows_of(first: int, last: int) -> torch.Tensor:
             kernel_t_u = torch.zeros_like(v)
@@ -699,7 +700,6 @@ class _DenseSolver(_Solver):
                 kernel_t_u.addmv_(block.T, u[rows])
             return kernel_t_u
 
-        step = self.block_rows()
         kernel_t_u = sum_in_order(map_row_ranges(rows_of, kernel.shape[0], step, kernel.device))
         log_u = u.log()
         return log_u, kernel_t_u

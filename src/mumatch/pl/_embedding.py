@@ -73,33 +73,26 @@ def _colors(mdata: MuData, mods: list[str], key: str, categories: list[str]) -> 
 def _cache_mods(mdata: MuData, key_added: str) -> list[str] | None:
     """The modalities whose ``.obsm[key_added]`` still holds what this function cached; None when it cached none.
 
-    Each cached array's fingerprint is recorded: coordinates a user has since put under that name are theirs. So are
-    its rows (a float32 pair is one 64-bit key): after subsetting, the rows left are all among them, and the cache,
-    stale, is still this function's.
+    The cached rows are recorded (a float32 pair is one 64-bit key): coordinates a user has since put under that name
+    are theirs, while after subsetting the rows left are all among the recorded ones and the cache, stale, is still
+    this function's.
     """
     stored = mdata.uns.get(key_added)
     params = stored.get("params") if isinstance(stored, Mapping) else None
     # The embedding's fingerprint is recorded by this function alone: it marks a cache written here.
     if not (isinstance(params, Mapping) and "fingerprint" in params and "basis" in params):
         return None
-    prints = stored.get("coordinates")
-    if not isinstance(prints, Mapping):  # a cache written before the coordinates' fingerprints were recorded
-        return [str(mod) for mod in _plain(params.get("mods", []))]
     written_rows = stored.get("rows")
-    written_rows = written_rows if isinstance(written_rows, Mapping) else {}
+    if not isinstance(written_rows, Mapping):  # a cache written before its rows were recorded
+        return [str(mod) for mod in _plain(params.get("mods", []))]
 
-    def ours(mod: str, print_: object) -> bool:
+    def ours(mod: str, written: object) -> bool:
         if mod not in mdata.mod or key_added not in mdata[mod].obsm:
             return False
-        coordinates = np.asarray(mdata[mod].obsm[key_added])
-        if _fingerprint(coordinates) == str(print_):
-            return True
-        # Fewer cells, every row one that was written here: the MuData was subset, its cells kept their coordinates.
-        rows = _row_keys(coordinates)
-        written = written_rows.get(mod)
-        return rows is not None and written is not None and bool(np.isin(rows, np.asarray(written)).all())
+        rows = _row_keys(np.asarray(mdata[mod].obsm[key_added]))
+        return rows is not None and bool(np.isin(rows, np.asarray(written)).all())
 
-    return [str(mod) for mod, print_ in prints.items() if ours(mod, print_)]
+    return [str(mod) for mod, written in written_rows.items() if ours(mod, written)]
 
 
 def _foreign(mdata: MuData, mods: list[str], key_added: str) -> list[str]:
@@ -165,9 +158,10 @@ def joint_embedding(
     mixed modalities with cell types that stay apart is what a good shared embedding looks like.
 
     The UMAP is cached once the figure is drawn (and saved): adds ``mdata[mod].obsm[key_added]`` (the 2-d
-    coordinates of the modality's cells) and ``mdata.uns[key_added]['params']`` (with a fingerprint of the embedding);
-    a later call with the same parameters and the same embedding reuses it. A ``key_added`` already holding something
-    else (e.g. a modality's own ``X_umap``) is left as it is, with a warning, and the UMAP is not cached.
+    coordinates of the modality's cells) and ``mdata.uns[key_added]`` (``params``, with a fingerprint of the embedding,
+    and the cached ``rows``); a later call with the same parameters and the same embedding reuses it. A
+    ``key_added`` already holding something else (e.g. a modality's own ``X_umap``) is left as it is, with a warning,
+    and the UMAP is not cached.
     Categories are coloured as ``.uns[f"{key}_colors"]`` of the modalities says, when it is set.
 
     Parameters
@@ -287,7 +281,6 @@ def joint_embedding(
             mdata[mod].obsm[key_added] = coordinates[offsets[position] : offsets[position + 1]]
         mdata.uns[key_added] = {
             "params": params,
-            "coordinates": {mod: _fingerprint(mdata[mod].obsm[key_added]) for mod in mods},
             "rows": {mod: _row_keys(mdata[mod].obsm[key_added]) for mod in mods},
         }
         logg.info(
