@@ -1,13 +1,16 @@
-"""A/B of ``mm.ot.sinkhorn`` between source trees (e.g. a worktree of an earlier commit and this one).
+"""A/B of ``mm.ot.sinkhorn`` (or of ``mm.ot.sparsify_plan``) between source trees (e.g. an earlier commit and this one).
 
     git worktree add /tmp/before REV
     lane 0 .venv/bin/python benchmarks/bench_sinkhorn_ab.py --src /tmp/before/src src --n 10000 \
-        [--mode dense] [--threads 1] [--repeats 4] [--alternations 3] [--results FILE]
+        [--mode dense] [--threads 1] [--repeats 4] [--alternations 3] [--epsilon 0.01] [--step sparsify] \
+        [--results FILE]
 
 The benchmark's planted problem (``peers/ot_peers.py``: N unit vectors in 64 dimensions, σ = 2.5, ε = 0.01 on the
-[0, 1] cosine cost) is solved ``--repeats`` times per process, one process per source tree, the trees alternating
-``--alternations`` times, so that both see the same state of the host. The first solve of a process (imports, first
-allocations) is reported apart. Prints a markdown table; ``--results`` appends every process's record as JSON lines.
+[0, 1] cosine cost unless ``--epsilon``) is solved ``--repeats`` times per process, one process per source tree, the
+trees alternating ``--alternations`` times, so that both see the same state of the host. ``--step sparsify`` solves
+once and times the sparse plan built from the potentials (what ``match_ot`` adds to the solve) instead. The first
+call of a process (imports, first allocations) is reported apart. Prints a markdown table; ``--results`` appends
+every process's record as JSON lines.
 """
 
 from __future__ import annotations
@@ -31,11 +34,19 @@ import mumatch.ot as ot
 from ot_peers import planted
 x, y = planted({n}, 0)
 times = []
+if {step!r} == "sparsify":
+    result = ot.sinkhorn(x, y, epsilon={epsilon}, tol=1e-3, mode={mode!r})
 for _ in range({repeats}):
     start = time.perf_counter()
-    result = ot.sinkhorn(x, y, epsilon=0.01, tol=1e-3, mode={mode!r})
+    if {step!r} == "sparsify":
+        sparse = ot.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost)
+    else:
+        result = ot.sinkhorn(x, y, epsilon={epsilon}, tol=1e-3, mode={mode!r})
     times.append(time.perf_counter() - start)
-print("__RESULT__" + json.dumps({{"times": times, "n_iter": result.n_iter, "error": result.marginal_error}}))
+record = {{"times": times, "n_iter": result.n_iter, "error": result.marginal_error}}
+if {step!r} == "sparsify":
+    record["nnz_per_row"] = sparse.plan.nnz / {n}
+print("__RESULT__" + json.dumps(record))
 """
 
 
@@ -47,10 +58,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--alternations", type=int, default=3)
+    parser.add_argument("--epsilon", type=float, default=0.01)
+    parser.add_argument("--step", choices=("solve", "sparsify"), default="solve")
     parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args()
     code = CHILD.format(
-        peers=str(ROOT / "benchmarks" / "peers"), threads=args.threads, n=args.n, repeats=args.repeats, mode=args.mode
+        peers=str(ROOT / "benchmarks" / "peers"),
+        threads=args.threads,
+        n=args.n,
+        repeats=args.repeats,
+        mode=args.mode,
+        epsilon=args.epsilon,
+        step=args.step,
     )
     records = []
     for alternation in range(args.alternations):
@@ -61,6 +80,7 @@ def main() -> None:
             if not lines:
                 sys.exit(f"{src} failed:\n{completed.stderr[-3000:]}")
             record = {"src": src, "alternation": alternation, "n": args.n, "mode": args.mode, "threads": args.threads}
+            record.update({"epsilon": args.epsilon, "step": args.step})
             record.update(json.loads(lines[-1].removeprefix("__RESULT__")))
             records.append(record)
             if args.results:
@@ -73,11 +93,12 @@ def main() -> None:
         rows.append(
             {
                 "source": src,
-                "first solve (s)": ", ".join(f"{record['times'][0]:.3f}" for record in mine),
-                "later solves, median (s)": f"{statistics.median(later):.3f}" if later else "",
-                "later solves, range (s)": f"{min(later):.3f}-{max(later):.3f}" if later else "",
+                f"first {args.step} (s)": ", ".join(f"{record['times'][0]:.3f}" for record in mine),
+                "later, median (s)": f"{statistics.median(later):.3f}" if later else "",
+                "later, range (s)": f"{min(later):.3f}-{max(later):.3f}" if later else "",
                 "iterations": mine[0]["n_iter"],
                 "marginal error": f"{mine[0]['error']:.2e}",
+                **({"kept per row": f"{mine[0]['nnz_per_row']:.1f}"} if args.step == "sparsify" else {}),
             }
         )
     print(pd.DataFrame(rows).to_markdown(index=False))

@@ -3,10 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mumatch as mm
+from mumatch.ot import _plan
 
 from .test_sinkhorn import clouds
 
@@ -48,6 +50,52 @@ def test_default_keeps_the_row_mass():
         assert ordered[: counts[row] - 1].sum() < 0.999 + 1e-6
     capped = mm.ot.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, max_per_row=3, device="cpu")
     assert np.diff(capped.plan.indptr).max() <= 3
+
+
+def smallest_heavy_set(row: np.ndarray, mass: float, cap: int) -> tuple[np.ndarray, bool]:
+    """The fewest largest entries holding ``mass`` of the row (at most ``cap``), and False when too close to call."""
+    order = np.argsort(-row, kind="stable")
+    cumulative = np.cumsum(row[order]) / row.sum()
+    count = min(int((cumulative < mass).sum()) + 1, cap, row.size)
+    clear = abs(cumulative[count - 1] - mass) > 1e-5 and (count < 2 or abs(cumulative[count - 2] - mass) > 1e-5)
+    return np.sort(order[:count]), clear
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "max_per_row", "mass"),
+    # Concentrated rows (few entries above the margin), some rows capped, every row capped (the diffuse probe).
+    [(0.002, 1000, 0.999), (0.002, 2, 0.999), (0.02, 3, 0.999), (0.01, 1000, 0.99)],
+)
+def test_default_rows_are_their_smallest_heavy_set(epsilon, max_per_row, mass):
+    x, y, result = solved(120, 90, seed=4, epsilon=epsilon, dtype="float64", tol=1e-6, max_iter=5000)
+    args = (x, y, result.f, result.g, result.epsilon, result.cost)
+    sparse = mm.ot.sparsify_plan(*args, mass=mass, max_per_row=max_per_row, dtype="float64", device="cpu")
+    full = mm.ot.plan_tile(*args)
+    checked = 0
+    for row in range(full.shape[0]):
+        expected, clear = smallest_heavy_set(full[row], mass, max_per_row)
+        if not clear:
+            continue
+        kept = np.sort(sparse.plan.indices[sparse.plan.indptr[row] : sparse.plan.indptr[row + 1]])
+        np.testing.assert_array_equal(kept, expected)
+        checked += 1
+    assert checked > 100
+    assert (sparse.plan.data > 0).all()  # padding is never stored
+    np.testing.assert_allclose(sparse.plan.sum(1).A1, 1, rtol=1e-6)
+
+
+def test_concentrated_and_capped_rows_in_one_strip():
+    """Rows with few heavy entries and rows over the cap, in one strip, agree with the exact top entries."""
+    values = torch.full((4, 50), -40.0, dtype=torch.float64)
+    values[0, [3, 7]] = torch.tensor([0.0, -1.0], dtype=torch.float64)  # short row: two entries above the threshold
+    values[1] = -torch.arange(50.0, dtype=torch.float64) / 10  # every entry above it: capped at k
+    values[2, 9] = 0.0
+    values[3] = -torch.arange(50.0, dtype=torch.float64).flip(0) / 10
+    top_values, top_index, available = _plan._top_above(values, values.amax(dim=1) - 10.0, 5)
+    np.testing.assert_array_equal(available.numpy(), [2, 5, 1, 5])
+    assert top_index[0, :2].tolist() == [3, 7] and top_index[2, 0].item() == 9
+    assert top_index[1].tolist() == [0, 1, 2, 3, 4] and top_index[3].tolist() == [49, 48, 47, 46, 45]
+    assert torch.isinf(top_values[0, 2:]).all() and torch.isinf(top_values[2, 1:]).all()
 
 
 @pytest.mark.parametrize(

@@ -658,6 +658,31 @@ def test_unbalanced_plan_of_almost_no_mass_in_float32():
     assert tiled.converged and tiled.n_iter < 40
     np.testing.assert_allclose(tiled.f, reference.f, atol=1e-4)
     np.testing.assert_allclose(tiled.g, reference.g, atol=1e-4)
-    # The dense float32 kernel cannot hold such a plan: a clear error that names the way out.
+    # The dense float32 kernel cannot hold such a plan: asked for, a clear error that names the way out; chosen by
+    # mode='auto', the plan is solved again without it, with a warning.
     with pytest.raises(FloatingPointError, match="pass dtype='float64'"):
         mm.ot.sinkhorn(x, y, mode="dense", **kwargs)
+    with pytest.warns(RuntimeWarning, match="solved again without storing it"):
+        auto = mm.ot.sinkhorn(x, y, **kwargs)
+    assert auto.mode == "tiled" and auto.converged
+    np.testing.assert_array_equal(auto.f, tiled.f)
+
+
+def test_a_retry_that_fails_too_raises(monkeypatch):
+    from mumatch.ot import _sinkhorn
+
+    modes = []
+
+    def non_finite(solver, kernel, *args):
+        modes.append(kernel is not None)
+        n_rows, n_cols = solver.geometry.shape
+        return torch.full((n_rows,), torch.nan), torch.zeros(n_cols), 1, 1.0, 0, 0
+
+    monkeypatch.setattr(_sinkhorn, "_run_stages", non_finite)
+    x, y = clouds(6, 5, 3, 0)
+    with pytest.warns(RuntimeWarning, match="solved again"), pytest.raises(FloatingPointError, match="not finite"):
+        mm.ot.sinkhorn(x, y, device="cpu")
+    assert modes == [True, False]  # the stored kernel, then the tiled passes, once each
+    with pytest.raises(FloatingPointError, match="not finite"):
+        mm.ot.sinkhorn(x, y, device="cpu", mode="tiled")
+    assert modes == [True, False, False]

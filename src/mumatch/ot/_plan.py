@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,8 @@ from ._cost import (
 MAX_PER_ROW = 1000
 # By default a row keeps its largest entries until they hold this fraction of the row's mass.
 ROW_MASS = 0.999
+# Rows of a strip looked at first to tell a diffuse plan, whose rows all keep max_per_row entries (see _top_above).
+PROBE_ROWS = 8
 
 
 @dataclass
@@ -168,6 +171,11 @@ def sparsify_plan(
     # without a pass for the row max; rows whose shifted sums leave this range are redone with their exact max.
     mass_shift = -np.log(n_rows)
     low, high = SHIFTED_SUM_RANGE[torch_dtype]
+    # Entries more than this below their row's largest hold together less than an eighth of the mass a row may drop
+    # (at most n_cols of them, each below max · e^-margin ≤ row sum · e^-margin), so the kept set lies among the
+    # others: at the pipeline's epsilon a few dozen per row, selected without a partial sort of the whole row.
+    by_mass = top_k is None and mass < 1 and torch_device.type == "cpu"
+    mass_margin = math.log(8 * n_cols / (1 - mass)) if by_mass else math.inf
 
     row_confidence = np.empty(n_rows)
     row_entropy = np.empty(n_rows)
@@ -212,15 +220,20 @@ def sparsify_plan(
             entropy = row_sums.log() - stats.row_weighted / row_sums
             row_entropy[start:stop] = entropy.double().cpu().numpy()
 
-            top_values, top_index = _top_k(strip, k)
+            if by_mass:
+                top_values, top_index, available = _top_above(strip, row_max - mass_margin, k)
+            else:
+                top_values, top_index = _top_k(strip, k)
+                available = torch.full((height,), k, dtype=torch.long, device=torch_device)
             top_weights = torch.exp(top_values - shift[:, None]) / row_sums[:, None]
             if top_k is None:
                 cumulative = top_weights.cumsum(dim=1)
                 keep = (cumulative < mass).sum(dim=1) + 1
-                keep = keep.clamp_max(k)
+                # Padding (weight 0) is never kept, even where float32 rounding leaves the sum a hair below mass.
+                keep = torch.minimum(keep.clamp_max(k), available)
             else:
-                keep = torch.full((height,), k, dtype=torch.long, device=torch_device)
-            mask = torch.arange(k, device=torch_device)[None, :] < keep[:, None]
+                keep = available
+            mask = torch.arange(top_values.shape[1], device=torch_device)[None, :] < keep[:, None]
             kept = torch.where(mask, top_weights, torch.zeros_like(top_weights))
             kept_sums = kept.sum(dim=1)
             row_mass_kept[start:stop] = kept_sums.double().cpu().numpy()
@@ -329,6 +342,45 @@ def _top_k(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.take_along_axis(selected, order, axis=1)), torch.from_numpy(
         np.take_along_axis(index, order, axis=1)
     )
+
+
+def _top_above(
+    values: torch.Tensor, threshold: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The entries of each row at or above its ``threshold``, in decreasing order, at most the ``k`` largest.
+
+    Returns values and columns padded to the widest row (with ``-inf`` and column 0), and each row's count. Rows with
+    more than ``k`` such entries get their ``k`` largest (:func:`_top_k`); the others are sorted among themselves
+    only, which at the pipeline's epsilon is a few dozen entries instead of a partial sort of every row: 0.69 s
+    → 0.04 s of a 10k plan's 1.25 s (measured, two threads).
+    """
+    height = values.shape[0]
+    probe = slice(0, min(PROBE_ROWS, height))
+    if bool(((values[probe] >= threshold[probe, None]).sum(dim=1) > k).all()):
+        # A diffuse plan (large epsilon): rows are capped, and counting every row's entries costs ~10 % more.
+        return (*_top_k(values, k), torch.full((height,), k, dtype=torch.long, device=values.device))
+    above = values >= threshold[:, None]
+    counts = above.sum(dim=1)
+    capped = counts > k
+    short = (~capped).nonzero().squeeze(1)
+    width = k if bool(capped.any()) else max(int(counts.max()), 1)
+    top_values = torch.full((height, width), -torch.inf, dtype=values.dtype, device=values.device)
+    top_index = torch.zeros((height, width), dtype=torch.long, device=values.device)
+    if short.numel():
+        row, column = above[short].nonzero(as_tuple=True)
+        entries = values[short[row], column]
+        # Decreasing values within each row: sort by value, then stably by row.
+        order = torch.argsort(entries, descending=True, stable=True)
+        order = order[torch.argsort(row[order], stable=True)]
+        row, column, entries = row[order], column[order], entries[order]
+        short_counts = counts[short]
+        position = torch.arange(row.numel(), device=values.device) - (short_counts.cumsum(0) - short_counts)[row]
+        top_values[short[row], position] = entries
+        top_index[short[row], position] = column
+    if bool(capped.any()):
+        long_rows = capped.nonzero().squeeze(1)
+        top_values[long_rows], top_index[long_rows] = _top_k(values[long_rows], k)
+    return top_values, top_index, counts.clamp_max(k)
 
 
 def _log_plan_tile(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -219,7 +220,8 @@ def sinkhorn(
         epsilon.
     mode
         ``"dense"`` stores the ``N × M`` kernel, ``"tiled"`` never does, ``"auto"`` stores it when it fits
-        ``memory_budget``.
+        ``memory_budget``, and solves again without it (with a ``RuntimeWarning``) when the stored kernel cannot
+        hold the plan (an unbalanced plan of almost no mass, small ``tau``).
     dtype
         ``"float32"`` (default) or ``"float64"``.
     device
@@ -269,29 +271,29 @@ def sinkhorn(
     log_b = _log_marginal(b, n_cols, "b", torch_dtype, torch_device)
 
     start_time = time.perf_counter()
-    with torch.no_grad():
-        itemsize = torch.finfo(torch_dtype).bits // 8
-        dense = mode == "dense" or (mode == "auto" and n_rows * n_cols * itemsize <= memory_budget)
-        # In dense mode the kernel's memory first receives the product that the cost's rescaling needs.
-        kernel = empty_array((n_rows, n_cols), torch_dtype, torch_device) if dense else None
-        geometry = prepare_cost(
-            x, y, cost, dtype=torch_dtype, device=torch_device, memory_budget=memory_budget, product_out=kernel
+    itemsize = torch.finfo(torch_dtype).bits // 8
+    dense = mode == "dense" or (mode == "auto" and n_rows * n_cols * itemsize <= memory_budget)
+    problem = (x, y, cost, log_a, log_b, tau, tol, max_iter, epsilon, epsilon_start, truncate)
+    geometry, schedule, state = _solve(*problem, dense, torch_dtype, torch_device, memory_budget)
+    if dense and mode == "auto" and not _finite(state):
+        # A stored kernel cannot hold a plan of almost no mass (an unbalanced plan with a small tau: ~1e-55, below
+        # float32's range); the tiled passes recompute such sums in the log domain.
+        warnings.warn(
+            f"the stored {dtype} kernel could not hold the plan (its potentials left the range); solved again "
+            "without storing it (mode='tiled')",
+            RuntimeWarning,
+            stacklevel=2,
         )
-        cost_range = 1.0 - geometry.scale if cost == "cosine" else 1.0  # the cosine cost lies in [scale, 1]
-        schedule = epsilon_schedule(epsilon, cost_range, torch_dtype, epsilon_start)
-        solver = (_DenseSolver if dense else _TiledSolver)(geometry, log_a, log_b, tau, memory_budget)
-        # On a GPU a pass over the whole kernel costs little; the truncated stages are for the CPU.
-        truncate = truncate and torch_device.type == "cpu"
-        state = _run_stages(solver, kernel, schedule, tol, max_iter, truncate)
-        del kernel, solver
+        dense = False
+        geometry, schedule, state = _solve(*problem, dense, torch_dtype, torch_device, memory_budget)
     f, g, n_iter, error, n_rebuilds, truncated_stages = state
-    if not bool(torch.isfinite(f).all() and torch.isfinite(g).all()):
+    if not _finite(state):
         # Finite embeddings can still overflow the cost (e.g. squared distances of values ~1e20 in float32), and an
         # unbalanced plan can carry almost no mass (small tau: ~1e-55, below float32's range).
         raise FloatingPointError(
             f"the Sinkhorn potentials are not finite: the {cost} cost or the plan's mass left {dtype}'s range (an "
             "unbalanced plan with a small tau can carry almost no mass); rescale the embeddings (e.g. standardise "
-            "them) or pass dtype='float64'"
+            "them), or pass dtype='float64' (or mode='tiled' for such a plan)"
         )
     return SinkhornResult(
         f=f.double().cpu().numpy(),
@@ -308,6 +310,44 @@ def sinkhorn(
         epsilon_schedule=schedule,
         truncated_stages=truncated_stages,
     )
+
+
+def _solve(
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    cost: str,
+    log_a: torch.Tensor,
+    log_b: torch.Tensor,
+    tau: float | None,
+    tol: float,
+    max_iter: int,
+    epsilon: float,
+    epsilon_start: float | None,
+    truncate: bool,
+    dense: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    memory_budget: int,
+) -> tuple[PointCloudCost, list[float], tuple]:
+    """One solve of :func:`sinkhorn`'s checked problem, on a stored kernel or not: the cost, schedule and state."""
+    with torch.no_grad():
+        # In dense mode the kernel's memory first receives the product that the cost's rescaling needs.
+        kernel = empty_array((x.shape[0], y.shape[0]), dtype, device) if dense else None
+        geometry = prepare_cost(x, y, cost, dtype=dtype, device=device, memory_budget=memory_budget, product_out=kernel)
+        cost_range = 1.0 - geometry.scale if cost == "cosine" else 1.0  # the cosine cost lies in [scale, 1]
+        schedule = epsilon_schedule(epsilon, cost_range, dtype, epsilon_start)
+        solver = (_DenseSolver if dense else _TiledSolver)(geometry, log_a, log_b, tau, memory_budget)
+        # On a GPU a pass over the whole kernel costs little; the truncated stages are for the CPU.
+        truncate = truncate and device.type == "cpu"
+        state = _run_stages(solver, kernel, schedule, tol, max_iter, truncate)
+        del kernel, solver
+    return geometry, schedule, state
+
+
+def _finite(state: tuple) -> bool:
+    """Whether a solve's potentials are finite."""
+    f, g = state[:2]
+    return bool(torch.isfinite(f).all() and torch.isfinite(g).all())
 
 
 def anderson_coefficients(differences: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
