@@ -18,3 +18,20 @@ def test_namespaces_resolve_and_unknown_attributes_raise():
     assert {"pp", "tl", "model"} <= set(dir(mm))
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         mm.nonexistent  # noqa: B018
+
+
+def test_matching_does_not_import_the_training_stack():
+    # Matching stored embeddings needs torch, not Lightning or scvi-tools (2.5 s and ~120 MB more to import).
+    code = (
+        "import sys, mumatch as mm; mm.tl.match_ot; mm.tl.transfer_labels; "
+        "print('lightning' in sys.modules, 'scvi' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False False"
+
+
+def test_tool_functions_resolve_and_unknown_ones_raise():
+    assert mm.tl.train_clue.__name__ == "train_clue"
+    assert set(mm.tl.__all__) <= set(dir(mm.tl))
+    with pytest.raises(AttributeError, match="no attribute 'train_nothing'"):
+        mm.tl.train_nothing  # noqa: B018
