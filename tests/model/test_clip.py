@@ -122,7 +122,11 @@ def test_repeated_obs_names_raise_at_setup(small):
 
 def test_training_aligns_paired_cells(small):
     model = make_model(small)
-    model.train(max_epochs=30, progress_bar=False, early_stopping=False, validation=None, lr=1e-2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train(max_epochs=30, progress_bar=False, early_stopping=False, validation=None, lr=1e-2)
+    # No validation is a choice: Lightning's hint about a missing validation loader is not passed on.
+    assert not [w for w in caught if "val_dataloader" in str(w.message)]
     positions = paired_positions(small, "rna", "atac")
     z1 = model.get_latent_representation(small, "rna")[positions[0]]
     z2 = model.get_latent_representation(small, "atac")[positions[1]]

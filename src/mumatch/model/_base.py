@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -447,7 +448,11 @@ class MuDataModel:
         trainer_options.update(trainer_kwargs)
         trainer = lp.Trainer(callbacks=callbacks, **trainer_options)
         plan.module.train()
-        trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=validation_loader)
+        with warnings.catch_warnings():
+            if validation_loader is None:
+                # Training without held-out cells is the caller's choice (validation=None), not a forgotten loader.
+                warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`")
+            trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=validation_loader)
         self.module = plan.module.cpu().eval()
         # Read from the plan, not the callbacks: a spawning strategy ran them in other processes.
         summary = plan.fit_summary
