@@ -84,6 +84,24 @@ def test_default_rows_are_their_smallest_heavy_set(epsilon, max_per_row, mass):
     np.testing.assert_allclose(sparse.plan.sum(1).A1, 1, rtol=1e-6)
 
 
+def test_mass_beyond_float32_keeps_no_padding():
+    # 1 - 1e-9 rounds to 1 in float32: the kept prefix never reaches it, so keep stops at the candidates (all of
+    # the row's mass that float32 can see), never at the zero-weight padding behind them.
+    x, y, result = solved(120, 90, seed=5, epsilon=0.002)
+    sparse = mm.ot.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, mass=1 - 1e-9, device="cpu")
+    assert (sparse.plan.data > 0).all()
+    np.testing.assert_allclose(sparse.plan.sum(1).A1, 1, rtol=1e-5)
+    np.testing.assert_allclose(sparse.row_mass_kept, 1, rtol=1e-5)
+
+
+def test_non_finite_potentials_are_refused():
+    x, y, result = solved()
+    for f, g in ((np.where(np.arange(40) == 3, np.nan, result.f), result.g), (result.f, result.g - np.inf)):
+        for build in (mm.ot.sparsify_plan, mm.ot.plan_tile):
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                build(x, y, f, g, result.epsilon, result.cost)
+
+
 def test_concentrated_and_capped_rows_in_one_strip():
     """Rows with few heavy entries and rows over the cap, in one strip, agree with the exact top entries."""
     values = torch.full((4, 50), -40.0, dtype=torch.float64)

@@ -662,10 +662,26 @@ def test_unbalanced_plan_of_almost_no_mass_in_float32():
     # mode='auto', the plan is solved again without it, with a warning.
     with pytest.raises(FloatingPointError, match="pass dtype='float64'"):
         mm.ot.sinkhorn(x, y, mode="dense", **kwargs)
-    with pytest.warns(RuntimeWarning, match="solved again without storing it"):
-        auto = mm.ot.sinkhorn(x, y, **kwargs)
+    from mumatch.ot import _sinkhorn
+
+    dense_iterations = []
+    dense_run = _sinkhorn._DenseSolver.run
+
+    def counted(self, *args, **kw):
+        state = dense_run(self, *args, **kw)
+        dense_iterations.append(state[2])
+        return state
+
+    _sinkhorn._DenseSolver.run = counted
+    try:
+        with pytest.warns(RuntimeWarning, match="solved again without storing it"):
+            auto = mm.ot.sinkhorn(x, y, **kwargs)
+    finally:
+        _sinkhorn._DenseSolver.run = dense_run
     assert auto.mode == "tiled" and auto.converged
     np.testing.assert_array_equal(auto.f, tiled.f)
+    # The stored kernel gives up as soon as its potentials leave the range, not after max_iter (2,000) iterations.
+    assert dense_iterations and max(dense_iterations) < 10
 
 
 def test_a_retry_that_fails_too_raises(monkeypatch):

@@ -290,10 +290,11 @@ def sinkhorn(
     if not _finite(state):
         # Finite embeddings can still overflow the cost (e.g. squared distances of values ~1e20 in float32), and an
         # unbalanced plan can carry almost no mass (small tau: ~1e-55, below float32's range).
+        remedy = "pass dtype='float64' (or mode='tiled' for such a plan)" if dense else "pass dtype='float64'"
         raise FloatingPointError(
             f"the Sinkhorn potentials are not finite: the {cost} cost or the plan's mass left {dtype}'s range (an "
-            "unbalanced plan with a small tau can carry almost no mass); rescale the embeddings (e.g. standardise "
-            "them), or pass dtype='float64' (or mode='tiled' for such a plan)"
+            f"unbalanced plan with a small tau can carry almost no mass); rescale the embeddings (e.g. standardise "
+            f"them), or {remedy}"
         )
     return SinkhornResult(
         f=f.double().cpu().numpy(),
@@ -793,6 +794,10 @@ class _DenseSolver(_Solver):
                     rebuilt = True
                 column_marginal = log_v.exp() * kernel_t_u  # the plan's column sums; its rows are exact for f
                 error = self.column_error(column_marginal, g + epsilon * log_v, epsilon)
+                if not bool(torch.isfinite(torch.stack([f.sum(), g.sum(), log_u.sum(), log_v.sum()])).all()):
+                    # The kernel cannot represent this plan (a sum left the range): iterating cannot bring it back,
+                    # so the caller learns it now, not after max_iter (sinkhorn then solves it tiled or raises).
+                    return f + epsilon * log_u, g + epsilon * log_v, n_iter, error, n_rebuilds
                 if final and self.tau is None and error < best_error:
                     best_error, best_state = error, (f, g, log_u, log_v)
                 if error <= stage_tol or n_iter >= max_iter or self.stalled(n_iter, error):
@@ -929,7 +934,7 @@ def _run_stages(
             )
             n_iter, n_rebuilds = n_iter + stage_iter, n_rebuilds + stage_rebuilds
             truncated_stages += 1
-            if error > sparse_tol and n_iter < max_iter:
+            if not error <= sparse_tol and n_iter < max_iter:  # NaN too: a truncated kernel that lost the plan
                 # Stalled. When the whole cost is as far from its marginals at these potentials, the truncation is
                 # not what holds the stage back: the whole kernel goes on from them, else from the stage's start.
                 _, column_sums = exact.row_pass(f, g_sparse, epsilon, exact=True)
