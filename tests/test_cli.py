@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
+
 import anndata as ad
 import pandas as pd
 import pytest
@@ -128,3 +132,18 @@ def test_unknown_embedding_is_refused_before_any_work(tmp_path, capsys):
         with pytest.raises(ValueError, match=r"embedding must be one of \['clip', 'clue', 'clip\+clue'\]"):
             call()
     assert not (tmp_path / "result.h5mu").exists()
+
+
+def test_lightning_imported_during_a_command_stays_quiet():
+    # Lightning is imported on first use (inside the command) and sets its loggers' levels then: its per-model
+    # "GPU available" lines and tips must still not reach the user (they did, five times per demo).
+    code = (
+        "import logging, sys\n"
+        "from mumatch.cli import _quiet_libraries\n"
+        "assert 'lightning' not in sys.modules\n"
+        "with _quiet_libraries(1):\n"
+        "    import lightning.pytorch\n"
+        "    print(logging.getLogger('lightning.pytorch.utilities.rank_zero').getEffectiveLevel())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(result.stdout.strip()) >= logging.WARNING

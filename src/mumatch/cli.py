@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import sys
 import warnings
@@ -118,6 +119,9 @@ def _quiet_libraries(verbosity: int) -> Iterator[None]:
     if verbosity >= QUIET_BELOW_VERBOSITY:
         yield
         return
+    # Lightning sets its loggers' levels when it is imported, which `mm.tl` now does on first use, inside the
+    # command: imported here first (every command trains), it cannot undo what is set below.
+    importlib.import_module("lightning.pytorch")
     loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
     levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
