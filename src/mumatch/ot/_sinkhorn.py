@@ -273,8 +273,23 @@ def sinkhorn(
     start_time = time.perf_counter()
     itemsize = torch.finfo(torch_dtype).bits // 8
     dense = mode == "dense" or (mode == "auto" and n_rows * n_cols * itemsize <= memory_budget)
-    problem = (x, y, cost, log_a, log_b, tau, tol, max_iter, epsilon, epsilon_start, truncate)
-    geometry, schedule, state = _solve(*problem, dense, torch_dtype, torch_device, memory_budget)
+    problem = _Problem(
+        x,
+        y,
+        cost,
+        log_a,
+        log_b,
+        tau,
+        tol,
+        max_iter,
+        epsilon,
+        epsilon_start,
+        truncate,
+        torch_dtype,
+        torch_device,
+        memory_budget,
+    )
+    geometry, schedule, state = _solve(problem, dense)
     if dense and mode == "auto" and not _finite(state):
         # A stored kernel cannot hold a plan of almost no mass (an unbalanced plan with a small tau: ~1e-55, below
         # float32's range); the tiled passes recompute such sums in the log domain.
@@ -285,7 +300,7 @@ def sinkhorn(
             stacklevel=2,
         )
         dense = False
-        geometry, schedule, state = _solve(*problem, dense, torch_dtype, torch_device, memory_budget)
+        geometry, schedule, state = _solve(problem, dense)
     f, g, n_iter, error, n_rebuilds, truncated_stages = state
     if not _finite(state):
         # Finite embeddings can still overflow the cost (e.g. squared distances of values ~1e20 in float32), and an
@@ -313,34 +328,47 @@ def sinkhorn(
     )
 
 
-def _solve(
-    x: np.ndarray | torch.Tensor,
-    y: np.ndarray | torch.Tensor,
-    cost: str,
-    log_a: torch.Tensor,
-    log_b: torch.Tensor,
-    tau: float | None,
-    tol: float,
-    max_iter: int,
-    epsilon: float,
-    epsilon_start: float | None,
-    truncate: bool,
-    dense: bool,
-    dtype: torch.dtype,
-    device: torch.device,
-    memory_budget: int,
-) -> tuple[PointCloudCost, list[float], tuple]:
-    """One solve of :func:`sinkhorn`'s checked problem, on a stored kernel or not: the cost, schedule and state."""
+@dataclass(frozen=True)
+class _Problem:
+    """What :func:`sinkhorn` was asked to solve, checked and resolved."""
+
+    x: np.ndarray | torch.Tensor
+    y: np.ndarray | torch.Tensor
+    cost: str
+    log_a: torch.Tensor
+    log_b: torch.Tensor
+    tau: float | None
+    tol: float
+    max_iter: int
+    epsilon: float
+    epsilon_start: float | None
+    truncate: bool
+    dtype: torch.dtype
+    device: torch.device
+    memory_budget: int
+
+
+def _solve(problem: _Problem, dense: bool) -> tuple[PointCloudCost, list[float], tuple]:
+    """One solve of :func:`sinkhorn`'s problem, on a stored kernel or not: the cost, schedule and state."""
     with torch.no_grad():
         # In dense mode the kernel's memory first receives the product that the cost's rescaling needs.
-        kernel = empty_array((x.shape[0], y.shape[0]), dtype, device) if dense else None
-        geometry = prepare_cost(x, y, cost, dtype=dtype, device=device, memory_budget=memory_budget, product_out=kernel)
-        cost_range = 1.0 - geometry.scale if cost == "cosine" else 1.0  # the cosine cost lies in [scale, 1]
-        schedule = epsilon_schedule(epsilon, cost_range, dtype, epsilon_start)
-        solver = (_DenseSolver if dense else _TiledSolver)(geometry, log_a, log_b, tau, memory_budget)
+        kernel = empty_array((problem.x.shape[0], problem.y.shape[0]), problem.dtype, problem.device) if dense else None
+        geometry = prepare_cost(
+            problem.x,
+            problem.y,
+            problem.cost,
+            dtype=problem.dtype,
+            device=problem.device,
+            memory_budget=problem.memory_budget,
+            product_out=kernel,
+        )
+        cost_range = 1.0 - geometry.scale if problem.cost == "cosine" else 1.0  # the cosine cost lies in [scale, 1]
+        schedule = epsilon_schedule(problem.epsilon, cost_range, problem.dtype, problem.epsilon_start)
+        solver_class = _DenseSolver if dense else _TiledSolver
+        solver = solver_class(geometry, problem.log_a, problem.log_b, problem.tau, problem.memory_budget)
         # On a GPU a pass over the whole kernel costs little; the truncated stages are for the CPU.
-        truncate = truncate and device.type == "cpu"
-        state = _run_stages(solver, kernel, schedule, tol, max_iter, truncate)
+        truncate = problem.truncate and problem.device.type == "cpu"
+        state = _run_stages(solver, kernel, schedule, problem.tol, problem.max_iter, truncate)
         del kernel, solver
     return geometry, schedule, state
 
