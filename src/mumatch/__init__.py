@@ -31,4 +31,5 @@ def __getattr__(name: str) -> ModuleType:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_NAMESPACES})
+    # The namespaces (imported or not), settings and the module's dunders: not the helpers this file imports.
+    return sorted({*(name for name in globals() if name.startswith("__")), *__all__})

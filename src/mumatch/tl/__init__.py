@@ -24,4 +24,5 @@ def __getattr__(name: str) -> Callable:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_FUNCTIONS})
+    # The public functions (loaded or not) and the module's dunders: not the helpers this file imports.
+    return sorted({*(name for name in globals() if name.startswith("__")), *__all__})
