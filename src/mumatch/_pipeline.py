@@ -19,7 +19,7 @@ from ._layout import (
     MISSING_BATCH,
     batch_labels,
     embed_block,
-    paired_batch_labels,
+    held_out_batches,
     paired_positions,
     unpaired_mask,
 )
@@ -108,12 +108,11 @@ def seed_ensemble_size(n_paired: int) -> int:
 def ensemble_choice(mdata: MuData, mod1: str, mod2: str, batch_key: str = "batch") -> str | int:
     """The pipeline's ``ensemble`` argument of :func:`~mumatch.tl.train_clip`.
 
-    One model per held-out training batch when the paired cells come from several batches (MatchCLOT's recipe), else
-    a seed ensemble sized by the number of paired cells.
+    One model per held-out training batch when the paired cells come from several batches that can be held out
+    (MatchCLOT's recipe; see :func:`~mumatch._layout.held_out_batches`), else a seed ensemble sized by the number
+    of paired cells.
     """
-    labels = paired_batch_labels(mdata, mod1, mod2, batch_key)
-    # As train_clip counts them: paired cells without a label are no batch to hold out.
-    if labels is not None and pd.unique(labels[labels != MISSING_BATCH]).size > 1:
+    if len(held_out_batches(mdata, mod1, mod2, batch_key)[0]) > 1:
         return "batch"
     return seed_ensemble_size(paired_positions(mdata, mod1, mod2)[0].size)
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import mumatch as mm
-from mumatch._layout import embed_block, split_index
+from mumatch._layout import embed_block, extract_block, split_index
 from mumatch.metrics import foscttm, match_score, top_k_accuracy
 
 
@@ -124,6 +124,24 @@ def test_mudata_interface(multiome):
         embedding[multiome[mod].obs_names.get_indexer(multiome.obs_names[positions])] = shared
         multiome.mod[mod].obsm["X_test"] = embedding
     assert foscttm(multiome, key="X_test") == 0.0
+
+
+def test_mudata_modalities_in_either_order(multiome):
+    # The truth is stored with the rna cells along its rows; read for (atac, rna) it is transposed, as a plan is.
+    index1, index2 = split_index(multiome, "rna"), split_index(multiome, "atac")
+    rng = np.random.default_rng(1)
+    block = rng.random((index1.size, index2.size))
+    multiome.obsp["random"] = embed_block(multiome, "rna", "atac", sp.csr_matrix(block), index1, index2)
+    multiome.uns["random"] = {"params": {"mod1": "rna", "mod2": "atac"}}
+    truth = extract_block(multiome, multiome.obsp["match_true"], "rna", "atac", index1, index2).toarray()
+    # Scored from the atac cells: each one's weights over the rna cells (a column of the plan, normalised).
+    expected = (block * truth).sum(0) / block.sum(0)
+    assert match_score(multiome, key="random", mod1="atac", mod2="rna") == pytest.approx(expected.mean())
+    # FOSCTTM ranks both ways: the same in either order.
+    for mod in ("rna", "atac"):
+        multiome.mod[mod].obsm["X_test"] = rng.normal(size=(multiome[mod].n_obs, 5))
+    forward = foscttm(multiome, key="X_test", mod1="rna", mod2="atac")
+    assert 0.3 < forward < 0.7 and foscttm(multiome, key="X_test", mod1="atac", mod2="rna") == pytest.approx(forward)
 
 
 def test_mudata_weight_on_cells_without_a_partner_counts(multiome):

@@ -139,6 +139,20 @@ def test_sparse_plan_summaries_match_the_full_plan(n, m, seed, budget_rows):
     assert (sparse.row_mass_kept >= 0.999 - 1e-9).all()
 
 
+def test_certainty_stays_in_range_in_float32():
+    # Concentrated rows in float32: the largest weight is the whole row up to rounding (1.0000002 before clipping,
+    # and an entropy of -1e-6).
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(200, 10)), rng.normal(size=(180, 10))
+    result = mm.ot.sinkhorn(x, y, epsilon=1e-3, tau=0.05, device="cpu")
+    sparse = mm.ot.sparsify_plan(x, y, result.f, result.g, result.epsilon, result.cost, device="cpu")
+    for confidence, entropy in (
+        (sparse.row_confidence, sparse.row_entropy),
+        (sparse.col_confidence, sparse.col_entropy),
+    ):
+        assert confidence.max() == 1.0 and entropy.min() == 0.0  # reached (concentrated rows), never passed
+
+
 def test_tiles_do_not_change_the_sparse_plan():
     x, y, result = solved(70, 40, seed=3)
     args = (x, y, result.f, result.g, result.epsilon, result.cost)

@@ -197,6 +197,17 @@ def test_empty_block_is_skipped_and_reported(cite_embedded):
     assert np.isnan(mdata["rna"].obs["match_confidence"][odd]).all()
 
 
+def test_batches_spelt_differently_in_each_modality_are_refused(cite_embedded):
+    # Every block one-sided: an empty plan would pass on silently (and transfer_labels predict nothing).
+    mdata = cite_embedded
+    mdata["rna"].obs["b"] = "s1d1"
+    mdata["adt"].obs["b"] = "S1D1"
+    before = snapshot(mdata)
+    with pytest.raises(ValueError, match=r"no level of batch_key='b'.*'rna': \['s1d1'\], 'adt': \['S1D1'\]"):
+        mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", batch_key="b")
+    assert_unchanged(before, mdata)
+
+
 def test_boolean_cell_selection(cite_embedded):
     mdata = cite_embedded
     for mod in ("rna", "adt"):

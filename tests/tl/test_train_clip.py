@@ -91,3 +91,55 @@ def test_paired_cells_without_a_batch_label_hold_out_no_member(three_batches):
     )
     held_out = sorted(model.train_info["validation"] for model in models)
     assert held_out == ["held-out batches ['batch0']", "held-out batches ['batch1']"]
+
+
+def _relabel_paired(mdata, source, target, keep):
+    """Move all but ``keep`` paired cells of batch ``source`` to batch ``target`` in both modalities."""
+    shared = mdata["rna"].obs_names.intersection(mdata["atac"].obs_names)
+    moved = shared[(mdata["rna"].obs.loc[shared, "batch"] == source).to_numpy()][keep:]
+    for mod in ("rna", "atac"):
+        obs = mdata[mod].obs
+        obs["batch"] = obs["batch"].astype(object)
+        obs.loc[moved, "batch"] = target
+        obs["batch"] = obs["batch"].astype("category")
+
+
+def test_batches_too_small_or_too_large_are_not_held_out(three_batches):
+    from mumatch._layout import held_out_batches
+    from mumatch._pipeline import ensemble_choice
+
+    # 113 paired cells: batch0 43, batch1 25, batch2 45. batch1 keeps 5: too few to validate on; it trains every
+    # member, and batch0 (63 cells, 56 %) and batch2 are held out.
+    _relabel_paired(three_batches, "batch1", "batch0", keep=5)
+    kept, reasons = held_out_batches(three_batches, "rna", "atac", "batch")
+    assert sorted(kept) == ["batch0", "batch2"] and len(reasons) == 1 and "'batch1' has 5 paired cells" in reasons[0]
+    models = mm.tl.train_clip(
+        three_batches, "rna", "atac", use_rep="X_pca", ensemble="batch", model_kwargs=TINY, **FAST
+    )
+    assert sorted(model.train_info["validation"] for model in models) == [
+        "held-out batches ['batch0']",
+        "held-out batches ['batch2']",
+    ]
+    # batch2 keeps 5 too: batch0 then holds 103 of the 113 paired cells, and no batch is left to hold out. One
+    # model on a random 20 % (a member trained on 10 cells, and one validated on 5, scored near random).
+    _relabel_paired(three_batches, "batch2", "batch0", keep=5)
+    kept, reasons = held_out_batches(three_batches, "rna", "atac", "batch")
+    assert kept == [] and any("holds 103 of the 113" in reason for reason in reasons)
+    models = mm.tl.train_clip(
+        three_batches, "rna", "atac", use_rep="X_pca", ensemble="batch", model_kwargs=TINY, **FAST
+    )
+    assert len(models) == 1 and models[0].train_info["validation"] == "random 20% of paired cells"
+    # CLIP's own "auto" choice and the pipeline's ensemble follow the same rule.
+    assert ensemble_choice(three_batches, "rna", "atac") != "batch"
+
+
+def test_too_small_validation_or_minibatch_is_refused(three_batches):
+    model_setup = {"mod1": "rna", "mod2": "atac", "rep_key": "X_pca"}
+    mm.model.CLIP.setup_mudata(three_batches, **model_setup)
+    model = mm.model.CLIP(three_batches, **TINY)
+    # A minibatch or a validation set of one cell has no negative: the contrastive loss is 0 whatever the weights.
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 2"):
+        model.train(batch_size=1, **{k: v for k, v in FAST.items() if k != "batch_size"})
+    _relabel_paired(three_batches, "batch1", "batch0", keep=1)
+    with pytest.raises(ValueError, match=r"validation batches \['batch1'\] hold 1 paired cell"):
+        model.train(validation="batch1", **FAST)

@@ -92,7 +92,7 @@ def test_plan_over_paired_cells_is_read_in_its_stored_direction(cite):
     mm.tl.transfer_labels(mdata, "toy", label_key="toy_label", source_mod="rna", target_mod="adt")
     out = mdata["adt"].obs["toy_label_toy"]
     assert out.iloc[adt[0]] == "y" and pd.isna(out.iloc[adt[1]])
-    assert list(out.cat.categories) == ["y"]
+    assert list(out.cat.categories) == ["x", "y"]  # the source's categories, unused ones too
     # The other way round, rows are the targets: rna A and rna B each take adt A's label.
     mdata["adt"].obs["numeric"] = np.nan
     mdata["adt"].obs.iloc[adt, mdata["adt"].obs.columns.get_loc("numeric")] = [7.0, 3.0]
@@ -153,3 +153,20 @@ def test_plan_of_all_cells_transfers_from_the_source_side_only(matched):
     np.testing.assert_allclose(
         mdata["adt"].obs["cell_type_all_probability"], votes.max(axis=1) / votes.sum(axis=1), rtol=1e-5
     )
+
+
+def test_prediction_keeps_the_source_categories(matched):
+    # A truth column with the same categories compares with the prediction (and colours like it in scanpy's plots).
+    mdata = matched
+    categories = ["B", "Mono", "T", "pDC"]  # pDC labels no cell
+    rng = np.random.default_rng(0)
+    mdata["rna"].obs["toy"] = pd.Categorical(rng.choice(categories[:3], mdata["rna"].n_obs), categories=categories)
+    mdata["adt"].obs["toy"] = pd.Categorical(rng.choice(categories[:3], mdata["adt"].n_obs), categories=categories)
+    mm.tl.transfer_labels(mdata, "match", label_key="toy", source_mod="rna", target_mod="adt")
+    predicted = mdata["adt"].obs["toy_match"]
+    assert list(predicted.cat.categories) == categories
+    assert ((predicted == mdata["adt"].obs["toy"]) | predicted.isna()).any()
+    # Labels that are not categorical come out in sorted order, as astype("category") gives them.
+    mdata["rna"].obs["number"] = rng.choice([2, 0, 1], mdata["rna"].n_obs)
+    mm.tl.transfer_labels(mdata, "match", label_key="number", source_mod="rna", target_mod="adt")
+    assert list(mdata["adt"].obs["number_match"].cat.categories) == [0, 1, 2]

@@ -77,6 +77,10 @@ def _from_mudata(
     index1 = np.arange(mdata[mod1].n_obs)
     index2 = np.arange(mdata[mod2].n_obs)
     truth = extract_block(mdata, mdata.obsp[truth_key], mod1, mod2, index1, index2)
+    if truth.nnz == 0:
+        # A truth stored the other way round (the readers put the first modality's cells along its rows), read for
+        # the modalities in reverse order.
+        truth = extract_block(mdata, sp.csr_matrix(mdata.obsp[truth_key]).T, mod1, mod2, index1, index2)
     rows = np.flatnonzero(truth.getnnz(axis=1))
     cols = np.flatnonzero(truth.getnnz(axis=0))
     if rows.size == 0:

@@ -12,7 +12,7 @@ import torch
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._layout import MISSING_BATCH, label_name, paired_batch_labels, paired_positions
+from .._layout import MISSING_BATCH, held_out_batches, label_name, paired_batch_labels, paired_positions
 from .._validate import check_int, check_mod, check_mudata, check_obs_names, check_positive, is_number
 from ..module import CLIPModule
 from ._base import ModalityRegistration, MuDataModel, TrainingPlan, modality_inputs, row_loader
@@ -58,6 +58,9 @@ MIN_SCALED_WIDTH = 256
 CELLS_PER_UNIT_WIDTH = 16
 # Held-out fraction of paired cells when there is one training batch (MatchCLOT holds out a whole batch).
 VALIDATION_FRACTION = 0.2
+# The fewest held-out cells the validation loss can rank epochs on: one cell is its own only candidate (the
+# contrastive loss is 0 at every epoch, so early stopping kept the first epoch's weights).
+MIN_VALIDATION_CELLS = 2
 FEATURE_KINDS = {"gex": "gex", "rna": "gex", "atac": "atac", "adt": "adt", "prot": "adt", "protein": "adt"}
 
 
@@ -253,9 +256,13 @@ class CLIP(MuDataModel):
         levels = paired_batch_labels(self.mdata, *self.setup_args["mods"], self.setup_args["batch_key"])
         # Paired cells without a label are no batch to hold out: they always train.
         known = None if levels is None else levels[levels != MISSING_BATCH]
-        if isinstance(validation, str) and validation == "auto":
-            several = known is not None and np.unique(known).size > 1
-            validation = [first_level(known)] if several else VALIDATION_FRACTION
+        automatic = isinstance(validation, str) and validation == "auto"
+        if automatic:
+            # The first batch, among those that can be held out (enough cells to validate on, enough left to train
+            # on) when there are two or more, as for train_clip's ensemble; else a random fraction.
+            candidates = held_out_batches(self.mdata, *self.setup_args["mods"], self.setup_args["batch_key"])[0]
+            several = len(candidates) > 1
+            validation = [first_level(known[np.isin(known, candidates)])] if several else VALIDATION_FRACTION
         if isinstance(validation, float | np.floating):
             validation = float(validation)
             if not 0 < validation < 1:
@@ -264,6 +271,15 @@ class CLIP(MuDataModel):
             n_validation = max(1, int(round(validation * n_paired)))
             if n_validation >= n_paired:
                 raise ValueError(f"{n_paired} paired cells are too few to hold out a fraction of {validation}")
+            if n_validation < MIN_VALIDATION_CELLS:
+                if automatic:
+                    # Too few cells to rank epochs on: train on every paired cell, without early stopping.
+                    logg.warning(f"{n_paired} paired cells are too few to validate on: training without validation")
+                    return everything, everything[:0], "none (too few paired cells)"
+                raise ValueError(
+                    f"validation={validation} holds out {n_validation} of {n_paired} paired cells; the contrastive "
+                    f"loss needs at least {MIN_VALIDATION_CELLS} (pass a larger fraction, or validation=None)"
+                )
             how = f"random {validation:.0%} of paired cells"
             return np.sort(order[n_validation:]), np.sort(order[:n_validation]), how
         if isinstance(validation, str | int | np.integer) and not isinstance(validation, bool):
@@ -281,6 +297,11 @@ class CLIP(MuDataModel):
         mask = np.isin(levels, held_out)
         if mask.all():
             raise ValueError("validation holds out every paired cell; leave at least one batch for training")
+        if mask.sum() < MIN_VALIDATION_CELLS:
+            raise ValueError(
+                f"validation batches {held_out} hold {mask.sum()} paired cell(s); the contrastive loss needs at least "
+                f"{MIN_VALIDATION_CELLS} to validate on (choose more batches, a fraction, or validation=None)"
+            )
         return everything[~mask], everything[mask], f"held-out batches {held_out}"
 
     def train(
@@ -314,11 +335,12 @@ class CLIP(MuDataModel):
         early_stopping
             Stop when the validation loss has not improved for ``patience`` epochs.
         validation
-            Which paired cells to hold out: ``"auto"`` (the first batch when the paired cells come from several
-            batches, as MatchCLOT does, else a seeded random 20 %), a batch name (an integer names an integer
-            batch) or several names, a fraction, or ``None`` (no validation, no early stopping; the last weights
-            are kept). A paired cell's batch is its label in ``mod1``, else in ``mod2``; paired cells labelled in
-            neither always train.
+            Which paired cells to hold out: ``"auto"`` (the first batch, as MatchCLOT does, when two or more
+            batches have at least 20 paired cells and at most 60 % of them, and among those; else a seeded random
+            20 %, or no validation when that is fewer than 2 cells), a batch name (an integer names
+            an integer batch) or several names, a fraction, or ``None`` (no validation, no early stopping; the last
+            weights are kept). A paired cell's batch is its label in ``mod1``, else in ``mod2``; paired cells
+            labelled in neither always train.
         patience
             Epochs without improvement before stopping (MatchCLOT waits 150).
         accelerator, devices
@@ -331,7 +353,8 @@ class CLIP(MuDataModel):
             Further ``lightning.Trainer`` options, e.g. ``strategy="ddp_spawn"``.
         """
         check_int(max_epochs, "max_epochs", allow_none=True)
-        check_int(batch_size, "batch_size", allow_none=True)
+        # A minibatch of one cell has no negative: its contrastive loss is 0 and nothing trains.
+        check_int(batch_size, "batch_size", minimum=2, allow_none=True)
         check_int(patience, "patience")
         check_positive(lr, "lr", allow_none=True)
         if weight_decay is not None and (not np.isfinite(weight_decay) or weight_decay < 0):

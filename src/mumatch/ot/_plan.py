@@ -259,6 +259,10 @@ def sparsify_plan(
     unmatched = ~(col_sums_np > 0)
     col_confidence[unmatched] = np.nan
     col_entropy[unmatched] = np.nan
+    # Rounding of the float32 sums can put a weight a hair above 1 (1.0000002) and an entropy below 0 (-1e-6).
+    for confidence, entropy in ((row_confidence, row_entropy), (col_confidence, col_entropy)):
+        np.minimum(confidence, 1.0, out=confidence)
+        np.maximum(entropy, 0.0, out=entropy)
     return SparsePlan(plan, row_confidence, row_entropy, col_confidence, col_entropy, row_mass_kept)
 
 
@@ -290,8 +294,8 @@ def _sparse_axis_stats(matrix: sp.csr_matrix, sums: np.ndarray) -> tuple[np.ndar
     entropy_all = np.bincount(row_of, weights=terms, minlength=n_rows)
     max_all = np.zeros(n_rows)
     np.maximum.at(max_all, row_of, p)
-    confidence[filled] = max_all[filled]
-    entropy[filled] = entropy_all[filled]
+    confidence[filled] = np.minimum(max_all[filled], 1.0)
+    entropy[filled] = np.maximum(entropy_all[filled], 0.0)
     return confidence, entropy
 
 

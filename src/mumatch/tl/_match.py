@@ -88,6 +88,12 @@ def _cell_masks(mdata: MuData, mod1: str, mod2: str, cells: str) -> dict[str, np
     return masks
 
 
+def _shortened(names: list[str], limit: int = 5) -> str:
+    """A list of names for an error message, the first ``limit`` of them."""
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}]"
+
+
 def _selection_column(mdata: MuData, mod: str, cells: str) -> np.ndarray:
     """The boolean ``.obs`` column ``cells`` of ``mod`` as a mask."""
     if cells not in mdata[mod].obs:
@@ -158,7 +164,8 @@ def match_ot(
     some selected cells lack a batch label, all cells form one block, with a logged warning). Each block is solved
     by :func:`mumatch.ot.sinkhorn` between uniform marginals on the cost between the two embeddings (cosine by
     default, rescaled to [0, 1] as MatchCLOT does), and its plan is sparsified row tile by row tile
-    (:func:`mumatch.ot.sparsify_plan`). A block with no cells on one side is skipped with a warning.
+    (:func:`mumatch.ot.sparsify_plan`). A block with no cells on one side is skipped with a warning; when every
+    block is, e.g. batches spelt differently in each modality, a ``ValueError`` says so.
 
     Parameters
     ----------
@@ -252,6 +259,17 @@ def match_ot(
             f"batch_key={batch_key!r} is not a column of mdata['{mod1}'].obs or mdata['{mod2}'].obs: matching all "
             "selected cells in one block (pass batch_key=None when there are no batches)"
         ]
+    if all(block.index1.size == 0 or block.index2.size == 0 for block in blocks):
+        # Every block one-sided (e.g. batches spelt differently in each modality): an empty plan helps nobody.
+        names = {
+            mod: sorted({block.name for block in blocks if getattr(block, index).size})
+            for mod, index in ((mod1, "index1"), (mod2, "index2"))
+        }
+        raise ValueError(
+            f"no level of batch_key={batch_key!r} has selected cells in both modalities ('{mod1}': "
+            f"{_shortened(names[mod1])}, '{mod2}': {_shortened(names[mod2])}), so there is nothing to match; make the "
+            "labels agree, or pass batch_key=None to match across batches"
+        )
     for note in notes:
         logg.warning(note)
 

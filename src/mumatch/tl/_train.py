@@ -10,7 +10,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
-from .._layout import MISSING_BATCH, paired_batch_labels
+from .._layout import held_out_batches
 from .._validate import check_int, check_mod, check_mudata, check_rep
 from ..model import CLIP
 
@@ -33,12 +33,13 @@ def _ensemble_members(
     if isinstance(ensemble, str):
         if ensemble != "batch":
             raise ValueError(f"ensemble={ensemble!r}; choose 'batch', an integer number of models or None")
-        labels = paired_batch_labels(mdata, mod1, mod2, batch_key)
-        paired = [] if labels is None else labels
-        # Paired cells without a batch label are no batch to hold out: they train every member.
-        levels = [level for level in dict.fromkeys(paired) if level != MISSING_BATCH]
+        levels, reasons = held_out_batches(mdata, mod1, mod2, batch_key)
+        if reasons:
+            logg.warning("training batches not held out: " + "; ".join(reasons))
         if len(levels) < 2:
-            # One training batch: nothing to hold out, a single model validated on a random fraction.
+            # Fewer than two batches to hold out: a single model validated on a random fraction (CLIP's "auto").
+            if reasons:
+                logg.warning("fewer than two training batches to hold out: one model, validated on a random 20 %")
             return [{"validation": "auto", "seed_offset": 0}]
         return [{"validation": [level], "seed_offset": 0} for level in levels]
     check_int(ensemble, "ensemble")
@@ -61,7 +62,9 @@ def train_clip(
     """Train CLIP encoders on the paired cells and embed every cell of both modalities.
 
     With ``ensemble="batch"`` one model is trained per held-out training batch (MatchCLOT's recipe) and the members'
-    embeddings are combined; with one training batch a single model is validated on a seeded random 20 %.
+    embeddings are combined; a batch is held out when it has at least 20 paired cells and at most 60 % of them (a
+    warning names the others, which train every member). With fewer than two such batches a single model is
+    validated on a seeded random 20 %.
 
     The members' spaces are not aligned with each other, so they are combined by concatenation scaled by
     ``1/√n_models``: the cosine similarity of two combined embeddings is then the mean of the members' cosine
@@ -78,7 +81,7 @@ def train_clip(
     batch_key
         Column of ``.obs`` with the batch (held out for validation / per ensemble member).
     ensemble
-        ``"batch"``: one model per held-out training batch; an integer ``n``: ``n`` models with seeds
+        ``"batch"``: one model per held-out training batch (see above); an integer ``n``: ``n`` models with seeds
         ``random_state + i``; ``None``: one model.
     key_added
         Where the embedding goes.

@@ -48,8 +48,9 @@ def transfer_labels(
     Returns
     -------
     ``None``, or the modified copy with ``copy=True``. Adds ``mdata[target_mod].obs[key_added]`` (categorical
-    prediction) and ``mdata[target_mod].obs[f"{key_added}_probability"]`` (its vote share), both missing for target
-    cells without matched labelled source cells, and ``mdata.uns[key_added]['params']``.
+    prediction, with the categories of a categorical ``label_key``, unused ones too, else its sorted labels) and
+    ``mdata[target_mod].obs[f"{key_added}_probability"]`` (its vote share), both missing for target cells without
+    matched labelled source cells, and ``mdata.uns[key_added]['params']``.
 
     Examples
     --------
@@ -82,11 +83,17 @@ def transfer_labels(
     weights.data = np.maximum(weights.data, 0)
     labels = mdata[source_mod].obs[label_key]
     known = labels.notna().to_numpy()
-    # The labels keep their type (numbers stay numbers) and a categorical column its order of categories.
+    # The labels keep their type (numbers stay numbers) and a categorical column all its categories, in their order
+    # (as scanpy's ingest does): the prediction then compares with, and colours like, a truth column of that type.
+    ordered = False
     if isinstance(labels.dtype, pd.CategoricalDtype):
-        categories = labels.cat.categories[labels.cat.categories.isin(labels[known])]
+        categories, ordered = labels.cat.categories, bool(labels.cat.ordered)
     else:
         categories = pd.Index(pd.unique(labels[known]))
+        try:
+            categories = categories.sort_values()  # as astype("category") orders them
+        except TypeError:
+            pass  # labels of mixed types keep their order of appearance
     codes = np.full(labels.size, -1)
     codes[known] = categories.get_indexer(labels[known])
     one_hot = sp.csr_matrix(
@@ -98,7 +105,7 @@ def transfer_labels(
     best = votes.argmax(axis=1)
     probability = np.full(votes.shape[0], np.nan)
     probability[matched] = votes[matched, best[matched]] / totals[matched]
-    predicted = pd.Categorical.from_codes(np.where(matched, best, -1), categories=categories)
+    predicted = pd.Categorical.from_codes(np.where(matched, best, -1), categories=categories, ordered=ordered)
 
     target = mdata.copy() if copy else mdata
     for column in (key_added, f"{key_added}_probability"):
