@@ -181,7 +181,8 @@ def match_ot(
         of a boolean column present in both modalities' ``.obs``. It must select cells of both modalities.
     batch_key
         Column of ``.obs`` with the batch; ``None`` matches all selected cells in one block (as does a column in
-        neither modality, with a warning naming it).
+        neither modality, with a warning naming it). A missing label, or the text ``"nan"`` that ``astype(str)``
+        makes of one, is no batch.
     method
         ``"sinkhorn"`` (entropic OT), ``"exact"`` (one-to-one assignment, :func:`mumatch.ot.exact_matching`) or
         ``"knn"`` (mutual nearest neighbours, :func:`mumatch.ot.mutual_knn`).
