@@ -453,6 +453,44 @@ def test_nan_loss_is_detected(small, monkeypatch):
     assert "temperature_init" not in str(error.value)  # CLIP's hyperparameter, not CLUE's
 
 
+def test_diverging_training_is_detected(small):
+    # Weights that blow up give NaN posteriors: the training step reports the non-finite loss, not a distribution's
+    # argument check (torch.distributions raised its own ValueError there).
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        model.train(lr=1e30, **QUICK)
+
+
+def test_kl_term_is_the_gaussian_kl():
+    from torch.distributions import Normal, kl_divergence
+
+    from mumatch.module._clue import CLUEModule
+
+    generator = torch.Generator().manual_seed(0)
+    mean, log_var = torch.randn(5, 3, 4, generator=generator), torch.randn(5, 3, 4, generator=generator)
+    expected = kl_divergence(Normal(mean, (0.5 * log_var).exp()), Normal(0.0, 1.0)).flatten(1).sum(-1)
+    torch.testing.assert_close(CLUEModule._kl(mean, log_var), expected)
+
+
+def test_a_modality_of_one_cell_or_without_pairs(triple, monkeypatch):
+    # One ADT cell (a paired one): its input has no spread, which used to make every ADT input NaN.
+    paired = triple["adt"].obs_names[triple["adt"].obs["split"] == "train"]
+    one = triple.copy()
+    one.mod["adt"] = one["adt"][paired[:1]].copy()
+    one.update()
+    model = train_model(one)
+    assert np.isfinite(model.get_latent_representation(modality="adt")).all()
+    # ADT cells named apart from every RNA and ATAC cell: trained, with a warning that no cross link is learnt.
+    adt = triple["adt"].copy()
+    adt.obs_names = [f"adt-only:{name}" for name in adt.obs_names]
+    apart = mudata.MuData({"rna": triple["rna"].copy(), "atac": triple["atac"].copy(), "adt": adt})
+    warnings = []
+    monkeypatch.setattr(mm.model._clue.logg, "warning", lambda message, *args, **kwargs: warnings.append(message))
+    train_model(apart)
+    assert any("no cell of 'adt' is measured in another" in message for message in warnings)
+
+
 def test_three_modalities_with_partial_pairing(triple):
     # Some training cells lose their ADT measurement: they are paired in RNA + ATAC only.
     paired = triple["adt"].obs_names[triple["adt"].obs["split"] == "train"]

@@ -222,6 +222,14 @@ class CLUE(MuDataModel):
                 f"no cell is measured in two of {mods} (no shared obs names): CLUE learns the cross-modal links from "
                 "paired cells; give paired cells the same obs name in every modality"
             )
+        for mod in mods:
+            others = np.concatenate([mdata[other].obs_names.to_numpy() for other in mods if other != mod])
+            if not mdata[mod].obs_names.isin(others).any():
+                # Only the adversarial term would place this modality: its cross links are never learnt.
+                logg.warning(
+                    f"no cell of '{mod}' is measured in another of {mods}: CLUE learns no cross-modal link for it, so "
+                    "its embedding is aligned with the others only globally"
+                )
         levels: list[str] = []
         for mod in mods:
             labels = batch_labels(mdata, mod, batch_key)
@@ -382,7 +390,9 @@ class CLUE(MuDataModel):
         table = self._cell_table(self.mdata)
         mods = self.setup_args["mods"]
         for j, rep in enumerate(table.reps):
-            self.module.set_input_scaling(j, rep.mean(0), rep.std(0))
+            # One cell has no spread (its sample std is NaN): its input is then only centred.
+            std = rep.std(0) if rep.shape[0] > 1 else torch.ones_like(rep[0])
+            self.module.set_input_scaling(j, rep.mean(0), std)
         n_cells = len(table)
         order = np.random.default_rng(random_state).permutation(n_cells)
         # A fraction > 0 asks for validation: it holds out at least one cell, never silently none.

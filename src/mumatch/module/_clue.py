@@ -33,7 +33,6 @@ import torch
 from scvi.module.base import LossOutput
 from scvi.nn import FCLayers
 from torch import nn
-from torch.distributions import Normal, kl_divergence
 
 from ..nn._discriminator import ModalityDiscriminator
 from ..nn._likelihoods import LIKELIHOODS, count_log_likelihood
@@ -186,8 +185,9 @@ class CLUEModule(nn.Module):
 
     @staticmethod
     def _kl(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-        posterior = Normal(mean, (0.5 * log_var).exp())
-        return kl_divergence(posterior, Normal(torch.zeros_like(mean), torch.ones_like(mean))).flatten(1).sum(-1)
+        # KL(N(mean, var) | N(0, 1)) in closed form: torch.distributions would check its arguments and raise its own
+        # error on NaN weights before the training step reports the non-finite loss (FloatingPointError).
+        return (0.5 * (log_var.exp() + mean.square() - 1.0 - log_var)).flatten(1).sum(-1)
 
     @staticmethod
     def _mean(values: torch.Tensor) -> torch.Tensor:
