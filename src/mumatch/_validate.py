@@ -91,21 +91,25 @@ def check_layer(mdata: MuData, mod: str, layer: str | None, argument: str = "lay
     return adata.layers[layer]
 
 
-def check_counts(matrix: np.ndarray | sp.spmatrix, where: str, argument: str = "layer") -> None:
-    """Raise unless ``matrix`` holds non-negative integers (raw counts)."""
+def check_counts(
+    matrix: np.ndarray | sp.spmatrix, where: str, argument: str = "layer", remedy: str | None = None
+) -> None:
+    """Raise unless ``matrix`` holds non-negative integers (raw counts).
+
+    The message says what to do: choose another ``argument=`` (a layer with raw counts), or ``remedy`` when given.
+    """
     values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
     if values.size == 0:
         return
+    other = remedy or f"choose another {argument}="
     if not np.isfinite(values).all():
-        raise ValueError(
-            f"{where} contains NaN or infinite values; raw counts are expected (choose another {argument}=)"
-        )
+        raise ValueError(f"{where} contains NaN or infinite values; raw counts are expected ({other})")
     if (values < 0).any():
-        raise ValueError(f"{where} contains negative values; raw counts are expected (choose another {argument}=)")
+        raise ValueError(f"{where} contains negative values; raw counts are expected ({other})")
     if not np.array_equal(values, np.round(values)):
+        naming = remedy or f"pass {argument}= naming the layer with raw counts, e.g. {argument}='counts'"
         raise ValueError(
-            f"{where} contains non-integer values, which looks like normalised data; raw counts are expected "
-            f"(pass {argument}= naming the layer with raw counts, e.g. {argument}='counts')"
+            f"{where} contains non-integer values, which looks like normalised data; raw counts are expected ({naming})"
         )
 
 

@@ -124,6 +124,13 @@ def test_write_prediction(multiome, tmp_path):
         mm.datasets.prediction_matrix(multiome, "match", mod2="protein")
 
 
+def test_write_prediction_refuses_an_empty_submission(multiome, tmp_path):
+    # The truth is stored with the rna cells along its rows and has no record: asked for atac → rna it is empty there.
+    with pytest.raises(ValueError, match="no weight from a test cell of 'atac' to a test cell of 'rna'"):
+        mm.datasets.write_prediction(multiome, "match_true", tmp_path / "p.h5ad", mod1="atac", mod2="rna")
+    assert not (tmp_path / "p.h5ad").exists()
+
+
 def test_write_prediction_keeps_top_1000_per_row(tmp_path):
     mdata = mm.datasets.simulate_paired(2300, ("rna", "adt"), n_genes=50, n_proteins=5, paired_fraction=0.0)
     index1 = np.flatnonzero(unpaired_mask(mdata, "rna", "adt"))
@@ -192,8 +199,39 @@ def test_non_integer_counts(data_root, tmp_path):
     test1 = ad.read_h5ad(folder / "test_mod1.h5ad")
     test1.layers["counts"] = test1.layers["counts"] * 0.5
     test1.write_h5ad(folder / "test_mod1.h5ad")
-    with pytest.raises(ValueError, match="non-integer"):
+    with pytest.raises(ValueError, match="non-integer.*store the raw counts in test_mod1's layers"):
         mm.datasets.read_neurips2021(folder)
+
+
+def test_solution_rows_in_another_order_follow_their_names(data_root, tmp_path):
+    # The solution files name their rows after the mod1 cells: shuffled rows (with their names) are the same pairing.
+    reference = mm.datasets.read_neurips2021(data_root / "neurips2021_starter" / "multiome")
+    folder = _copy_folder(data_root, tmp_path, task="multiome")
+    order = np.random.default_rng(0).permutation
+    for part in ("train_sol", "test_sol"):
+        solution = ad.read_h5ad(folder / f"{part}.h5ad")
+        solution[order(solution.n_obs)].copy().write_h5ad(folder / f"{part}.h5ad")
+    shuffled = mm.datasets.read_neurips2021(folder)
+    assert abs(shuffled["atac"].layers["counts"] - reference["atac"].layers["counts"]).sum() == 0
+    assert abs(shuffled.obsp["match_true"] - reference.obsp["match_true"]).sum() == 0
+
+
+def test_training_batch_from_the_mod2_file(data_root, tmp_path):
+    reference = mm.datasets.read_neurips2021(data_root / "neurips2021_starter" / "multiome")
+    folder = _copy_folder(data_root, tmp_path, task="multiome")
+    # The batch moves from the mod1 file to the mod2 file (the starter's training cells are all from s1d1).
+    train1 = ad.read_h5ad(folder / "train_mod1.h5ad")
+    assert (train1.obs["batch"] == "s1d1").all()
+    del train1.obs["batch"]
+    train1.write_h5ad(folder / "train_mod1.h5ad")
+    train2 = ad.read_h5ad(folder / "train_mod2.h5ad")
+    train2.obs["batch"] = "s1d1"
+    train2.write_h5ad(folder / "train_mod2.h5ad")
+    mdata = mm.datasets.read_neurips2021(folder)
+    for mod in ("rna", "atac"):
+        train = (mdata[mod].obs["split"] == "train").to_numpy()
+        assert mdata[mod].obs["batch"][train].notna().all()
+        assert (mdata[mod].obs["batch"].astype(str) == reference[mod].obs["batch"].astype(str)).all()
 
 
 def test_file_prefix(data_root, tmp_path):
@@ -202,3 +240,12 @@ def test_file_prefix(data_root, tmp_path):
         shutil.copy(file, tmp_path / f"task_{file.name}")
     by_prefix = mm.datasets.read_neurips2021(f"{tmp_path}/task_")
     assert list(by_prefix.obs_names) == list(mm.datasets.read_neurips2021(folder).obs_names)
+
+
+def test_repeated_cell_names_are_refused(data_root, tmp_path):
+    folder = _copy_folder(data_root, tmp_path)
+    test1 = ad.read_h5ad(folder / "test_mod1.h5ad")
+    test1.obs_names = [test1.obs_names[0]] * 2 + list(test1.obs_names[2:])
+    test1.write_h5ad(folder / "test_mod1.h5ad")
+    with pytest.raises(ValueError, match="test_mod1 names several cells alike"):
+        mm.datasets.read_neurips2021(folder)

@@ -39,6 +39,29 @@ def test_joint_embedding_computes_and_caches_umap(matched, tmp_path):
     assert np.median(gap) < spread
 
 
+def test_neighbours_of_many_cells_come_as_a_sparse_matrix(monkeypatch):
+    # From 8,192 cells on, scanpy's approximate index (pynndescent 0.7) returns a scipy sparse array, which scanpy
+    # 1.11 cannot read under scipy 1.17 (no .getnnz): joint_embedding crashed on ~10k cells. The threshold is
+    # lowered here so that a small set takes that path.
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from mumatch.pl import _embedding
+
+    monkeypatch.setattr(_embedding, "APPROXIMATE_KNN_CELLS", 100)
+    graphs = []
+    fit_transform = _embedding._MatrixGraph.fit_transform
+    monkeypatch.setattr(
+        _embedding._MatrixGraph,
+        "fit_transform",
+        lambda self, x, y=None: graphs.append(fit_transform(self, x)) or graphs[-1],
+    )
+    cells = ad.AnnData(np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32))
+    _embedding._neighbors(cells, n_neighbors=10, random_state=0)
+    assert len(graphs) == 1 and isinstance(graphs[0], sp.csr_matrix)
+    assert cells.obsp["connectivities"].shape == (300, 300) and (cells.obsp["distances"].getnnz(axis=1) >= 9).all()
+
+
 def test_joint_embedding_reuses_cache_until_embedding_changes(matched, monkeypatch):
     _cache_umap(matched)
     calls = []

@@ -39,11 +39,19 @@ def _modality_name(adata: ad.AnnData, part: str) -> str:
     return FEATURE_TYPES[kinds[0]]
 
 
-def _pairing(solution: ad.AnnData, n_cells: int, part: str) -> np.ndarray:
-    """Column paired with each row of a solution matrix, checked to be a permutation."""
+def _pairing(solution: ad.AnnData, names1: pd.Index, part: str) -> np.ndarray:
+    """Column paired with each mod1 cell (``names1``, in the mod1 file's order), checked to be a permutation.
+
+    The competition's solution files name their rows after the mod1 cells: rows in another order are put in the
+    mod1 file's order (a file whose rows carry other names is read in its given order, as the format intends).
+    """
+    n_cells = names1.size
     if solution.shape != (n_cells, n_cells):
         raise ValueError(f"{part} has shape {solution.shape}, expected ({n_cells}, {n_cells}) from the mod1/mod2 files")
     matrix = sp.csr_matrix(solution.X)
+    rows = solution.obs_names
+    if not rows.equals(names1) and rows.is_unique and names1.is_unique and rows.isin(names1).all():
+        matrix = matrix[rows.get_indexer(names1)]
     if matrix.getnnz() != n_cells or not np.all(np.diff(matrix.indptr) == 1):
         raise ValueError(f"{part} is not a permutation matrix: each row must have exactly one non-zero entry")
     pairing = matrix.indices.copy()
@@ -55,7 +63,8 @@ def _pairing(solution: ad.AnnData, n_cells: int, part: str) -> np.ndarray:
 def _counts(adata: ad.AnnData, part: str) -> sp.csr_matrix:
     counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
     counts = sp.csr_matrix(counts, dtype=np.float32)
-    check_counts(counts, f"{part} counts (layers['counts'] or .X)", argument="layer")
+    remedy = f"store the raw counts in {part}'s layers['counts'] (the competition's files keep them there)"
+    check_counts(counts, f"{part} counts (layers['counts'] or .X)", remedy=remedy)
     return counts
 
 
@@ -114,6 +123,8 @@ def _cell_types(full_path: Path | None, mdata: MuData, mod1: str, mod2: str, tes
             mod1_of_mod2[test_pairing] = test_mod1
             original[~train] = mod1_of_mod2
         adata.obs["cell_type"] = pd.Categorical(cell_type.reindex(original).to_numpy())
+        if adata.obs["cell_type"].isna().all():
+            logg.warning(f"no cell of '{mod}' is named in {full_path.name}: its cell_type column is empty")
 
 
 def read_neurips2021(path: str | os.PathLike, *, cell_types: bool = True) -> MuData:
@@ -171,6 +182,11 @@ def read_neurips2021_files(files: dict[str, str | os.PathLike], *, cell_types: b
     train1, train2, test1, test2 = (
         ad.read_h5ad(files[p]) for p in ("train_mod1", "train_mod2", "test_mod1", "test_mod2")
     )
+    parts = ("train_mod1", "train_mod2", "test_mod1", "test_mod2")
+    for part, adata in zip(parts, (train1, train2, test1, test2), strict=True):
+        if not adata.obs_names.is_unique:
+            repeated = adata.obs_names[adata.obs_names.duplicated()].unique()[:3].tolist()
+            raise ValueError(f"{part} names several cells alike (e.g. {repeated}); each cell needs its own obs name")
     mod1, mod2 = _modality_name(train1, "train_mod1"), _modality_name(train2, "train_mod2")
     if _modality_name(test1, "test_mod1") != mod1 or _modality_name(test2, "test_mod2") != mod2:
         raise ValueError("test files hold other modalities than the training files")
@@ -182,9 +198,13 @@ def read_neurips2021_files(files: dict[str, str | os.PathLike], *, cell_types: b
         )
     if test1.n_obs != test2.n_obs:
         logg.warning(f"test_mod1 has {test1.n_obs} cells and test_mod2 {test2.n_obs}: the test cells are not 1:1")
-    train_pairing = _pairing(ad.read_h5ad(files["train_sol"]), train1.n_obs, "train_sol")
+    train_pairing = _pairing(ad.read_h5ad(files["train_sol"]), train1.obs_names, "train_sol")
     train2 = train2[train_pairing].copy()
-    train_batch = train1.obs["batch"].astype(str) if "batch" in train1.obs else None
+    # A paired training cell has one batch: the mod1 file's, else the mod2 file's (in the pairing's order).
+    train_batch = None
+    for train in (train1, train2):
+        if train_batch is None and "batch" in train.obs:
+            train_batch = train.obs["batch"].astype(str)
 
     first = _modality(train1, test1, train1.obs_names, train_batch, f"{mod1}:", mod1, ("train_mod1", "test_mod1"))
     second = _modality(train2, test2, train1.obs_names, train_batch, f"{mod2}:", mod2, ("train_mod2", "test_mod2"))
@@ -197,7 +217,7 @@ def read_neurips2021_files(files: dict[str, str | os.PathLike], *, cell_types: b
         solution = ad.read_h5ad(solution_path)
         if solution.shape != (test1.n_obs, test2.n_obs):
             raise ValueError(f"test_sol has shape {solution.shape}, expected ({test1.n_obs}, {test2.n_obs})")
-        test_pairing = _pairing(solution, test1.n_obs, "test_sol")
+        test_pairing = _pairing(solution, test1.obs_names, "test_sol")
         rows = mdata.obs_names.get_indexer(f"{mod1}:" + test1.obs_names)
         cols = mdata.obs_names.get_indexer(f"{mod2}:" + test2.obs_names[test_pairing])
         mdata.obsp["match_true"] = sp.csr_matrix(
@@ -225,7 +245,16 @@ def prediction_matrix(mdata: MuData, key: str, mod1: str | None = None, mod2: st
     if mod1 == mod2:
         raise ValueError(f"mod1 and mod2 must differ, both are {mod1!r}")
     plan = oriented_plan(mdata, key, mod1, mod2)  # a plan solved the other way round is transposed
-    return extract_block(mdata, plan, mod1, mod2, split_index(mdata, mod1), split_index(mdata, mod2))
+    block = extract_block(mdata, plan, mod1, mod2, split_index(mdata, mod1), split_index(mdata, mod2))
+    if block.nnz == 0:
+        # An empty submission scores 0 whatever the matching was: most often a plan made by hand (no recorded
+        # modalities, so read with mod1's cells along its rows) asked for the other way round.
+        raise ValueError(
+            f"mdata.obsp['{key}'] gives no weight from a test cell of '{mod1}' to a test cell of '{mod2}'; check "
+            f"mod1 and mod2 (a plan not written by mm.tl.match_ot is read with mod1's cells along its rows; record "
+            f"them as mdata.uns['{key}'] = {{'params': {{'mod1': ..., 'mod2': ...}}}})"
+        )
+    return block
 
 
 def _keep_top(matrix: sp.csr_matrix, n_keep: int) -> sp.csr_matrix:

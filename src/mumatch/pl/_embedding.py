@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
+import scipy.sparse as sp
 from matplotlib.axes import Axes
 from mudata import MuData
 from scanpy import logging as logg
@@ -20,6 +21,8 @@ from .._validate import check_int, check_mods, check_mudata, check_rep
 from ._utils import category_colors, check_save, finish, stored_colors
 
 MODALITY = "modality"
+# From this many cells on, scanpy finds neighbours with an approximate index (pynndescent), as umap does.
+APPROXIMATE_KNN_CELLS = 8192
 
 
 def _stack(mdata: MuData, mods: list[str], basis: str) -> np.ndarray:
@@ -255,7 +258,7 @@ def joint_embedding(
         cells.obsm["X_umap"] = np.concatenate([np.asarray(mdata[mod].obsm[key_added]) for mod in mods])
     else:
         start = logg.info(f"computing a UMAP of {basis!r} over {', '.join(mods)}")
-        sc.pp.neighbors(cells, n_neighbors=n_neighbors, use_rep="X", random_state=random_state)
+        _neighbors(cells, n_neighbors, random_state)
         sc.tl.umap(cells, min_dist=min_dist, random_state=random_state)
     coordinates = cells.obsm["X_umap"].astype(np.float32)
     # Drawn in random order, so that no modality hides the other under it.
@@ -290,3 +293,47 @@ def joint_embedding(
             f"    .uns['{key_added}'], its parameters",
         )
     return shown
+
+
+class _MatrixGraph:
+    """A k-NN transformer whose graph comes back as a ``scipy.sparse.csr_matrix``.
+
+    scanpy 1.11 reads the graph with ``.getnnz``, which scipy 1.17's sparse arrays (what pynndescent 0.7 returns)
+    no longer have: from 8,192 cells on, ``sc.pp.neighbors`` failed with an ``AttributeError``.
+    """
+
+    def __init__(self, transformer: Any) -> None:
+        self.transformer = transformer
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return self.transformer.get_params(deep)
+
+    def fit(self, x: np.ndarray, y: None = None) -> _MatrixGraph:
+        self.transformer.fit(x)
+        return self
+
+    def transform(self, x: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix(self.transformer.transform(x))
+
+    def fit_transform(self, x: np.ndarray, y: None = None) -> sp.csr_matrix:
+        return sp.csr_matrix(self.transformer.fit_transform(x))
+
+
+def _neighbors(cells: ad.AnnData, n_neighbors: int, random_state: int) -> None:
+    """``sc.pp.neighbors`` on ``cells.X``, with scanpy's own choice of index, whatever scipy's sparse type."""
+    transformer = None
+    if cells.n_obs >= APPROXIMATE_KNN_CELLS:
+        from pynndescent import PyNNDescentTransformer
+
+        # scanpy's settings for this many cells (those of umap's nearest_neighbors).
+        transformer = _MatrixGraph(
+            PyNNDescentTransformer(
+                n_neighbors=n_neighbors,
+                metric="euclidean",
+                random_state=random_state,
+                n_jobs=sc.settings.n_jobs,
+                n_trees=min(64, 5 + round(cells.n_obs**0.5 / 20.0)),
+                n_iters=max(5, round(np.log2(cells.n_obs))),
+            )
+        )
+    sc.pp.neighbors(cells, n_neighbors=n_neighbors, use_rep="X", random_state=random_state, transformer=transformer)
