@@ -143,3 +143,17 @@ def test_too_small_validation_or_minibatch_is_refused(three_batches):
     _relabel_paired(three_batches, "batch1", "batch0", keep=1)
     with pytest.raises(ValueError, match=r"validation batches \['batch1'\] hold 1 paired cell"):
         model.train(validation="batch1", **FAST)
+
+
+def test_too_few_paired_cells_for_a_random_validation(three_batches):
+    # 5 paired cells: a random 20 % is one cell. "auto" then trains without validation; an explicit fraction is refused.
+    keep = three_batches["rna"].obs_names.intersection(three_batches["atac"].obs_names)[5:]
+    atac = three_batches["atac"].obs_names
+    three_batches.mod["atac"] = three_batches["atac"][~atac.isin(keep)].copy()
+    three_batches.update()
+    mm.model.CLIP.setup_mudata(three_batches, mod1="rna", mod2="atac", rep_key="X_pca", batch_key=None)
+    model = mm.model.CLIP(three_batches, **TINY)
+    model.train(**FAST)
+    assert model.train_info["validation"] == "none (too few paired cells)"
+    with pytest.raises(ValueError, match="holds out 1 of 5 paired cells"):
+        model.train(validation=0.2, **FAST)

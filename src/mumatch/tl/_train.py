@@ -34,12 +34,12 @@ def _ensemble_members(
         if ensemble != "batch":
             raise ValueError(f"ensemble={ensemble!r}; choose 'batch', an integer number of models or None")
         levels, reasons = held_out_batches(mdata, mod1, mod2, batch_key)
+        single = len(levels) < 2
         if reasons:
-            logg.warning("training batches not held out: " + "; ".join(reasons))
-        if len(levels) < 2:
+            outcome = "one model, validated on a random 20 %" if single else "they train every member"
+            logg.warning(f"training batches not held out ({outcome}): " + "; ".join(reasons))
+        if single:
             # Fewer than two batches to hold out: a single model validated on a random fraction (CLIP's "auto").
-            if reasons:
-                logg.warning("fewer than two training batches to hold out: one model, validated on a random 20 %")
             return [{"validation": "auto", "seed_offset": 0}]
         return [{"validation": [level], "seed_offset": 0} for level in levels]
     check_int(ensemble, "ensemble")
