@@ -12,12 +12,27 @@ import numpy as np
 import scipy.sparse as sp
 from mudata import MuData
 
+# Where the models record their setup in ``mdata.uns`` (see mumatch.model); no output may be written under it.
+SETUP_KEY = "_mumatch_setup"
+
 
 def check_mudata(mdata: object, argument: str = "mdata") -> MuData:
     """Raise unless ``mdata`` is a MuData."""
     if not isinstance(mdata, MuData):
         raise TypeError(f"'{argument}' must be a mudata.MuData, got {type(mdata).__name__}")
     return mdata
+
+
+def check_key_added(key_added: object, argument: str = "key_added") -> str:
+    """Raise unless ``key_added`` can name an output: a non-empty string without '/', not the models' setup key."""
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"{argument} must be a non-empty string, got {key_added!r}")
+    if "/" in key_added:
+        # An .h5mu file would store it as nested groups that cannot be read back as one entry.
+        raise ValueError(f"{argument}={key_added!r} must not contain '/'; choose another name")
+    if key_added == SETUP_KEY:
+        raise ValueError(f"{argument}={key_added!r} is where the models record their setup; choose another name")
+    return key_added
 
 
 def check_mod(mdata: MuData, mod: str, argument: str = "mod") -> str:

@@ -44,9 +44,8 @@ from mudata import MuData
 from scanpy import logging as logg
 from tqdm.auto import tqdm
 
-from .._validate import check_mod, check_mudata, check_obs_names, check_rep
+from .._validate import SETUP_KEY, check_mod, check_mudata, check_obs_names, check_rep
 
-SETUP_KEY = "_mumatch_setup"
 WEIGHTS_FILE = "model.pt"
 METADATA_FILE = "model.json"
 # ReduceLROnPlateau's factor (torch's default, which scglue's trainers use).

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._validate import check_int, check_layer, check_mods, check_mudata
+from .._validate import check_int, check_key_added, check_layer, check_mods, check_mudata
 from ._harmony import harmony_batches, run_harmony
 from ._lsi import matmul, randomized_svd, standardize_rows
 from ._normalize import as_csr, check_count_values, clr, inverse_document_frequency, tfidf_log1p
@@ -203,8 +203,7 @@ def _harmonize(
 def _check_common(mdata: object, mods, key_added: str, batch_key: str | None, random_state: int):
     check_mudata(mdata)
     names = check_mods(mdata, mods)
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
+    check_key_added(key_added)
     if batch_key is not None and not isinstance(batch_key, str):
         raise ValueError(f"batch_key must be a column name or None, got {batch_key!r}")
     check_int(random_state, "random_state", minimum=0)

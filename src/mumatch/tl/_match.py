@@ -15,7 +15,7 @@ from scanpy import logging as logg
 from .. import ot
 from .._ensemble import concatenate_members
 from .._layout import batch_blocks, embed_block, unpaired_mask
-from .._validate import check_int, check_mod, check_mudata, check_obs_names, check_positive, check_rep
+from .._validate import check_int, check_key_added, check_mod, check_mudata, check_obs_names, check_positive, check_rep
 from ..ot._cost import COSTS, resolve_device, resolve_dtype, resolve_memory_budget
 
 METHODS = ("sinkhorn", "exact", "knn")
@@ -127,11 +127,7 @@ def _check_arguments(method, cost, epsilon, tau, top_k, max_iter, tol, n_neighbo
         for name, value in (("top_k", top_k), ("tau", tau)):
             if value is not None:
                 raise ValueError(f"{name} applies to method='sinkhorn' only; leave it None for method={method!r}")
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
-    if "/" in key_added:
-        # An .h5mu file would store it as nested groups that cannot be read back as one plan.
-        raise ValueError(f"key_added={key_added!r} must not contain '/'; choose another name")
+    check_key_added(key_added)
     resolve_dtype(dtype)
     resolve_device(device)
 

@@ -11,7 +11,7 @@ from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
 from .._layout import held_out_batches
-from .._validate import check_int, check_mod, check_mudata, check_rep
+from .._validate import SETUP_KEY, check_int, check_key_added, check_mod, check_mudata, check_rep
 from ..model import CLIP
 
 
@@ -112,8 +112,7 @@ def train_clip(
     check_mod(mdata, mod2, "mod2")
     if mod1 == mod2:
         raise ValueError(f"mod1 and mod2 must differ, both are {mod1!r}")
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
+    check_key_added(key_added)
     check_int(random_state, "random_state", minimum=0)
     rep_keys = {mod1: use_rep, mod2: use_rep} if isinstance(use_rep, str) else dict(use_rep)
     for mod in (mod1, mod2):
@@ -125,7 +124,7 @@ def train_clip(
     members = _ensemble_members(mdata, mod1, mod2, ensemble, batch_key)
     start = logg.info(f"training {len(members)} CLIP model(s) on '{mod1}' and '{mod2}'")
 
-    setup_before = mdata.uns.get("_mumatch_setup")
+    setup_before = mdata.uns.get(SETUP_KEY)
     try:
         CLIP.setup_mudata(mdata, mod1=mod1, mod2=mod2, rep_key=rep_keys, batch_key=batch_key)
         models = []
@@ -136,9 +135,9 @@ def train_clip(
             models.append(model)
     except BaseException:
         if setup_before is None:
-            mdata.uns.pop("_mumatch_setup", None)
+            mdata.uns.pop(SETUP_KEY, None)
         else:
-            mdata.uns["_mumatch_setup"] = setup_before
+            mdata.uns[SETUP_KEY] = setup_before
         raise
 
     embeddings = {}

@@ -12,8 +12,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
-from .._validate import check_int, check_mods, check_mudata
-from ..model._base import SETUP_KEY
+from .._validate import SETUP_KEY, check_int, check_key_added, check_mods, check_mudata
 from ..model._clue import CLUE
 from ._train import recorded_options
 
@@ -92,8 +91,7 @@ def train_clue(
     """
     check_mudata(mdata)
     mods = check_mods(mdata, mods)
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
+    check_key_added(key_added)
     check_int(random_state, "random_state", minimum=0)
     check_int(ensemble, "ensemble", allow_none=True)
     if not isinstance(normalize_subspaces, bool | np.bool_):

@@ -9,7 +9,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._layout import obs_positions, oriented_plan, recorded_plan_mods
-from .._validate import check_mod, check_mudata, check_obs_key, check_obs_names
+from .._validate import check_key_added, check_mod, check_mudata, check_obs_key, check_obs_names
 
 
 def transfer_labels(
@@ -69,9 +69,9 @@ def transfer_labels(
     if key not in mdata.obsp:
         raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
     check_obs_key(mdata, source_mod, label_key, "label_key")
+    if key_added is not None:
+        check_key_added(key_added)
     key_added = key_added or f"{label_key}_{key}"
-    if not isinstance(key_added, str):
-        raise ValueError(f"key_added must be a string or None, got {key_added!r}")
     if key_added in mdata.obsp:
         raise ValueError(
             f"key_added={key_added!r} names a plan in mdata.obsp: mdata.uns['{key_added}'] holds that plan's "
