@@ -147,3 +147,26 @@ def test_lightning_imported_during_a_command_stays_quiet():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(result.stdout.strip()) >= logging.WARNING
+
+
+def test_input_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    args = ["run", "--out", str(tmp_path / "p.h5ad")]
+    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2"):
+        args += [f"--{part.replace('_', '-')}", str(tmp_path / f"{part}.h5ad")]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("mumatch run: error: missing competition files") and "Traceback" not in error
+    import pytest
+
+    with pytest.raises(FileNotFoundError):  # from --verbosity 3 on, the traceback
+        main(["--verbosity", "3", *args])
+
+
+def test_version(capsys):
+    import pytest
+
+    import mumatch
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"mumatch {mumatch.__version__}"

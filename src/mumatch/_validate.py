@@ -14,6 +14,12 @@ from mudata import MuData
 
 # Where the models record their setup in ``mdata.uns`` (see mumatch.model); no output may be written under it.
 SETUP_KEY = "_mumatch_setup"
+# The function that writes each default embedding, named when an embedding is missing.
+REP_PRODUCERS = {"X_lsi_harmony": "mm.pp.lsi_harmony", "X_clip": "mm.tl.train_clip", "X_clue": "mm.tl.train_clue"}
+# The batch column of the data layout: when no modality has it, the data have no batches.
+DEFAULT_BATCH_KEY = "batch"
+# Columns listed in a message about a missing one.
+LISTED_COLUMNS = 20
 
 
 def check_mudata(mdata: object, argument: str = "mdata") -> MuData:
@@ -33,6 +39,26 @@ def check_key_added(key_added: object, argument: str = "key_added") -> str:
     if key_added == SETUP_KEY:
         raise ValueError(f"{argument}={key_added!r} is where the models record their setup; choose another name")
     return key_added
+
+
+def check_batch_key(mdata: MuData, mods: Sequence[str], batch_key: object) -> bool:
+    """Whether ``batch_key`` (a column name or None) is a column of some modality's ``.obs``.
+
+    A column that no modality has is a misspelling, and raises a KeyError, unless it is the default
+    :data:`DEFAULT_BATCH_KEY`: data without batches is common and works with the defaults.
+    """
+    if batch_key is None:
+        return False
+    if not isinstance(batch_key, str):
+        raise ValueError(f"batch_key must be a column name or None, got {batch_key!r}")
+    if any(batch_key in mdata[mod].obs for mod in mods):
+        return True
+    if batch_key == DEFAULT_BATCH_KEY:
+        return False
+    raise KeyError(
+        f"batch_key={batch_key!r} is not a column of the .obs of any of {list(mods)}; pass an existing column, or "
+        "batch_key=None when there are no batches"
+    )
 
 
 def check_mod(mdata: MuData, mod: str, argument: str = "mod") -> str:
@@ -80,9 +106,10 @@ def check_mods(mdata: MuData, mods: Sequence[str] | str | None, argument: str = 
 def check_rep(mdata: MuData, mod: str, rep: str, argument: str = "use_rep") -> np.ndarray:
     """Return ``mdata[mod].obsm[rep]`` as a dense float array, raising when missing or not finite."""
     if rep not in mdata[mod].obsm:
+        producer = REP_PRODUCERS.get(rep, "mm.pp.lsi_harmony, mm.tl.train_clip or mm.tl.train_clue")
         raise KeyError(
             f"{argument}={rep!r} not found in mdata['{mod}'].obsm (it has {list(mdata[mod].obsm)}); "
-            "compute it first, e.g. with mm.pp.lsi_harmony"
+            f"compute it first, with {producer}"
         )
     values = mdata[mod].obsm[rep]
     values = values.toarray() if sp.issparse(values) else np.asarray(values)
@@ -128,12 +155,15 @@ def check_counts(
         )
 
 
-def check_obs_key(mdata: MuData, mod: str, key: str, argument: str) -> None:
-    """Raise a KeyError unless ``key`` is a column of ``mdata[mod].obs``."""
+def check_obs_key(mdata: MuData, mod: str, key: str, argument: str, *, allow_none: bool = False) -> None:
+    """Raise a KeyError unless ``key`` is a column of ``mdata[mod].obs`` (the message lists those there are)."""
     if key not in mdata[mod].obs:
-        raise KeyError(
-            f"{argument}={key!r} not found in mdata['{mod}'].obs; pass an existing column or {argument}=None"
-        )
+        columns = [str(column) for column in mdata[mod].obs.columns]
+        listed = ", ".join(repr(column) for column in columns[:LISTED_COLUMNS])
+        if len(columns) > LISTED_COLUMNS:
+            listed += f" and {len(columns) - LISTED_COLUMNS} more"
+        fix = f"pass one of its columns{f' or {argument}=None' if allow_none else ''}"
+        raise KeyError(f"{argument}={key!r} not found in mdata['{mod}'].obs (it has {listed or 'no column'}); {fix}")
 
 
 def is_number(value: object) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 import scanpy as sc
 from mudata import MuData
 
-from . import datasets
+from . import __version__, datasets
 from ._layout import paired_names
 from ._pipeline import EMBEDDINGS, check_embedding, run_pipeline, score_table
 
@@ -23,6 +23,18 @@ EMBEDDING_HELP = (
     "what to match on: clip (default, fastest), clue (5-15x longer training; better on the CITE starter), or clip+clue "
     "(both, their cosine similarities averaged; writes all three plans, predicts with the combined one)"
 )
+
+
+SEED_HELP = "random seed of the models' initialisation and validation split (default 0)"
+COMPETITION_FILES = {
+    "train_mod1": "training cells, first modality (e.g. RNA counts)",
+    "train_mod2": "training cells, second modality (e.g. ATAC or ADT counts)",
+    "train_sol": "pairing of the training cells (cells of mod1 × cells of mod2)",
+    "test_mod1": "test cells to match, first modality",
+    "test_mod2": "test cells to match, second modality",
+}
+# Errors of the user's input, reported in one line (with a traceback from --verbosity 3 on).
+INPUT_ERRORS = (FileNotFoundError, IsADirectoryError, KeyError, ValueError)
 
 
 def _load_demo_data(data: str, seed: int) -> MuData:
@@ -85,8 +97,15 @@ def run(files: dict[str, str | None], out: str, seed: int = 0, embedding: str = 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mumatch`` argument parser."""
-    parser = argparse.ArgumentParser(prog="mumatch", description=__doc__)
-    parser.add_argument("--verbosity", type=int, default=1, help="scanpy verbosity (0 errors … 4 debug)")
+    parser = argparse.ArgumentParser(
+        prog="mumatch",
+        description="Match single cells across omics modalities: 'mumatch demo' runs the whole job on bundled real "
+        "data, 'mumatch run' is a drop-in for the NeurIPS 2021 matching task.",
+    )
+    parser.add_argument("--version", action="version", version=f"mumatch {__version__}")
+    parser.add_argument(
+        "--verbosity", type=int, default=1, help="scanpy verbosity (0 errors … 4 debug; from 3, tracebacks)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo_parser = commands.add_parser("demo", help="run the whole pipeline on bundled real data and print scores")
@@ -94,15 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default="multiome", help=f"one of {list(DEMO_DATA)} or a competition folder/prefix"
     )
     demo_parser.add_argument("--out", default="mumatch_demo", help="folder for result.h5mu and scores")
-    demo_parser.add_argument("--seed", type=int, default=0)
+    demo_parser.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     demo_parser.add_argument("--embedding", choices=EMBEDDINGS, default="clip", help=EMBEDDING_HELP)
 
     run_parser = commands.add_parser("run", help="match the test cells of competition files; write a prediction")
-    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2"):
-        run_parser.add_argument(f"--{part.replace('_', '-')}", required=True, dest=part)
-    run_parser.add_argument("--test-sol", dest="test_sol", help="optional ground truth: prints scores")
+    for part, what in COMPETITION_FILES.items():
+        run_parser.add_argument(f"--{part.replace('_', '-')}", required=True, dest=part, metavar="H5AD", help=what)
+    run_parser.add_argument("--test-sol", dest="test_sol", metavar="H5AD", help="optional ground truth: prints scores")
     run_parser.add_argument("--out", required=True, help="prediction .h5ad to write")
-    run_parser.add_argument("--seed", type=int, default=0)
+    run_parser.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     run_parser.add_argument("--embedding", choices=EMBEDDINGS, default="clip", help=EMBEDDING_HELP)
     return parser
 
@@ -139,16 +158,22 @@ def _quiet_libraries(verbosity: int) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mumatch`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     sc.settings.verbosity = args.verbosity
-    with _quiet_libraries(args.verbosity):
-        if args.command == "demo":
-            return demo(args.data, args.out, args.seed, args.embedding)
-        files = {
-            part: getattr(args, part)
-            for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2", "test_sol")
-        }
-        return run(files, args.out, args.seed, args.embedding)
+    try:
+        with _quiet_libraries(args.verbosity):
+            if args.command == "demo":
+                return demo(args.data, args.out, args.seed, args.embedding)
+            files = {part: getattr(args, part) for part in (*COMPETITION_FILES, "test_sol")}
+            return run(files, args.out, args.seed, args.embedding)
+    except INPUT_ERRORS as error:
+        if args.verbosity >= QUIET_BELOW_VERBOSITY:
+            raise
+        # A KeyError's text is the repr of its message: print the message itself.
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"mumatch {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
+from anndata import AnnData
 from mudata import MuData
 
 from .._layout import extract_block, oriented_plan
@@ -119,7 +120,16 @@ def _default_mods(mdata: MuData, mod1: str | None, mod2: str | None) -> tuple[st
     return mod1, mod2
 
 
+def _refuse_anndata(value: object, argument: str) -> None:
+    """An AnnData is neither a MuData with a plan nor a matrix: say so, rather than fail on it as a matrix."""
+    if isinstance(value, AnnData):
+        raise TypeError(
+            f"'{argument}' is an AnnData; pass the MuData whose .obsp holds the plan and the ground truth, or a matrix"
+        )
+
+
 def _resolve(prediction, truth, key, truth_key, mod1, mod2) -> tuple[sp.csr_matrix | np.ndarray, np.ndarray]:
+    _refuse_anndata(prediction, "prediction")
     if isinstance(prediction, MuData):
         plan, columns, _, _ = _from_mudata(prediction, key, truth_key, mod1, mod2)
         return _check_prediction(plan), columns
@@ -283,6 +293,7 @@ def foscttm(
     the true partner.
     """
     check_int(chunk_size, "chunk_size", minimum=1)
+    _refuse_anndata(x, "x")
     if isinstance(x, MuData):
         mdata = x
         mod1, mod2 = _default_mods(mdata, mod1, mod2)

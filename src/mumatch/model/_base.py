@@ -44,7 +44,7 @@ from mudata import MuData
 from scanpy import logging as logg
 from tqdm.auto import tqdm
 
-from .._validate import SETUP_KEY, check_mod, check_mudata, check_obs_names, check_rep
+from .._validate import SETUP_KEY, check_batch_key, check_mod, check_mudata, check_obs_names, check_rep
 
 WEIGHTS_FILE = "model.pt"
 METADATA_FILE = "model.json"
@@ -361,7 +361,8 @@ class MuDataModel:
         rep_key
             The ``.obsm`` key of each modality's input: one for all, or one per modality.
         batch_key
-            Column of each modality's ``.obs`` with the batch (may be missing in some modalities or cells).
+            Column of each modality's ``.obs`` with the batch (may be missing in some modalities or cells). A column
+            that no modality has raises a KeyError, except the default ``"batch"`` (no batches, with a warning).
         **extra
             Further JSON-serialisable setup arguments of the subclass.
         """
@@ -378,11 +379,9 @@ class MuDataModel:
             raise KeyError(f"rep_key names no representation for {missing}; give one per modality")
         for mod in mods:
             check_rep(mdata, mod, rep_keys[mod], "rep_key")
-        if batch_key is not None and not any(batch_key in mdata[mod].obs for mod in mods):
-            raise KeyError(
-                f"batch_key={batch_key!r} not found in the .obs of any of {mods}; pass batch_key=None if there are "
-                "no batches"
-            )
+        if batch_key is not None and not check_batch_key(mdata, mods, batch_key):
+            logg.warning(f"no modality of {mods} has a {batch_key!r} column: training without batches")
+            batch_key = None
         args = {"mods": mods, "rep_keys": rep_keys, "batch_key": batch_key, **extra}
         json.dumps(args)  # fails early on a value that could not be saved with the model
         setups = dict(mdata.uns.get(SETUP_KEY, {}))
@@ -442,8 +441,9 @@ class MuDataModel:
             "num_sanity_val_steps": 0,
             "log_every_n_steps": 1,
             "use_distributed_sampler": False,  # ShuffledBatches shards the rows itself
-            "limit_val_batches": 1.0 if validation_loader is not None else 0,
         }
+        if validation_loader is None:
+            trainer_options["limit_val_batches"] = 0  # Lightning's default (all batches) needs no option, nor a notice
         trainer_options.update(trainer_kwargs)
         trainer = lp.Trainer(callbacks=callbacks, **trainer_options)
         plan.module.train()
@@ -468,6 +468,14 @@ class MuDataModel:
 
     # ----- inference --------------------------------------------------------------------------------------------
     def _check_query(self, mdata: MuData | None) -> MuData:
+        """The data to embed (the registered MuData by default), after warning about what would make it meaningless."""
+        if not self.is_trained:
+            # As scvi-tools does: an untrained model's embedding is its random initialisation.
+            warnings.warn(
+                f"{type(self).__name__} is not trained: its embedding comes from random weights; call train() first",
+                UserWarning,
+                stacklevel=3,
+            )
         if mdata is None:
             return self.mdata
         check_mudata(mdata)

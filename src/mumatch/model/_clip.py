@@ -231,7 +231,8 @@ class CLIP(MuDataModel):
             The ``.obsm`` key of each modality's input (one for both, or ``{mod: key}``).
         batch_key
             Column of ``.obs`` with the batch of each cell, used to hold out batches for validation; a paired cell's
-            batch is read from ``mod1``, or from ``mod2`` where ``mod1`` has no label.
+            batch is read from ``mod1``, or from ``mod2`` where ``mod1`` has no label. A column that neither modality
+            has raises a KeyError, except the default ``"batch"`` (no batches, with a warning).
         """
         check_mudata(mdata)
         check_mod(mdata, mod1, "mod1")

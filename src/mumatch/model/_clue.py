@@ -197,7 +197,8 @@ class CLUE(MuDataModel):
             Layer with raw counts (``None``: ``.X``); every modality must have it.
         batch_key
             Column of ``.obs`` with the batch, given to the decoders (cells without a label get none); ``None``
-            for no batch.
+            for no batch. A column that no modality has raises a KeyError, except the default ``"batch"`` (no
+            batches, with a warning).
         likelihood
             Count likelihood, ``"nb"`` or ``"bernoulli"`` (on binarised counts), for all modalities or per
             modality. Default: negative binomial for RNA and ADT, Bernoulli for peaks (``feature_types`` ATAC).

@@ -81,7 +81,7 @@ def confidence(
     for mod in mods:
         check_obs_key(mdata, mod, column, "key")
         if groupby is not None:
-            check_obs_key(mdata, mod, groupby, "groupby")
+            check_obs_key(mdata, mod, groupby, "groupby", allow_none=True)
 
     frames = []
     for mod in mods:

@@ -207,7 +207,7 @@ def joint_embedding(
     >>> import mumatch as mm
     >>> mdata = mm.datasets.bmmc_starter("multiome")
     >>> mm.pp.lsi_harmony(mdata)  # doctest: +SKIP
-    >>> mm.tl.train_clip(mdata, "rna", "atac")  # doctest: +SKIP
+    >>> models = mm.tl.train_clip(mdata, "rna", "atac")  # doctest: +SKIP
     >>> mm.pl.joint_embedding(mdata, "X_clip", color=["modality", "cell_type"])  # doctest: +SKIP
     """
     check_mudata(mdata)

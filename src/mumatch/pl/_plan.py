@@ -235,8 +235,8 @@ def plan(
     for mod in (mod1, mod2):
         check_obs_names(mdata, mod)
     if groupby is not None:
-        check_obs_key(mdata, mod1, groupby, "groupby")
-        check_obs_key(mdata, mod2, groupby, "groupby")
+        check_obs_key(mdata, mod1, groupby, "groupby", allow_none=True)
+        check_obs_key(mdata, mod2, groupby, "groupby", allow_none=True)
     show_truth = truth is not False and truth_key in mdata.obsp
     if truth is True and truth_key not in mdata.obsp:
         raise KeyError(f"truth_key={truth_key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); pass truth=None")

@@ -30,7 +30,8 @@ def save_path(save: bool | str | os.PathLike | None, plot_name: str, formats: Se
     As ``scanpy.pl``'s ``savefig_or_show``: ``None`` follows ``scanpy.settings.autosave``; ``True`` writes
     ``settings.figdir / f"{plot_name}{settings.plot_suffix}.{settings.file_format_figs}"``; a string without a
     directory (e.g. ``"_rna.png"``) is appended to ``plot_name`` in ``settings.figdir``, its extension (one of
-    ``formats``) choosing the format. A path with a directory, or a :class:`os.PathLike`, is written as it is.
+    ``formats``) choosing the format. A path with a directory, or a :class:`os.PathLike`, is written as it is (its
+    folders created when missing).
     """
     check_save(save)
     if save is None:
@@ -58,10 +59,9 @@ def finish(
     figure = first.get_figure()
     path = save_path(save, plot_name, list(figure.canvas.get_supported_filetypes()))
     if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as scanpy does for its figure directory
         if path.parent == Path(settings.figdir):
-            # As scanpy does: the figure directory is created on demand, and its files are announced loudly.
-            path.parent.mkdir(parents=True, exist_ok=True)
-            logg.warning(f"saving figure to file {path}")
+            logg.warning(f"saving figure to file {path}")  # scanpy announces its files loudly
         figure.savefig(path, bbox_inches="tight")  # dpi: rcParams["savefig.dpi"], set by scanpy
     if settings.autoshow if show is None else show:
         plt.show()

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._validate import check_int, check_key_added, check_layer, check_mods, check_mudata
+from .._validate import check_batch_key, check_int, check_key_added, check_layer, check_mods, check_mudata
 from ._harmony import harmony_batches, run_harmony
 from ._lsi import matmul, randomized_svd, standardize_rows
 from ._normalize import as_csr, check_count_values, clr, inverse_document_frequency, tfidf_log1p
@@ -204,8 +204,7 @@ def _check_common(mdata: object, mods, key_added: str, batch_key: str | None, ra
     check_mudata(mdata)
     names = check_mods(mdata, mods)
     check_key_added(key_added)
-    if batch_key is not None and not isinstance(batch_key, str):
-        raise ValueError(f"batch_key must be a column name or None, got {batch_key!r}")
+    check_batch_key(mdata, names, batch_key)
     check_int(random_state, "random_state", minimum=0)
     return names
 
@@ -277,7 +276,8 @@ def lsi_harmony(
         cells or features.
     batch_key
         Column of each modality's ``.obs`` with the batch; ``None`` skips Harmony. A modality without the column
-        is left uncorrected with a warning.
+        is left uncorrected with a warning; a column that no modality has raises a KeyError, except the default
+        ``"batch"`` (data without batches).
     layer
         Layer with the raw counts (``None``: ``.X``).
     use_highly_variable
@@ -417,7 +417,8 @@ def lsi_harmony_transform(
     key
         The reference's ``key_added``.
     batch_key
-        Column of each query modality's ``.obs`` with the batch; ``None`` skips Harmony.
+        Column of each query modality's ``.obs`` with the batch; ``None`` skips Harmony. As in
+        :func:`lsi_harmony`, a column that no query modality has raises a KeyError, except the default ``"batch"``.
     layer
         Layer with the query's raw counts (``None``: ``.X``).
     harmony

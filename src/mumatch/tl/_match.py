@@ -15,7 +15,16 @@ from scanpy import logging as logg
 from .. import ot
 from .._ensemble import concatenate_members
 from .._layout import batch_blocks, embed_block, unpaired_mask
-from .._validate import check_int, check_key_added, check_mod, check_mudata, check_obs_names, check_positive, check_rep
+from .._validate import (
+    check_batch_key,
+    check_int,
+    check_key_added,
+    check_mod,
+    check_mudata,
+    check_obs_names,
+    check_positive,
+    check_rep,
+)
 from ..ot._cost import COSTS, resolve_device, resolve_dtype, resolve_memory_budget
 
 METHODS = ("sinkhorn", "exact", "knn")
@@ -111,6 +120,12 @@ def _selection_column(mdata: MuData, mod: str, cells: str) -> np.ndarray:
     return column.to_numpy(dtype=bool)
 
 
+def _written_by_match_ot(record: object) -> bool:
+    """Whether ``mdata.uns[key]`` is the record of a plan that :func:`match_ot` wrote (and may replace)."""
+    params = record.get("params") if isinstance(record, Mapping) else None
+    return isinstance(params, Mapping) and {"mod1", "mod2", "method"} <= set(params)
+
+
 def _check_arguments(method, cost, epsilon, tau, top_k, max_iter, tol, n_neighbors, key_added, dtype, device) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -176,8 +191,9 @@ def match_ot(
         ``"unpaired"``: the cells measured in one of the two modalities only (the test cells); ``"all"``; or the name
         of a boolean column present in both modalities' ``.obs``. It must select cells of both modalities.
     batch_key
-        Column of ``.obs`` with the batch; ``None`` matches all selected cells in one block (as does a column in
-        neither modality, with a warning naming it). A missing label, or the text ``"nan"`` that ``astype(str)``
+        Column of ``.obs`` with the batch; ``None`` matches all selected cells in one block (as does the default
+        ``"batch"`` when neither modality has it, with a warning; another column that neither has raises a
+        KeyError). A missing label, or the text ``"nan"`` that ``astype(str)``
         makes of one, is no batch.
     method
         ``"sinkhorn"`` (entropic OT), ``"exact"`` (one-to-one assignment, :func:`mumatch.ot.exact_matching`) or
@@ -228,7 +244,7 @@ def match_ot(
     >>> import mumatch as mm
     >>> mdata = mm.datasets.bmmc_starter("cite")
     >>> mm.pp.lsi_harmony(mdata)
-    >>> mm.tl.train_clip(mdata, "rna", "adt")
+    >>> models = mm.tl.train_clip(mdata, "rna", "adt")
     >>> mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_clip")
     >>> mm.metrics.match_score(mdata, key="match")  # doctest: +SKIP
     """
@@ -238,6 +254,11 @@ def match_ot(
     if mod1 == mod2:
         raise ValueError(f"mod1 and mod2 must differ, both are {mod1!r}")
     _check_arguments(method, cost, epsilon, tau, top_k, max_iter, tol, n_neighbors, key_added, dtype, device)
+    if key_added in mdata.obsp and not _written_by_match_ot(mdata.uns.get(key_added)):
+        raise ValueError(
+            f"key_added={key_added!r} names a matrix of mdata.obsp that match_ot did not write (e.g. the ground "
+            "truth); choose another key_added"
+        )
     for mod in (mod1, mod2):
         check_obs_names(mdata, mod)
     epsilon, tol = float(epsilon), float(tol)
@@ -246,12 +267,10 @@ def match_ot(
     keys = _rep_keys(use_rep, mod1, mod2)
     embeddings = _embedding(mdata, mod1, mod2, keys, cost)
     masks = _cell_masks(mdata, mod1, mod2, cells)
-    if batch_key is not None and not isinstance(batch_key, str):
-        raise ValueError(f"batch_key must be a column name or None, got {batch_key!r}")
+    found = check_batch_key(mdata, (mod1, mod2), batch_key)
     blocks, notes = batch_blocks(mdata, mod1, mod2, masks[mod1], masks[mod2], batch_key)
-    if batch_key is not None and all(batch_key not in mdata[mod].obs for mod in (mod1, mod2)):
-        # Data without batches is matched in one block under the default batch_key; a misspelt column is too, so
-        # the note names the column and the way to silence it.
+    if batch_key is not None and not found:
+        # Data without batches is matched in one block under the default batch_key.
         notes = [
             f"batch_key={batch_key!r} is not a column of mdata['{mod1}'].obs or mdata['{mod2}'].obs: matching all "
             "selected cells in one block (pass batch_key=None when there are no batches)"

@@ -79,7 +79,8 @@ def train_clip(
     use_rep
         Each modality's input representation in ``.obsm`` (one key, or ``{mod: key}``).
     batch_key
-        Column of ``.obs`` with the batch (held out for validation / per ensemble member).
+        Column of ``.obs`` with the batch (held out for validation / per ensemble member). A column that neither
+        modality has raises a KeyError, except the default ``"batch"`` (no batches, with a warning).
     ensemble
         ``"batch"``: one model per held-out training batch (see above); an integer ``n``: ``n`` models with seeds
         ``random_state + i``; ``None``: one model.
@@ -94,7 +95,7 @@ def train_clip(
 
     Returns
     -------
-    The trained model(s). Adds ``mdata[mod1].obsm[key_added]`` and ``mdata[mod2].obsm[key_added]``: the L2-normalised
+    The trained models, a list (of one with ``ensemble=None``). Adds ``mdata[mod1].obsm[key_added]`` and ``mdata[mod2].obsm[key_added]``: the L2-normalised
     embedding of every cell of each modality (float32), and ``mdata.uns[key_added]`` with ``params`` and, per model,
     its training summary. ``mdata.uns['_mumatch_setup']['CLIP']`` records the registration.
 

@@ -50,7 +50,8 @@ def train_clue(
     layer
         Layer with raw counts (``None``: ``.X``).
     batch_key
-        Column of ``.obs`` with the batch, given to the decoders (``None``: no batch).
+        Column of ``.obs`` with the batch, given to the decoders (``None``: no batch). A column that no modality
+        has raises a KeyError, except the default ``"batch"`` (no batches, with a warning).
     likelihood
         ``"nb"`` or ``"bernoulli"``, for all or per modality (default: NB for RNA/ADT, Bernoulli for peaks).
     config

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -77,6 +79,13 @@ def transfer_labels(
             f"key_added={key_added!r} names a plan in mdata.obsp: mdata.uns['{key_added}'] holds that plan's "
             "parameters (which way round it reads) and potentials; choose another key_added"
         )
+    existing = [column for column in (key_added, f"{key_added}_probability") if column in mdata[target_mod].obs]
+    if existing and not _written_by_transfer(mdata.uns.get(key_added), target_mod):
+        # E.g. key_added=label_key: the true labels of the target cells would be replaced by the prediction.
+        raise ValueError(
+            f"key_added={key_added!r} would replace mdata['{target_mod}'].obs[{existing[0]!r}], which "
+            "transfer_labels did not write; choose another key_added"
+        )
 
     start = logg.info(f"transferring '{label_key}' from '{source_mod}' to '{target_mod}' along .obsp['{key}']")
     weights = _target_by_source(mdata, key, source_mod, target_mod)
@@ -125,6 +134,12 @@ def transfer_labels(
         ),
     )
     return target if copy else None
+
+
+def _written_by_transfer(record: object, target_mod: str) -> bool:
+    """Whether ``mdata.uns[key_added]`` records labels that :func:`transfer_labels` wrote into ``target_mod``."""
+    params = record.get("params") if isinstance(record, Mapping) else None
+    return isinstance(params, Mapping) and "label_key" in params and params.get("target_mod") == target_mod
 
 
 def _target_by_source(mdata: MuData, key: str, source_mod: str, target_mod: str) -> sp.csr_matrix:

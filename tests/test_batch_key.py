@@ -1,0 +1,47 @@
+"""A batch column that no modality has: the default means no batches, any other name is a misspelling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mumatch as mm
+
+from .helpers import assert_unchanged, snapshot
+
+
+@pytest.fixture
+def embedded(simulated):
+    rng = np.random.default_rng(0)
+    for mod in ("rna", "atac"):
+        simulated[mod].obsm["X_shared"] = rng.normal(size=(simulated[mod].n_obs, 8)).astype(np.float32)
+    return simulated
+
+
+def test_misspelt_batch_key_refused_everywhere(embedded):
+    before = snapshot(embedded)
+    calls = [
+        lambda: mm.pp.lsi_harmony(embedded, batch_key="sample"),
+        lambda: mm.tl.train_clip(embedded, "rna", "atac", use_rep="X_shared", batch_key="sample"),
+        lambda: mm.tl.train_clue(embedded, use_rep="X_shared", batch_key="sample"),
+        lambda: mm.tl.match_ot(embedded, "rna", "atac", use_rep="X_shared", batch_key="sample"),
+        lambda: mm.model.CLIP.setup_mudata(embedded, "rna", "atac", rep_key="X_shared", batch_key="sample"),
+    ]
+    for call in calls:
+        with pytest.raises(KeyError, match="batch_key='sample' is not a column of the .obs of any of"):
+            call()
+    assert_unchanged(before, embedded)
+
+
+def test_default_batch_key_without_batches_trains_and_matches(embedded, monkeypatch):
+    from scanpy import logging as logg
+
+    warnings = []
+    monkeypatch.setattr(logg, "warning", lambda message, *args, **kwargs: warnings.append(message))
+    for mod in ("rna", "atac"):
+        del embedded[mod].obs["batch"]
+    (model,) = mm.tl.train_clip(embedded, "rna", "atac", use_rep="X_shared", ensemble=None, max_epochs=2)
+    assert model.setup_args["batch_key"] is None
+    assert any("training without batches" in message for message in warnings)
+    mm.tl.match_ot(embedded, "rna", "atac", use_rep="X_clip")
+    assert len(embedded.uns["match"]["blocks"]) == 1

@@ -1,0 +1,82 @@
+"""Mistakes a new user makes, each met by an error or warning that names the argument and the fix."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import mumatch as mm
+
+from .helpers import assert_unchanged, snapshot
+
+
+@pytest.fixture
+def matched(simulated):
+    rng = np.random.default_rng(0)
+    for mod in ("rna", "atac"):
+        simulated[mod].obsm["X_shared"] = rng.normal(size=(simulated[mod].n_obs, 8)).astype(np.float32)
+        simulated[mod].obs["cell_type"] = simulated[mod].obs["batch"].astype(str)
+    mm.tl.match_ot(simulated, "rna", "atac", use_rep="X_shared", cells="all", batch_key=None)
+    simulated.obsp["match_true"] = simulated.obsp["match"].copy()  # stands for a ground truth
+    return simulated
+
+
+def test_outputs_do_not_replace_what_the_functions_did_not_write(matched):
+    before = snapshot(matched)
+    truth = matched.obsp["match_true"].copy()
+    with pytest.raises(ValueError, match="key_added='match_true' names a matrix of mdata.obsp that match_ot did not"):
+        mm.tl.match_ot(matched, "rna", "atac", use_rep="X_shared", key_added="match_true")
+    with pytest.raises(ValueError, match=r"would replace mdata\['atac'\].obs\['cell_type'\], which transfer_labels"):
+        mm.tl.transfer_labels(matched, label_key="cell_type", source_mod="rna", target_mod="atac", key_added="cell_type")
+    assert_unchanged(before, matched)
+    assert (matched.obsp["match_true"] != truth).nnz == 0
+    # Their own outputs are replaced as before.
+    mm.tl.match_ot(matched, "rna", "atac", use_rep="X_shared", key_added="match")
+    for _ in range(2):
+        mm.tl.transfer_labels(matched, label_key="cell_type", source_mod="rna", target_mod="atac", key_added="pred")
+    assert "pred_probability" in matched["atac"].obs
+
+
+def test_missing_column_message_lists_the_columns_and_offers_none_only_where_allowed(matched):
+    with pytest.raises(KeyError) as error:
+        mm.tl.transfer_labels(matched, label_key="celltype", source_mod="rna", target_mod="atac")
+    message = str(error.value)
+    assert "'cell_type'" in message and "label_key=None" not in message
+    with pytest.raises(KeyError, match="or groupby=None"):
+        mm.pl.confidence(matched, key="match", groupby="celltype", show=False)
+
+
+def test_missing_embedding_names_the_function_that_writes_it(matched):
+    with pytest.raises(KeyError, match="compute it first, with mm.tl.train_clip"):
+        mm.tl.match_ot(matched, "rna", "atac", use_rep="X_clip")
+    with pytest.raises(KeyError, match="compute it first, with mm.pp.lsi_harmony, mm.tl.train_clip or"):
+        mm.tl.match_ot(matched, "rna", "atac", use_rep="X_custom")
+
+
+def test_metrics_refuse_an_anndata(matched):
+    with pytest.raises(TypeError, match="'prediction' is an AnnData; pass the MuData"):
+        mm.metrics.match_score(matched["rna"])
+    with pytest.raises(TypeError, match="'x' is an AnnData"):
+        mm.metrics.foscttm(matched["rna"])
+
+
+def test_plot_saved_into_a_new_folder(matched, tmp_path):
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "new" / "folder" / "plan.png"
+    mm.pl.plan(matched, "match", save=str(path), show=False)
+    plt.close("all")
+    assert path.is_file()
+
+
+def test_untrained_model_warns_when_asked_for_an_embedding(matched):
+    mm.model.CLIP.setup_mudata(matched, "rna", "atac", rep_key="X_shared", batch_key=None)
+    model = mm.model.CLIP(matched, n_hidden=8, n_latent=4)
+    with pytest.warns(UserWarning, match="CLIP is not trained"):
+        model.get_latent_representation(modality="rna")
+    model.train(max_epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.get_latent_representation(modality="rna")
