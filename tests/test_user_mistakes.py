@@ -29,7 +29,9 @@ def test_outputs_do_not_replace_what_the_functions_did_not_write(matched):
     with pytest.raises(ValueError, match="key_added='match_true' names a matrix of mdata.obsp that match_ot did not"):
         mm.tl.match_ot(matched, "rna", "atac", use_rep="X_shared", key_added="match_true")
     with pytest.raises(ValueError, match=r"would replace mdata\['atac'\].obs\['cell_type'\], which transfer_labels"):
-        mm.tl.transfer_labels(matched, label_key="cell_type", source_mod="rna", target_mod="atac", key_added="cell_type")
+        mm.tl.transfer_labels(
+            matched, label_key="cell_type", source_mod="rna", target_mod="atac", key_added="cell_type"
+        )
     assert_unchanged(before, matched)
     assert (matched.obsp["match_true"] != truth).nnz == 0
     # Their own outputs are replaced as before.

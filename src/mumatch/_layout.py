@@ -176,6 +176,13 @@ def batch_blocks(
     -------
     The blocks, and the reasons why some cells were put in one block or left out (for logging and diagnostics).
     A level present on one side only gives a block with zero cells on the other side; the caller decides what to do.
+
+    Notes
+    -----
+    When no selected cell of one side carries a label (e.g. test cells whose batches are hidden), all selected cells
+    form one block. Otherwise each labelled cell stays in its batch's block, and the unlabelled cells of both sides
+    form a block of their own (named :data:`MISSING_BATCH`): a few cells without a label must not send every batch
+    to be matched against every other.
     """
     notes: list[str] = []
     index1 = np.flatnonzero(mask1)
@@ -184,19 +191,26 @@ def batch_blocks(
     labels2 = batch_labels(mdata, mod2, batch_key)
     if batch_key is None:
         return [Block("all", index1, index2)], notes
-    missing1 = labels1 is None or (labels1.iloc[index1] == MISSING_BATCH).any()
-    missing2 = labels2 is None or (labels2.iloc[index2] == MISSING_BATCH).any()
-    if missing1 or missing2:
-        side = mod1 if missing1 else mod2
+    values1 = np.full(index1.size, MISSING_BATCH, dtype=object) if labels1 is None else labels1.to_numpy()[index1]
+    values2 = np.full(index2.size, MISSING_BATCH, dtype=object) if labels2 is None else labels2.to_numpy()[index2]
+    unlabelled = {mod1: values1 == MISSING_BATCH, mod2: values2 == MISSING_BATCH}
+    for side, values in ((mod1, values1), (mod2, values2)):
+        if values.size and unlabelled[side].all():
+            notes.append(
+                f"no selected cell of '{side}' has a '{batch_key}' label: matching all selected cells in one block"
+            )
+            return [Block("all", index1, index2)], notes
+    counts = {side: int(mask.sum()) for side, mask in unlabelled.items() if mask.any()}
+    if counts:
+        described = " and ".join(f"{count} of '{side}'" for side, count in counts.items())
         notes.append(
-            f"batch labels '{batch_key}' are missing for some selected cells of '{side}': matching all selected "
-            "cells in one block"
+            f"{described} selected cells have no '{batch_key}' label: they are matched among themselves, in block "
+            f"'{MISSING_BATCH}' (label them, or pass batch_key=None to match all cells in one block)"
         )
-        return [Block("all", index1, index2)], notes
-    values1 = labels1.to_numpy()[index1]
-    values2 = labels2.to_numpy()[index2]
-    levels = pd.unique(np.concatenate([values1, values2]))
+    levels = pd.unique(np.concatenate([values1[~unlabelled[mod1]], values2[~unlabelled[mod2]]]))
     blocks = [Block(str(level), index1[values1 == level], index2[values2 == level]) for level in levels]
+    if counts:
+        blocks.append(Block(MISSING_BATCH, index1[unlabelled[mod1]], index2[unlabelled[mod2]]))
     return blocks, notes
 
 

@@ -139,9 +139,12 @@ def logged_warnings(monkeypatch) -> list[str]:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"legend_loc": "not-a-location"}, {"save": "/nonexistent_directory/joint.png"}, {"save": 3}],
+    [{"legend_loc": "not-a-location"}, {"save": "{a file}/joint.png"}, {"save": 3}],
 )
-def test_joint_embedding_failing_to_draw_or_save_leaves_mudata_unchanged(matched, fast_umap, kwargs):
+def test_joint_embedding_failing_to_draw_or_save_leaves_mudata_unchanged(matched, fast_umap, kwargs, tmp_path):
+    if isinstance(kwargs.get("save"), str):  # a folder that cannot be made: its name is a file's
+        (tmp_path / "file").write_text("")
+        kwargs = {"save": kwargs["save"].replace("{a file}", str(tmp_path / "file"))}
     before = snapshot(matched)
     with pytest.raises((ValueError, OSError)):
         mm.pl.joint_embedding(matched, "X_shared", color="cell_type", show=False, **kwargs)

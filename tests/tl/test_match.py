@@ -180,7 +180,28 @@ def test_missing_batch_labels_give_one_block(cite_embedded, caplog):
     with caplog.at_level(logging.WARNING):
         mm.tl.match_ot(cite_embedded, "rna", "adt", use_rep="X_shared")
     assert len(cite_embedded.uns["match"]["blocks"]) == 1
-    assert "missing" in cite_embedded.uns["match"]["notes"][0]
+    assert "no selected cell of 'adt' has a 'batch' label" in cite_embedded.uns["match"]["notes"][0]
+
+
+def test_cells_without_a_label_among_labelled_ones_keep_the_batches_apart(simulated):
+    mdata = simulated
+    rng = np.random.default_rng(0)
+    for mod in ("rna", "atac"):
+        mdata[mod].obsm["X_shared"] = rng.normal(size=(mdata[mod].n_obs, 8)).astype(np.float32)
+    unpaired = {mod: np.flatnonzero(unpaired_mask(mdata, mod, "atac" if mod == "rna" else "rna")) for mod in mdata.mod}
+    for mod, n_unlabelled in (("rna", 1), ("atac", 3)):
+        obs = mdata[mod].obs
+        obs["batch"] = obs["batch"].astype(object)
+        obs.iloc[unpaired[mod][:n_unlabelled], obs.columns.get_loc("batch")] = np.nan
+    mm.tl.match_ot(mdata, "rna", "atac", use_rep="X_shared")
+    blocks = {block["name"]: block for block in mdata.uns["match"]["blocks"].values()}
+    assert len(blocks) == mdata["rna"].obs["batch"].nunique() + 1
+    assert (blocks["nan"]["n_cells1"], blocks["nan"]["n_cells2"]) == (1, 3)
+    assert "1 of 'rna' and 3 of 'atac' selected cells have no 'batch' label" in mdata.uns["match"]["notes"][0]
+    plan = mdata.obsp["match"].tocoo()
+    batch = pd.concat([mdata[mod].obs["batch"].astype(str) for mod in ("rna", "atac")])
+    batch = batch[~batch.index.duplicated()].reindex(mdata.obs_names).to_numpy()
+    assert (batch[plan.row] == batch[plan.col]).all()  # no mass between batches, nor between labelled and not
 
 
 def test_empty_block_is_skipped_and_reported(cite_embedded):
@@ -341,11 +362,15 @@ def test_a_plan_is_scored_and_drawn_whichever_way_round_it_was_solved(cite_embed
         mm.metrics.match_score(mdata, key="backward", mod1="rna", mod2="adt")
 
 
-def test_batch_key_in_neither_modality_warns_and_matches_one_block(cite_embedded):
-    mm.tl.match_ot(cite_embedded, "rna", "adt", use_rep="X_shared", batch_key="bacth")
-    assert "batch_key='bacth' is not a column" in cite_embedded.uns["match"]["notes"][0]
+def test_default_batch_key_in_neither_modality_warns_and_matches_one_block(cite_embedded):
+    for mod in ("rna", "adt"):
+        del cite_embedded[mod].obs["batch"]
+    mm.tl.match_ot(cite_embedded, "rna", "adt", use_rep="X_shared")
+    assert "batch_key='batch' is not a column" in cite_embedded.uns["match"]["notes"][0]
     assert list(cite_embedded.uns["match"]["blocks"]) == ["block0"]
     assert cite_embedded.uns["match"]["blocks"]["block0"]["block_time_s"] > 0
+    with pytest.raises(KeyError, match="batch_key='bacth' is not a column"):
+        mm.tl.match_ot(cite_embedded, "rna", "adt", use_rep="X_shared", batch_key="bacth")
 
 
 @pytest.mark.parametrize(

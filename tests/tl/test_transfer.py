@@ -136,7 +136,8 @@ def test_plan_of_other_modalities_or_its_key_refused(matched, uns, key_added, me
 
 def test_plan_of_all_cells_transfers_from_the_source_side_only(matched):
     mdata = matched
-    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", cells="all", key_added="all")
+    # One block: the test adt cells have no batch label, the training cells have one.
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", cells="all", batch_key=None, key_added="all")
     mm.tl.transfer_labels(mdata, "all", label_key="cell_type", source_mod="rna", target_mod="adt")
     plan = sp.csr_matrix(mdata.obsp["all"])
     rna = mdata.obs_names.get_indexer(mdata["rna"].obs_names)

@@ -172,8 +172,9 @@ def match_ot(
     """Match the cells of two modalities by entropic optimal transport on a shared embedding, batch by batch.
 
     The selected cells of each modality are split into blocks, one per batch level present in both modalities (when
-    some selected cells lack a batch label, all cells form one block, with a logged warning). Each block is solved
-    by :func:`mumatch.ot.sinkhorn` between uniform marginals on the cost between the two embeddings (cosine by
+    no selected cell of one modality has a batch label, all cells form one block; cells without a label among
+    labelled ones are matched among themselves, in a block of their own; both with a logged warning). Each block is
+    solved by :func:`mumatch.ot.sinkhorn` between uniform marginals on the cost between the two embeddings (cosine by
     default, rescaled to [0, 1] as MatchCLOT does), and its plan is sparsified row tile by row tile
     (:func:`mumatch.ot.sparsify_plan`). A block with no cells on one side is skipped with a warning; when every
     block is, e.g. batches spelt differently in each modality, a ``ValueError`` says so.

@@ -95,9 +95,10 @@ def train_clip(
 
     Returns
     -------
-    The trained models, a list (of one with ``ensemble=None``). Adds ``mdata[mod1].obsm[key_added]`` and ``mdata[mod2].obsm[key_added]``: the L2-normalised
-    embedding of every cell of each modality (float32), and ``mdata.uns[key_added]`` with ``params`` and, per model,
-    its training summary. ``mdata.uns['_mumatch_setup']['CLIP']`` records the registration.
+    The trained models, a list (of one with ``ensemble=None``). Adds ``mdata[mod1].obsm[key_added]`` and
+    ``mdata[mod2].obsm[key_added]``: the L2-normalised embedding of every cell of each modality (float32), and
+    ``mdata.uns[key_added]`` with ``params`` and, per model, its training summary.
+    ``mdata.uns['_mumatch_setup']['CLIP']`` records the registration.
 
     Examples
     --------
