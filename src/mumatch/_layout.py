@@ -77,9 +77,12 @@ def batch_labels(mdata: MuData, mod: str, batch_key: str | None) -> pd.Series | 
     """
     if batch_key is None or batch_key not in mdata[mod].obs:
         return None
-    labels = mdata[mod].obs[batch_key]
-    if labels.isna().all():
-        return None
+    labels = label_strings(mdata[mod].obs[batch_key])
+    return None if (labels == MISSING_BATCH).all() else labels
+
+
+def label_strings(labels: pd.Series) -> pd.Series:
+    """Batch labels as strings: whole-number floats named as integers, missing values as :data:`MISSING_BATCH`."""
     known = labels.notna().to_numpy()
     values = labels.astype(object).to_numpy()
     # Whole-number floats (an integer column that gained a NaN, or was read as float; in a float, object or

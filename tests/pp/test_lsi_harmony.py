@@ -345,3 +345,15 @@ def test_repeated_feature_names_fit_but_cannot_be_projected(small):
     del query["rna"].uns[KEY]
     with pytest.raises(ValueError, match="fitted on repeated feature names"):
         mm.pp.lsi_harmony_transform(query, small, mods=["rna"])
+
+
+def test_harmony_reads_batch_labels_as_matching_does():
+    import pandas as pd
+
+    from mumatch.pp._harmony import harmony_batches
+
+    obs = pd.DataFrame({"batch": ["a", "b", "nan", "a"]})
+    batches, reason = harmony_batches(obs, "batch")
+    assert batches is None and reason == "1 of 4 cells have no 'batch' label"  # the text "nan" is no batch
+    batches, reason = harmony_batches(pd.DataFrame({"batch": [1.0, 2.0, 1.0]}), "batch")
+    assert list(batches) == ["1", "2", "1"] and reason == "2 batches in 'batch'"

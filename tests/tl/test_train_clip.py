@@ -157,3 +157,11 @@ def test_too_few_paired_cells_for_a_random_validation(three_batches):
     assert model.train_info["validation"] == "none (too few paired cells)"
     with pytest.raises(ValueError, match="holds out 1 of 5 paired cells"):
         model.train(validation=0.2, **FAST)
+
+
+def test_repeated_cell_names_refused_before_the_ensemble_pairs_cells(three_batches):
+    names = three_batches["rna"].obs_names.tolist()
+    names[1] = names[0]
+    three_batches["rna"].obs_names = names
+    with pytest.raises(ValueError, match=r"mdata\['rna'\].obs_names repeats names"):
+        mm.tl.train_clip(three_batches, "rna", "atac", use_rep="X_pca", ensemble="batch", **FAST)

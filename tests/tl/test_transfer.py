@@ -171,3 +171,15 @@ def test_prediction_keeps_the_source_categories(matched):
     mdata["rna"].obs["number"] = rng.choice([2, 0, 1], mdata["rna"].n_obs)
     mm.tl.transfer_labels(mdata, "match", label_key="number", source_mod="rna", target_mod="adt")
     assert list(mdata["adt"].obs["number_match"].cat.categories) == [0, 1, 2]
+
+
+def test_no_label_reaching_the_target_is_warned(matched, monkeypatch):
+    from scanpy import logging as logg
+
+    messages = []
+    monkeypatch.setattr(logg, "warning", lambda message, *args, **kwargs: messages.append(message))
+    unpaired = unpaired_mask(matched, "rna", "adt")
+    matched["rna"].obs["paired_only"] = matched["rna"].obs["cell_type"].astype(object).where(~unpaired)
+    mm.tl.transfer_labels(matched, label_key="paired_only", source_mod="rna", target_mod="adt")
+    assert matched["adt"].obs["paired_only_match"].isna().all()
+    assert any("no cell of 'adt' received a label" in message for message in messages)

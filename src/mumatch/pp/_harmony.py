@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .._layout import MISSING_BATCH, label_strings
+
 CELLS_PER_CLUSTER = 30  # harmonypy's default number of clusters is min(n_cells / 30, 100)
 MAX_CLUSTERS = 100
+# The reason Harmony is skipped for data of one batch: nothing to correct, and not worth a warning.
+SINGLE_LEVEL = "'{batch_key}' has a single level"
 
 
 def harmony_batches(obs: pd.DataFrame, batch_key: str | None) -> tuple[pd.Series | None, str]:
@@ -22,14 +26,15 @@ def harmony_batches(obs: pd.DataFrame, batch_key: str | None) -> tuple[pd.Series
     if batch_key not in obs:
         # Data without batches (or with them in one modality only) is common: the default batch_key must work.
         return None, f"no '{batch_key}' column in its .obs"
-    labels = obs[batch_key]
-    n_missing = int(labels.isna().sum())
+    # Named as match_ot and the models name them: the text "nan" is no batch, 1.0 is batch "1".
+    labels = label_strings(obs[batch_key])
+    n_missing = int((labels == MISSING_BATCH).sum())
     if n_missing:
         return None, f"{n_missing} of {labels.size} cells have no '{batch_key}' label"
-    n_levels = labels.astype(str).nunique()
+    n_levels = labels.nunique()
     if n_levels < 2:
-        return None, f"'{batch_key}' has a single level"
-    return labels.astype(str), f"{n_levels} batches in '{batch_key}'"
+        return None, SINGLE_LEVEL.format(batch_key=batch_key)
+    return labels, f"{n_levels} batches in '{batch_key}'"
 
 
 def run_harmony(embedding: np.ndarray, batches: pd.Series, *, random_state: int = 0) -> np.ndarray:

@@ -12,7 +12,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._validate import check_batch_key, check_int, check_key_added, check_layer, check_mods, check_mudata
-from ._harmony import harmony_batches, run_harmony
+from ._harmony import SINGLE_LEVEL, harmony_batches, run_harmony
 from ._lsi import matmul, randomized_svd, standardize_rows
 from ._normalize import as_csr, check_count_values, clr, inverse_document_frequency, tfidf_log1p
 
@@ -193,7 +193,10 @@ def _harmonize(
         notes = []
         if batch_key is not None:
             message = f"skipping Harmony for '{mod}': {reason}"
-            logg.warning(message)
+            if reason == SINGLE_LEVEL.format(batch_key=batch_key):
+                logg.info(message)  # one batch: nothing to correct
+            else:
+                logg.warning(message)
             notes.append(message)
         return uncorrected.copy(), {"applied": False, "reason": reason}, notes
     corrected = run_harmony(uncorrected, batches, random_state=random_state)

@@ -11,7 +11,7 @@ from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
 from .._layout import held_out_batches
-from .._validate import SETUP_KEY, check_int, check_key_added, check_mod, check_mudata, check_rep
+from .._validate import SETUP_KEY, check_int, check_key_added, check_mod, check_mudata, check_obs_names, check_rep
 from ..model import CLIP
 
 
@@ -116,6 +116,8 @@ def train_clip(
         raise ValueError(f"mod1 and mod2 must differ, both are {mod1!r}")
     check_key_added(key_added)
     check_int(random_state, "random_state", minimum=0)
+    for mod in (mod1, mod2):
+        check_obs_names(mdata, mod, in_mudata=False)  # before the ensemble's batches, which pair cells by name
     rep_keys = {mod1: use_rep, mod2: use_rep} if isinstance(use_rep, str) else dict(use_rep)
     for mod in (mod1, mod2):
         if mod not in rep_keys:

@@ -115,6 +115,13 @@ def transfer_labels(
     probability = np.full(votes.shape[0], np.nan)
     probability[matched] = votes[matched, best[matched]] / totals[matched]
     predicted = pd.Categorical.from_codes(np.where(matched, best, -1), categories=categories, ordered=ordered)
+    if not matched.any():
+        # E.g. labels known on the paired cells only, with a plan over the unpaired cells (match_ot's default).
+        logg.warning(
+            f"no cell of '{target_mod}' received a label: none of the '{source_mod}' cells with weight in "
+            f".obsp['{key}'] has a '{label_key}' label (label those cells, or match the labelled ones, e.g. "
+            "match_ot(cells='all'))"
+        )
 
     target = mdata.copy() if copy else mdata
     for column in (key_added, f"{key_added}_probability"):
