@@ -158,8 +158,7 @@ def _quiet_libraries(verbosity: int) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mumatch`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     sc.settings.verbosity = args.verbosity
     try:
         with _quiet_libraries(args.verbosity):

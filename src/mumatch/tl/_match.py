@@ -14,7 +14,7 @@ from scanpy import logging as logg
 
 from .. import ot
 from .._ensemble import concatenate_members
-from .._layout import batch_blocks, embed_block, unpaired_mask
+from .._layout import batch_blocks, embed_block, recorded_plan_mods, unpaired_mask
 from .._validate import (
     check_batch_key,
     check_int,
@@ -120,12 +120,6 @@ def _selection_column(mdata: MuData, mod: str, cells: str) -> np.ndarray:
     return column.to_numpy(dtype=bool)
 
 
-def _written_by_match_ot(record: object) -> bool:
-    """Whether ``mdata.uns[key]`` is the record of a plan that :func:`match_ot` wrote (and may replace)."""
-    params = record.get("params") if isinstance(record, Mapping) else None
-    return isinstance(params, Mapping) and {"mod1", "mod2", "method"} <= set(params)
-
-
 def _check_arguments(method, cost, epsilon, tau, top_k, max_iter, tol, n_neighbors, key_added, dtype, device) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -194,8 +188,7 @@ def match_ot(
     batch_key
         Column of ``.obs`` with the batch; ``None`` matches all selected cells in one block (as does the default
         ``"batch"`` when neither modality has it, with a warning; another column that neither has raises a
-        KeyError). A missing label, or the text ``"nan"`` that ``astype(str)``
-        makes of one, is no batch.
+        KeyError). A missing label, or the text ``"nan"`` that ``astype(str)`` makes of one, is no batch.
     method
         ``"sinkhorn"`` (entropic OT), ``"exact"`` (one-to-one assignment, :func:`mumatch.ot.exact_matching`) or
         ``"knn"`` (mutual nearest neighbours, :func:`mumatch.ot.mutual_knn`).
@@ -255,7 +248,7 @@ def match_ot(
     if mod1 == mod2:
         raise ValueError(f"mod1 and mod2 must differ, both are {mod1!r}")
     _check_arguments(method, cost, epsilon, tau, top_k, max_iter, tol, n_neighbors, key_added, dtype, device)
-    if key_added in mdata.obsp and not _written_by_match_ot(mdata.uns.get(key_added)):
+    if key_added in mdata.obsp and recorded_plan_mods(mdata, key_added) is None:  # a plan match_ot did not write
         raise ValueError(
             f"key_added={key_added!r} names a matrix of mdata.obsp that match_ot did not write (e.g. the ground "
             "truth); choose another key_added"
