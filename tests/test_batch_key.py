@@ -8,6 +8,7 @@ import pytest
 import mumatch as mm
 
 from .helpers import assert_unchanged, snapshot
+from .model.test_clue import QUICK, TINY
 
 
 @pytest.fixture
@@ -42,6 +43,9 @@ def test_default_batch_key_without_batches_trains_and_matches(embedded, monkeypa
         del embedded[mod].obs["batch"]
     (model,) = mm.tl.train_clip(embedded, "rna", "atac", use_rep="X_shared", ensemble=None, max_epochs=2)
     assert model.setup_args["batch_key"] is None
+    assert embedded.uns["X_clip"]["params"]["batch_key"] == ""  # what the models used, not the default asked for
     assert any("training without batches" in message for message in warnings)
     mm.tl.match_ot(embedded, "rna", "atac", use_rep="X_clip")
     assert len(embedded.uns["match"]["blocks"]) == 1
+    mm.tl.train_clue(embedded, use_rep="X_shared", model_kwargs=TINY, **QUICK)
+    assert embedded.uns["X_clue"]["params"]["batch_key"] is None

@@ -82,3 +82,35 @@ def test_untrained_model_warns_when_asked_for_an_embedding(matched):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         model.get_latent_representation(modality="rna")
+
+
+def test_barcodes_repeated_across_samples_are_pointed_out(simulated, monkeypatch):
+    from scanpy import logging as logg
+
+    messages = []
+    monkeypatch.setattr(logg, "warning", lambda message, *args, **kwargs: messages.append(message))
+    rng = np.random.default_rng(0)
+    for mod in ("rna", "atac"):
+        simulated[mod].obsm["X_shared"] = rng.normal(size=(simulated[mod].n_obs, 8)).astype(np.float32)
+    mm.model.CLIP.setup_mudata(simulated, "rna", "atac", rep_key="X_shared")
+    mm.tl.match_ot(simulated, "rna", "atac", use_rep="X_shared")
+    assert not [message for message in messages if "paired by obs name" in message]  # consistent data: silent
+
+    # Two unpaired cells of different batches that happen to share a barcode (samples merged without prefixes).
+    rna, atac = simulated["rna"].obs, simulated["atac"].obs
+    only_rna = rna.index[~rna.index.isin(atac.index) & (rna["batch"].astype(str) == str(rna["batch"].iloc[0]))]
+    other_batch = atac["batch"].astype(str) != str(rna.loc[only_rna[0], "batch"])
+    only_atac = atac.index[~atac.index.isin(rna.index) & other_batch.to_numpy()]
+    names = simulated["atac"].obs_names.to_numpy().copy()
+    names[simulated["atac"].obs_names.get_loc(only_atac[0])] = only_rna[0]
+    simulated["atac"].obs_names = names
+    simulated.update()
+
+    mm.model.CLIP.setup_mudata(simulated, "rna", "atac", rep_key="X_shared")
+    mm.model.CLUE.setup_mudata(simulated, ["rna", "atac"], rep_key="X_shared")
+    mm.tl.match_ot(simulated, "rna", "atac", use_rep="X_shared")
+    pointed = [message for message in messages if "paired by obs name" in message]
+    assert len(pointed) == 3
+    assert all("between 'rna' and 'atac' carry different 'batch' labels in the two (1 cells" in m for m in pointed)
+    assert f"e.g. '{only_rna[0]}'" in pointed[0] and "make the obs names unique" in pointed[0]
+    assert "trained on as pairs" in pointed[0] and "are not matched" in pointed[2]

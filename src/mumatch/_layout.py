@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from mudata import MuData
+from scanpy import logging as logg
 
 MISSING_BATCH = "nan"
 
@@ -110,6 +111,37 @@ def paired_batch_labels(mdata: MuData, mod1: str, mod2: str, batch_key: str | No
             known = values != MISSING_BATCH
             levels[known] = values[known]
     return levels
+
+
+def conflicting_batches(mdata: MuData, mod1: str, mod2: str, batch_key: str | None) -> pd.Index:
+    """Names of the paired cells whose batch label in ``mod1`` differs from the one in ``mod2``.
+
+    A cell measured in two modalities has one batch. Different labels usually mean that two samples share barcodes
+    and the obs names were not made unique, so that different cells are being paired by name.
+    """
+    found = [batch_labels(mdata, mod, batch_key) for mod in (mod1, mod2)]
+    if any(labels is None for labels in found):
+        return pd.Index([])
+    rows1, rows2 = paired_positions(mdata, mod1, mod2)
+    first, second = found[0].to_numpy()[rows1], found[1].to_numpy()[rows2]
+    differ = (first != second) & (first != MISSING_BATCH) & (second != MISSING_BATCH)
+    return mdata[mod1].obs_names[rows1[differ]]
+
+
+def warn_conflicting_batches(mdata: MuData, mod1: str, mod2: str, batch_key: str | None, consequence: str) -> None:
+    """Warn when cells paired by name carry different batches in the two modalities (see :func:`conflicting_batches`).
+
+    ``consequence`` says what the function being called would get wrong with such pairs.
+    """
+    names = conflicting_batches(mdata, mod1, mod2, batch_key)
+    if len(names):
+        example = names[0]
+        logg.warning(
+            f"cells paired by obs name between '{mod1}' and '{mod2}' carry different '{batch_key}' labels in the two "
+            f"({len(names)} cells, e.g. '{example}': {mdata[mod1].obs.at[example, batch_key]!r} in '{mod1}', "
+            f"{mdata[mod2].obs.at[example, batch_key]!r} in '{mod2}'): if barcodes repeat across samples, make the "
+            f"obs names unique (e.g. prefix the sample), or {consequence}"
+        )
 
 
 # A training batch is held out (one ensemble member validates on it and trains on the other paired cells) only when

@@ -291,3 +291,25 @@ def test_joint_embedding_cache_record_survives_h5mu(matched, fast_umap, logged_w
     subset = subset[subset.obs_names[::3]].copy()
     mm.pl.joint_embedding(subset, "X_shared", color="cell_type", key_added="X_joint", show=False)
     assert not logged_warnings
+
+
+def test_default_groups_follow_the_data(matched, fast_umap):
+    # With cell types the defaults show them; without, every plot still draws (by modality), while asking for the
+    # missing column by name is still an error that names it.
+    assert [ax.get_title() for ax in mm.pl.joint_embedding(matched, "X_shared", show=False)] == [
+        "modality",
+        "cell_type",
+    ]
+    with_types = mm.pl.confidence(matched, show=False)
+    assert len(with_types.get_yticklabels()) > 2
+    for mod in ("rna", "atac"):
+        del matched[mod].obs["cell_type"]
+    ax = mm.pl.joint_embedding(matched, "X_shared", show=False)
+    assert ax.get_title() == "modality"
+    ax = mm.pl.confidence(matched, show=False)
+    assert [label.get_text().split(" (")[0] for label in ax.get_yticklabels()] == ["rna", "atac"]
+    mm.pl.plan(matched, "match", show=False)
+    with pytest.raises(KeyError, match="groupby='cell_type' not found"):
+        mm.pl.confidence(matched, groupby="cell_type", show=False)
+    with pytest.raises(KeyError, match="color='cell_type' is not a column"):
+        mm.pl.joint_embedding(matched, "X_shared", color=["modality", "cell_type"], show=False)

@@ -353,7 +353,11 @@ def test_harmony_reads_batch_labels_as_matching_does():
     from mumatch.pp._harmony import harmony_batches
 
     obs = pd.DataFrame({"batch": ["a", "b", "nan", "a"]})
-    batches, reason = harmony_batches(obs, "batch")
+    batches, reason, warn = harmony_batches(obs, "batch")
     assert batches is None and reason == "1 of 4 cells have no 'batch' label"  # the text "nan" is no batch
-    batches, reason = harmony_batches(pd.DataFrame({"batch": [1.0, 2.0, 1.0]}), "batch")
+    assert warn
+    batches, reason, _ = harmony_batches(pd.DataFrame({"batch": [1.0, 2.0, 1.0]}), "batch")
     assert list(batches) == ["1", "2", "1"] and reason == "2 batches in 'batch'"
+    # One batch or batch_key=None: skipped without a warning (nothing to correct, or asked for).
+    assert harmony_batches(pd.DataFrame({"batch": ["a", "a"]}), "batch") == (None, "'batch' has a single level", False)
+    assert not harmony_batches(obs, None).warn

@@ -2,6 +2,7 @@ import logging
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import mumatch as mm
@@ -165,3 +166,22 @@ def test_repeated_cell_names_refused_before_the_ensemble_pairs_cells(three_batch
     three_batches["rna"].obs_names = names
     with pytest.raises(ValueError, match=r"mdata\['rna'\].obs_names repeats names"):
         mm.tl.train_clip(three_batches, "rna", "atac", use_rep="X_pca", ensemble="batch", **FAST)
+
+
+def test_many_batches_are_held_out_in_ten_balanced_groups():
+    from mumatch._layout import paired_batch_labels
+    from mumatch.tl._train import MAX_BATCH_MEMBERS, _ensemble_members, batch_groups
+
+    # 13 batches of ~60 paired cells each: 13 models one by one; ten groups of batches instead.
+    mdata = mm.datasets.simulate_paired(1600, ("rna", "atac"), n_batches=13, n_genes=20, n_peaks=40, seed=2)
+    members = _ensemble_members(mdata, "rna", "atac", "batch", "batch")
+    assert len(members) == MAX_BATCH_MEMBERS
+    held_out = [level for member in members for level in member["validation"]]
+    assert sorted(held_out) == sorted(f"batch{i}" for i in range(13))  # each batch held out by exactly one model
+    labels = pd.Series(paired_batch_labels(mdata, "rna", "atac", "batch"))
+    sizes = [int(labels.isin(member["validation"]).sum()) for member in members]
+    assert max(sizes) <= 2 * labels.value_counts().max()  # no group is more than two batches' worth
+    # Ten batches or fewer: one model per batch, as before.
+    assert batch_groups({"a": 5, "b": 4, "c": 3}, 10) == [["a"], ["b"], ["c"]]
+    assert batch_groups({"a": 9, "b": 5, "c": 3, "d": 1}, 2) == [["a"], ["b", "c", "d"]]
+    assert batch_groups({"a": 9, "b": 5, "c": 4, "d": 1}, 2) == [["a", "d"], ["b", "c"]]  # ties: the earlier group

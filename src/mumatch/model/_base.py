@@ -44,6 +44,7 @@ from mudata import MuData
 from scanpy import logging as logg
 from tqdm.auto import tqdm
 
+from .._layout import warn_conflicting_batches
 from .._validate import SETUP_KEY, check_batch_key, check_mod, check_mudata, check_obs_names, check_rep
 
 WEIGHTS_FILE = "model.pt"
@@ -382,6 +383,9 @@ class MuDataModel:
         if batch_key is not None and not check_batch_key(mdata, mods, batch_key):
             logg.warning(f"no modality of {mods} has a {batch_key!r} column: training without batches")
             batch_key = None
+        for position, mod1 in enumerate(mods):
+            for mod2 in mods[position + 1 :]:
+                warn_conflicting_batches(mdata, mod1, mod2, batch_key, "different cells would be trained on as pairs")
         args = {"mods": mods, "rep_keys": rep_keys, "batch_key": batch_key, **extra}
         json.dumps(args)  # fails early on a value that could not be saved with the model
         setups = dict(mdata.uns.get(SETUP_KEY, {}))

@@ -13,6 +13,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._layout import MISSING_BATCH, held_out_batches, label_name, paired_batch_labels, paired_positions
+from .._modality import assay_of
 from .._validate import check_int, check_mod, check_mudata, check_obs_names, check_positive, is_number
 from ..module import CLIPModule
 from ._base import ModalityRegistration, MuDataModel, TrainingPlan, modality_inputs, row_loader
@@ -61,24 +62,13 @@ VALIDATION_FRACTION = 0.2
 # The fewest held-out cells the validation loss can rank epochs on: one cell is its own only candidate (the
 # contrastive loss is 0 at every epoch, so early stopping kept the first epoch's weights).
 MIN_VALIDATION_CELLS = 2
-FEATURE_KINDS = {"gex": "gex", "rna": "gex", "atac": "atac", "adt": "adt", "prot": "adt", "protein": "adt"}
-
-
-def modality_kind(mdata: MuData, mod: str) -> str:
-    """'gex', 'atac', 'adt' or 'other', from ``var['feature_types']`` or else the modality's name."""
-    adata = mdata[mod]
-    if "feature_types" in adata.var and adata.n_vars:
-        kind = FEATURE_KINDS.get(str(adata.var["feature_types"].iloc[0]).lower())
-        if kind:
-            return kind
-    return FEATURE_KINDS.get(mod.lower(), "other")
 
 
 def matchclot_defaults(mdata: MuData, mod1: str, mod2: str) -> tuple[dict[str, Any], tuple[str, str]]:
     """MatchCLOT's tuned values for this pair of modalities, and the role ('gex'/'other') of each modality."""
-    kinds = (modality_kind(mdata, mod1), modality_kind(mdata, mod2))
+    kinds = (assay_of(mod1, mdata[mod1].var), assay_of(mod2, mdata[mod2].var))
     defaults = MATCHCLOT_GEX2ADT if "adt" in kinds else MATCHCLOT_GEX2ATAC
-    roles = ("gex", "other") if kinds[1] != "gex" else ("other", "gex")
+    roles = ("gex", "other") if kinds[1] != "rna" else ("other", "gex")
     return defaults, roles
 
 

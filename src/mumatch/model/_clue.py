@@ -22,6 +22,7 @@ from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
 from .._layout import MISSING_BATCH, batch_labels
+from .._modality import assay_of
 from .._validate import check_counts, check_int, check_layer, check_mods, check_mudata, check_positive, is_number
 from ..module._clue import CLUEModule
 from ..nn._likelihoods import LIKELIHOODS
@@ -78,15 +79,15 @@ MAX_STEPS = 40_000
 MAX_EPOCHS_CAP = 1000
 # The matching monitor needs a few held-out paired cells; with fewer, early stopping watches the validation objective.
 MIN_MATCHING_CELLS = 10
-# Feature types (var['feature_types'], as in the competition's files) whose counts are peaks.
-PEAK_FEATURE_TYPES = ("ATAC", "Peaks", "peaks")
 
 
-def _is_peaks(mdata: MuData, mod: str) -> bool:
-    adata = mdata[mod]
-    if "feature_types" in adata.var and adata.n_vars:
-        return str(adata.var["feature_types"].iloc[0]) in PEAK_FEATURE_TYPES
-    return mod.lower() in ("atac", "peaks", "chromatin")
+def _is_atac(mdata: MuData, mod: str) -> bool:
+    return assay_of(mod, mdata[mod].var) == "atac"
+
+
+def _default_likelihood(mdata: MuData, mod: str) -> str:
+    """Bernoulli on binarised peaks, as scglue models ATAC; negative binomial for RNA, ADT and other counts."""
+    return "bernoulli" if _is_atac(mdata, mod) else "nb"
 
 
 class CellTable(torch.utils.data.Dataset):
@@ -201,18 +202,25 @@ class CLUE(MuDataModel):
             batches, with a warning).
         likelihood
             Count likelihood, ``"nb"`` or ``"bernoulli"`` (on binarised counts), for all modalities or per
-            modality. Default: negative binomial for RNA and ADT, Bernoulli for peaks (``feature_types`` ATAC).
+            modality. Default: negative binomial for RNA and ADT, Bernoulli for peaks (an ATAC modality, recognised as
+            :func:`~mumatch.pp.lsi_harmony` recognises it: ``feature_types`` ATAC or Peaks, or the name).
         """
         check_mudata(mdata)
         mods = check_mods(mdata, mods)
         if len(mods) < 2:
             raise ValueError(f"CLUE embeds at least two modalities, got mods={mods}; pass two or more")
-        if isinstance(likelihood, str) or likelihood is None:
-            likelihoods = {mod: likelihood or ("bernoulli" if _is_peaks(mdata, mod) else "nb") for mod in mods}
+        if isinstance(likelihood, Mapping):
+            unknown = [name for name in likelihood if name not in mods]
+            if unknown:
+                raise KeyError(f"likelihood names modalities {unknown} that are not embedded; use names from {mods}")
+            chosen = likelihood
+        elif likelihood is None or isinstance(likelihood, str):
+            chosen = dict.fromkeys(mods, likelihood)
         else:
-            likelihoods = {mod: likelihood.get(mod) or ("bernoulli" if _is_peaks(mdata, mod) else "nb") for mod in mods}
+            raise ValueError(f"likelihood must be a name, a dict of names per modality or None, got {likelihood!r}")
+        likelihoods = {mod: chosen.get(mod) or _default_likelihood(mdata, mod) for mod in mods}
         for mod, name in likelihoods.items():
-            if name not in LIKELIHOODS:
+            if not isinstance(name, str) or name not in LIKELIHOODS:
                 raise ValueError(f"likelihood={name!r} for '{mod}' is not supported; choose one of {list(LIKELIHOODS)}")
         for mod in mods:
             where = f"mdata['{mod}'].layers['{layer}']" if layer is not None else f"mdata['{mod}'].X"
@@ -254,7 +262,7 @@ class CLUE(MuDataModel):
         if config == "auto":
             config = (
                 "multiome"
-                if any(setup["likelihoods"][mod] == "bernoulli" or _is_peaks(mdata, mod) for mod in mods)
+                if any(setup["likelihoods"][mod] == "bernoulli" or _is_atac(mdata, mod) for mod in mods)
                 else "cite"
             )
         if config not in CONFIGS:
@@ -451,7 +459,7 @@ class CLUE(MuDataModel):
         mdata: MuData | None = None,
         modality: str | None = None,
         *,
-        normalize_subspaces: bool = False,
+        normalize_subspaces: bool = True,
         batch_size: int = 4096,
     ) -> np.ndarray:
         """The embedding of every cell of one modality, computed from that modality alone.
@@ -465,14 +473,16 @@ class CLUE(MuDataModel):
             The modality whose cells to embed (default: the first registered one).
         normalize_subspaces
             L2-normalise each modality's subspace and scale it by ``1/√K``, so that the cosine similarity of two
-            cells is the mean of their K subspace cosine similarities. Without it, the subspace whose posterior
-            means have the largest norm dominates the cosine.
+            cells is the mean of their K subspace cosine similarities (the default, as :func:`~mumatch.tl.train_clue`
+            writes it). ``False``: the posterior means as they are, where the subspace whose posterior means have the
+            largest norm dominates the cosine.
         batch_size
             Cells per forward pass.
 
         Returns
         -------
-        ``(mdata[modality].n_obs, K * n_latent)`` float32: the posterior means of all K subspaces, concatenated.
+        ``(mdata[modality].n_obs, K * n_latent)`` float32: the posterior means of all K subspaces (each normalised,
+        by default), concatenated.
         """
         if not isinstance(normalize_subspaces, bool | np.bool_):
             raise ValueError(f"normalize_subspaces must be True or False, got {normalize_subspaces!r}")

@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 from mudata import MuData
 
 from .._validate import check_mods, check_mudata, check_obs_key
-from ._utils import as_labels, category_colors, check_save, finish, ordered_categories
+from ._utils import AUTO, as_labels, category_colors, check_save, finish, ordered_categories, resolve_groupby
 
 VALUES = ("confidence", "entropy")
 
@@ -22,7 +22,7 @@ def confidence(
     mdata: MuData,
     key: str = "match",
     *,
-    groupby: str | None = "cell_type",
+    groupby: str | None = AUTO,
     mods: Sequence[str] | None = None,
     value: Literal["confidence", "entropy"] = "confidence",
     ax: Axes | None = None,
@@ -42,7 +42,8 @@ def confidence(
     key
         The plan's key (``key_added`` of the matcher).
     groupby
-        Column of the modalities' ``.obs`` to group by (e.g. ``"cell_type"``); ``None``: one group per modality.
+        Column of the modalities' ``.obs`` to group by (e.g. ``"cell_type"``); ``None``: one group per modality;
+        ``"auto"`` (default): ``"cell_type"`` when every shown modality has it, else ``None``.
     mods
         Modalities to show (default: those that have the column).
     value
@@ -78,6 +79,7 @@ def confidence(
                 f"no modality has obs[{column!r}]; run mm.tl.match_ot(..., key_added={key!r}) first or pass the key"
             )
     mods = check_mods(mdata, mods)
+    groupby = resolve_groupby(mdata, mods, groupby)
     for mod in mods:
         check_obs_key(mdata, mod, column, "key")
         if groupby is not None:

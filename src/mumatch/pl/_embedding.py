@@ -18,7 +18,7 @@ from scanpy import logging as logg
 
 from .._layout import label_name
 from .._validate import check_int, check_mods, check_mudata, check_rep
-from ._utils import category_colors, check_save, finish, stored_colors
+from ._utils import AUTO, CELL_TYPE, category_colors, check_save, finish, stored_colors
 
 MODALITY = "modality"
 # From this many cells on, scanpy finds neighbours with an approximate index (pynndescent), as umap does.
@@ -143,7 +143,7 @@ def joint_embedding(
     basis: str = "X_clip",
     *,
     mods: Sequence[str] | None = None,
-    color: str | Sequence[str] | None = (MODALITY, "cell_type"),
+    color: str | Sequence[str] | None = AUTO,
     n_neighbors: int = 15,
     min_dist: float = 0.5,
     random_state: int = 0,
@@ -178,7 +178,8 @@ def joint_embedding(
     color
         What to colour by, one panel each: ``"modality"`` or columns of the modalities' ``.obs`` (categorical or
         numeric, e.g. ``"cell_type"``, ``"split"``, ``"match_confidence"``); cells of a modality without the column are
-        grey.
+        grey. ``"auto"`` (default): ``["modality", "cell_type"]`` when a shown modality has ``"cell_type"``, else
+        ``"modality"``.
     n_neighbors, min_dist, random_state
         Passed to :func:`scanpy.pp.neighbors` and :func:`scanpy.tl.umap`.
     key_added
@@ -218,6 +219,8 @@ def joint_embedding(
                 f"basis={basis!r} is in no modality's .obsm; compute a shared embedding first, e.g. mm.tl.train_clip"
             )
     mods = check_mods(mdata, mods)
+    if color == AUTO:
+        color = [MODALITY, CELL_TYPE] if any(CELL_TYPE in mdata[mod].obs for mod in mods) else MODALITY
     colors = [color] if isinstance(color, str) else list(color or [])
     for key in colors:
         if key != MODALITY and not any(key in mdata[mod].obs for mod in mods):

@@ -17,12 +17,14 @@ from mudata import MuData
 from .._layout import MISSING_BATCH, batch_labels, extract_block, oriented_plan, recorded_plan_mods
 from .._validate import check_int, check_mod, check_mudata, check_obs_key, check_obs_names
 from ._utils import (
+    AUTO,
     as_labels,
     category_colors,
     check_save,
     column_categories,
     finish,
     ordered_categories,
+    resolve_groupby,
     stored_colors,
 )
 
@@ -154,7 +156,7 @@ def plan(
     *,
     mod1: str | None = None,
     mod2: str | None = None,
-    groupby: str | None = "cell_type",
+    groupby: str | None = AUTO,
     block: str | None = None,
     batch_key: str | None = RECORDED,
     truth: bool | None = None,
@@ -184,7 +186,8 @@ def plan(
         else those of the reader, else the first two).
     groupby
         Column of both modalities' ``.obs`` ordering the cells (within a group, columns follow their true partner's
-        row when a truth is shown). ``None`` keeps the cells' order.
+        row when a truth is shown). ``None`` keeps the cells' order; ``"auto"`` (default): ``"cell_type"`` when both
+        modalities have it, else ``None``.
     block
         The batch level of the ``mod1`` cells to show (a plan from ``match_ot`` only links cells of one block).
         Default: the first level among the matched cells.
@@ -234,6 +237,7 @@ def plan(
     mod1, mod2 = plan_mods(mdata, key, mod1, mod2)
     for mod in (mod1, mod2):
         check_obs_names(mdata, mod)
+    groupby = resolve_groupby(mdata, (mod1, mod2), groupby)
     if groupby is not None:
         check_obs_key(mdata, mod1, groupby, "groupby", allow_none=True)
         check_obs_key(mdata, mod2, groupby, "groupby", allow_none=True)

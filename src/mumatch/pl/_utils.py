@@ -11,11 +11,24 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import is_color_like, to_hex
+from mudata import MuData
 from scanpy import logging as logg
 from scanpy import settings
 from scanpy.plotting import palettes
 
 from .._layout import label_name
+
+# The cell-type column of the readers, the bundled data and scanpy's tutorials: what the plots show by default, when the
+# data has it.
+CELL_TYPE = "cell_type"
+AUTO = "auto"
+
+
+def resolve_groupby(mdata: MuData, mods: Sequence[str], groupby: str | None) -> str | None:
+    """``groupby`` itself, or for ``"auto"`` :data:`CELL_TYPE` when every one of ``mods`` has it, else None."""
+    if groupby != AUTO:
+        return groupby
+    return CELL_TYPE if all(CELL_TYPE in mdata[mod].obs for mod in mods) else None
 
 
 def check_save(save: object) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -9,11 +11,18 @@ from .._layout import MISSING_BATCH, label_strings
 
 CELLS_PER_CLUSTER = 30  # harmonypy's default number of clusters is min(n_cells / 30, 100)
 MAX_CLUSTERS = 100
-# The reason Harmony is skipped for data of one batch: nothing to correct, and not worth a warning.
-SINGLE_LEVEL = "'{batch_key}' has a single level"
 
 
-def harmony_batches(obs: pd.DataFrame, batch_key: str | None) -> tuple[pd.Series | None, str]:
+class HarmonyBatches(NamedTuple):
+    """What :func:`harmony_batches` decided: the labels to correct (None: skip Harmony) and why."""
+
+    labels: pd.Series | None
+    reason: str
+    # Whether skipping deserves a warning: not for batch_key=None (asked for) or one batch (nothing to correct).
+    warn: bool = False
+
+
+def harmony_batches(obs: pd.DataFrame, batch_key: str | None) -> HarmonyBatches:
     """The batch labels Harmony should correct, or None and the reason to skip it.
 
     Harmony needs a label for every cell and at least two levels. A modality where some cells have no label is left
@@ -22,19 +31,19 @@ def harmony_batches(obs: pd.DataFrame, batch_key: str | None) -> tuple[pd.Series
     (in the NeurIPS 2021 data they come from a site whose batches are hidden).
     """
     if batch_key is None:
-        return None, "batch_key=None"
+        return HarmonyBatches(None, "batch_key=None")
     if batch_key not in obs:
         # Data without batches (or with them in one modality only) is common: the default batch_key must work.
-        return None, f"no '{batch_key}' column in its .obs"
+        return HarmonyBatches(None, f"no '{batch_key}' column in its .obs", warn=True)
     # Named as match_ot and the models name them: the text "nan" is no batch, 1.0 is batch "1".
     labels = label_strings(obs[batch_key])
     n_missing = int((labels == MISSING_BATCH).sum())
     if n_missing:
-        return None, f"{n_missing} of {labels.size} cells have no '{batch_key}' label"
+        return HarmonyBatches(None, f"{n_missing} of {labels.size} cells have no '{batch_key}' label", warn=True)
     n_levels = labels.nunique()
     if n_levels < 2:
-        return None, SINGLE_LEVEL.format(batch_key=batch_key)
-    return labels, f"{n_levels} batches in '{batch_key}'"
+        return HarmonyBatches(None, f"'{batch_key}' has a single level")
+    return HarmonyBatches(labels, f"{n_levels} batches in '{batch_key}'")
 
 
 def run_harmony(embedding: np.ndarray, batches: pd.Series, *, random_state: int = 0) -> np.ndarray:

@@ -11,8 +11,9 @@ import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
 
+from .._modality import assay_of
 from .._validate import check_batch_key, check_int, check_key_added, check_layer, check_mods, check_mudata
-from ._harmony import SINGLE_LEVEL, harmony_batches, run_harmony
+from ._harmony import harmony_batches, run_harmony
 from ._lsi import matmul, randomized_svd, standardize_rows
 from ._normalize import as_csr, check_count_values, clr, inverse_document_frequency, tfidf_log1p
 
@@ -25,8 +26,6 @@ DEFAULT_N_COMPS = {"rna": 192, "atac": 256, "adt": None}
 DROP_FIRST = {"rna": False, "atac": True}
 # Each cell's LSI components are centred and scaled across its components: fewer than two carry nothing.
 MIN_LSI_COMPS = 2
-ATAC_NAMES = ("atac", "peaks")
-ADT_NAMES = ("adt", "prot", "protein", "antibody capture")
 
 
 @dataclass
@@ -37,18 +36,6 @@ class Embedding:
     corrected: np.ndarray
     uns: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def modality_kind(mod: str, var: pd.DataFrame) -> str:
-    """``'adt'``, ``'atac'`` or ``'rna'`` from the modality name or ``var['feature_types']``."""
-    names = {mod.lower()}
-    if "feature_types" in var:
-        names |= {str(kind).lower() for kind in pd.unique(var["feature_types"].astype(str))}
-    if names & set(ADT_NAMES):
-        return "adt"
-    if names & set(ATAC_NAMES):
-        return "atac"
-    return "rna"
 
 
 def _resolve_n_comps(n_comps: int | Mapping[str, int] | None, mods: list[str], kinds: dict[str, str]) -> dict:
@@ -188,15 +175,12 @@ def _harmonize(
 ) -> tuple[np.ndarray, dict, list[str]]:
     if not harmony:
         return uncorrected.copy(), {"applied": False, "reason": "harmony=False"}, []
-    batches, reason = harmony_batches(obs, batch_key)
+    batches, reason, warn = harmony_batches(obs, batch_key)
     if batches is None:
         notes = []
         if batch_key is not None:
             message = f"skipping Harmony for '{mod}': {reason}"
-            if reason == SINGLE_LEVEL.format(batch_key=batch_key):
-                logg.info(message)  # one batch: nothing to correct
-            else:
-                logg.warning(message)
+            (logg.warning if warn else logg.info)(message)
             notes.append(message)
         return uncorrected.copy(), {"applied": False, "reason": reason}, notes
     corrected = run_harmony(uncorrected, batches, random_state=random_state)
@@ -258,7 +242,8 @@ def lsi_harmony(
       normalisation → log1p(x · 1e4) → truncated SVD of the sparse matrix (randomized, float32) → projection of every
       cell on the components, the first one dropped for ATAC (it follows sequencing depth) → each cell's components
       centred and scaled to unit standard deviation.
-    - ADT (modality named ``'adt'`` or ``var['feature_types'] == 'ADT'``): per-cell CLR (muon's ``prot.pp.clr``,
+    - ADT (``var['feature_types']`` mostly ``ADT`` or ``Antibody Capture``, or else a modality named ``'adt'``,
+      ``'prot'`` or ``'protein'``): per-cell CLR (muon's ``prot.pp.clr``,
       ``axis=1``), then PCA to ``n_comps`` components when ``n_comps`` is less than the number of proteins; by default
       the CLR matrix itself.
     - Harmony (harmonypy) on the components with ``obs[batch_key]``. A modality without that column, where some
@@ -313,7 +298,8 @@ def lsi_harmony(
     (500, 256)
     """
     names = _check_common(mdata, mods, key_added, batch_key, random_state)
-    kinds = {mod: modality_kind(mod, mdata[mod].var) for mod in names}
+    # A modality of no recognised assay holds counts of some features: the RNA recipe (TF-IDF LSI) suits them.
+    kinds = {mod: assay_of(mod, mdata[mod].var) or "rna" for mod in names}
     sizes = _resolve_n_comps(n_comps, names, kinds)
     masks = {mod: _feature_mask(mdata, mod, use_highly_variable) for mod in names}
     start = logg.info(f"computing LSI + Harmony embeddings of {names}")

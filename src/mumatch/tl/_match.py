@@ -14,7 +14,7 @@ from scanpy import logging as logg
 
 from .. import ot
 from .._ensemble import concatenate_members
-from .._layout import batch_blocks, embed_block, recorded_plan_mods, unpaired_mask
+from .._layout import batch_blocks, embed_block, recorded_plan_mods, unpaired_mask, warn_conflicting_batches
 from .._validate import (
     check_batch_key,
     check_int,
@@ -262,6 +262,8 @@ def match_ot(
     embeddings = _embedding(mdata, mod1, mod2, keys, cost)
     masks = _cell_masks(mdata, mod1, mod2, cells)
     found = check_batch_key(mdata, (mod1, mod2), batch_key)
+    if cells == "unpaired":
+        warn_conflicting_batches(mdata, mod1, mod2, batch_key, "those cells count as paired and are not matched")
     blocks, notes = batch_blocks(mdata, mod1, mod2, masks[mod1], masks[mod2], batch_key)
     if batch_key is not None and not found:
         # Data without batches is matched in one block under the default batch_key.

@@ -6,11 +6,12 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from mudata import MuData
 from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
-from .._layout import held_out_batches
+from .._layout import held_out_batches, paired_batch_labels
 from .._validate import SETUP_KEY, check_int, check_key_added, check_mod, check_mudata, check_obs_names, check_rep
 from ..model import CLIP
 
@@ -22,6 +23,32 @@ def recorded_options(options: Mapping[str, Any]) -> dict[str, Any]:
         for name, value in options.items()
         if value is None or isinstance(value, int | float | str | bool)
     }
+
+
+# MatchCLOT holds out each of the competition's ~10 training batches in turn (one model each). An atlas of many donors
+# would train a model per donor: above this many batches to hold out, the batches are dealt into this many groups and
+# each model holds out one group (a k-fold split by batch), so that the ensemble's cost stays bounded.
+MAX_BATCH_MEMBERS = 10
+
+
+def batch_groups(counts: dict[str, int], n_groups: int) -> list[list[str]]:
+    """Deal batches (name → paired cells) into ``n_groups`` groups of about equal cell counts.
+
+    Largest batch first, each to the group with the fewest cells so far (ties: the earlier group); every group gets
+    a batch as long as there are at least ``n_groups`` of them.
+
+    Examples
+    --------
+    >>> batch_groups({"a": 50, "b": 30, "c": 15, "d": 5}, 2)
+    [['a'], ['b', 'c', 'd']]
+    """
+    groups: list[list[str]] = [[] for _ in range(n_groups)]
+    totals = [0] * n_groups
+    for level, count in sorted(counts.items(), key=lambda item: (-item[1], str(item[0]))):
+        smallest = min(range(n_groups), key=lambda position: (totals[position], position))
+        groups[smallest].append(level)
+        totals[smallest] += count
+    return [group for group in groups if group]
 
 
 def _ensemble_members(
@@ -41,7 +68,15 @@ def _ensemble_members(
         if single:
             # Fewer than two batches to hold out: a single model validated on a random fraction (CLIP's "auto").
             return [{"validation": "auto", "seed_offset": 0}]
-        return [{"validation": [level], "seed_offset": 0} for level in levels]
+        if len(levels) <= MAX_BATCH_MEMBERS:
+            return [{"validation": [level], "seed_offset": 0} for level in levels]
+        labels = pd.Series(paired_batch_labels(mdata, mod1, mod2, batch_key))
+        groups = batch_groups(labels[labels.isin(levels)].value_counts().to_dict(), MAX_BATCH_MEMBERS)
+        logg.info(
+            f"{len(levels)} training batches to hold out: dealt into {MAX_BATCH_MEMBERS} groups of about equal "
+            "numbers of paired cells, one group held out per model"
+        )
+        return [{"validation": group, "seed_offset": 0} for group in groups]
     check_int(ensemble, "ensemble")
     return [{"validation": "auto", "seed_offset": offset} for offset in range(ensemble)]
 
@@ -64,7 +99,8 @@ def train_clip(
     With ``ensemble="batch"`` one model is trained per held-out training batch (MatchCLOT's recipe) and the members'
     embeddings are combined; a batch is held out when it has at least 20 paired cells and at most 60 % of them (a
     warning names the others, which train every member). With fewer than two such batches a single model is
-    validated on a seeded random 20 %.
+    validated on a seeded random 20 %; with more than 10 (an atlas of many donors), the batches are dealt into 10
+    groups of about equal paired-cell counts and each of 10 models holds out one group.
 
     The members' spaces are not aligned with each other, so they are combined by concatenation scaled by
     ``1/√n_models``: the cosine similarity of two combined embeddings is then the mean of the members' cosine
@@ -158,7 +194,8 @@ def train_clip(
             "mod1": mod1,
             "mod2": mod2,
             "use_rep": rep_keys,
-            "batch_key": batch_key if batch_key is not None else "",
+            # What the models used: None (written "") when no modality has the default "batch" column.
+            "batch_key": models[0].setup_args["batch_key"] or "",
             "ensemble": ensemble if ensemble is not None else "none",
             "random_state": random_state,
             "n_models": len(models),

@@ -128,7 +128,7 @@ def train_clue(
             "mods": mods,
             "use_rep": use_rep if isinstance(use_rep, str) else dict(use_rep),
             "layer": layer,
-            "batch_key": batch_key,
+            "batch_key": models[0].setup_args["batch_key"],  # None when no modality has the default "batch"
             "likelihood": models[0].setup_args["likelihoods"],
             "random_state": random_state,
             "ensemble": ensemble if ensemble is not None else "none",
