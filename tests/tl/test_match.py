@@ -406,3 +406,19 @@ def test_a_plan_solved_the_other_way_round_is_written_and_drawn_for_the_reader(c
     assert agree > 0.9
     assert mm.metrics.match_score(mdata, key="backward", mod1="rna", mod2="adt") > 2 / 289
     mm.pl.plan(mdata, key="backward", mod1="rna", mod2="adt", show=False)
+
+
+def test_blocks_of_very_different_sizes_suggest_tau(simulated):
+    mdata = simulated
+    rng = np.random.default_rng(0)
+    for mod, n_selected in (("rna", 20), ("atac", 200)):
+        mdata[mod].obsm["X_shared"] = rng.normal(size=(mdata[mod].n_obs, 8)).astype(np.float32)
+        mdata[mod].obs["chosen"] = np.arange(mdata[mod].n_obs) < n_selected
+    mm.tl.match_ot(mdata, "rna", "atac", use_rep="X_shared", cells="chosen", batch_key=None)
+    (note,) = [note for note in mdata.uns["match"]["notes"] if "times as many cells" in note]
+    assert "'all' (20 × 200) hold at least 4 times as many cells" in note and "pass tau" in note
+    mm.tl.match_ot(mdata, "rna", "atac", use_rep="X_shared", cells="chosen", batch_key=None, tau=0.5)
+    assert not any("times as many cells" in note for note in mdata.uns["match"].get("notes", []))
+    mdata["rna"].obs["chosen"] = np.arange(mdata["rna"].n_obs) < 60  # 60 × 200: not flagged
+    mm.tl.match_ot(mdata, "rna", "atac", use_rep="X_shared", cells="chosen", batch_key=None)
+    assert not any("times as many cells" in note for note in mdata.uns["match"].get("notes", []))

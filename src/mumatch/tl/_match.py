@@ -32,6 +32,9 @@ METHODS = ("sinkhorn", "exact", "knn")
 DEFAULT_EPSILON = 0.01
 DEFAULT_TOL = 1e-3
 DEFAULT_MAX_ITER = 1000
+# Balanced OT gives every cell of a block's larger side partners on the smaller side. From this ratio of cell numbers
+# on, the two sides rarely hold the same cell types in the same proportions, and a user should hear about tau.
+IMBALANCE_RATIO = 4.0
 
 Rep = str | Sequence[str]
 
@@ -282,6 +285,8 @@ def match_ot(
             f"{_shortened(names[mod1])}, '{mod2}': {_shortened(names[mod2])}), so there is nothing to match; make the "
             "labels agree, or pass batch_key=None to match across batches"
         )
+    if method == "sinkhorn" and tau is None:
+        notes += _imbalance_notes(blocks, mod1, mod2)
     for note in notes:
         logg.warning(note)
 
@@ -362,6 +367,24 @@ def match_ot(
         ),
     )
     return target if copy else None
+
+
+def _imbalance_notes(blocks: list, mod1: str, mod2: str) -> list[str]:
+    """A note naming the blocks whose sides differ in size by :data:`IMBALANCE_RATIO` or more (balanced OT only)."""
+    uneven = [
+        f"'{block.name}' ({block.index1.size} × {block.index2.size})"
+        for block in blocks
+        if min(block.index1.size, block.index2.size) > 0
+        and max(block.index1.size, block.index2.size) >= IMBALANCE_RATIO * min(block.index1.size, block.index2.size)
+    ]
+    if not uneven:
+        return []
+    shown = ", ".join(uneven[:5]) + (", ..." if len(uneven) > 5 else "")
+    return [
+        f"block(s) {shown} hold at least {IMBALANCE_RATIO:g} times as many cells of one modality as of the other "
+        f"('{mod1}' × '{mod2}'): balanced OT gives every cell of the larger side partners on the smaller side, even "
+        "cells of types the smaller side lacks; pass tau for unbalanced OT if the two sides' compositions differ"
+    ]
 
 
 def _solve_block(
