@@ -43,7 +43,7 @@ def test_default_batch_key_without_batches_trains_and_matches(embedded, monkeypa
         del embedded[mod].obs["batch"]
     (model,) = mm.tl.train_clip(embedded, "rna", "atac", use_rep="X_shared", ensemble=None, max_epochs=2)
     assert model.setup_args["batch_key"] is None
-    assert embedded.uns["X_clip"]["params"]["batch_key"] == ""  # what the models used, not the default asked for
+    assert embedded.uns["X_clip"]["params"]["batch_key"] is None  # what the models used, not the default asked for
     assert any("training without batches" in message for message in warnings)
     mm.tl.match_ot(embedded, "rna", "atac", use_rep="X_clip")
     assert len(embedded.uns["match"]["blocks"]) == 1

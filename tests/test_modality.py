@@ -40,6 +40,13 @@ def features(*types: str) -> pd.DataFrame:
         # Feature types that name two assays equally do not decide; the name does.
         ("adt", features("Gene Expression", "Antibody Capture"), "adt"),
         ("other", features("Gene Expression", "Antibody Capture"), None),
+        # Nor do a few recognised labels among many missing or unknown ones (genes left unlabelled).
+        ("rna", features(*["nan"] * 5, "Antibody Capture", "Antibody Capture"), "rna"),
+        ("rna", features(*["Custom"] * 5, "ADT"), "rna"),
+        ("x", features("Custom", "ADT", "ADT"), "adt"),
+        # Spaces around a label, and a categorical column.
+        ("x", features(" Peaks ", "Peaks"), "atac"),
+        ("x", features("ADT", "ADT").astype({"feature_types": "category"}), "adt"),
     ],
 )
 def test_assay_from_feature_types_then_the_name(mod, var, expected):
@@ -77,6 +84,13 @@ def test_every_consumer_reads_the_same_assay_from_10x_feature_types():
     model = mm.model.CLUE(multiome)
     assert model.setup_args["likelihoods"] == {"expr": "nb", "acc": "bernoulli"}
     assert model.init_params["config"] == "multiome"
+
+
+def test_clip_gives_an_unrecognised_modality_the_rna_role_as_lsi_harmony_embeds_it():
+    mdata = mm.datasets.simulate_paired(60, ("rna", "adt"), n_genes=20, n_proteins=8, seed=0)
+    mdata = renamed(mdata, {"adt": "prot", "rna": "expr"}, {"prot": "ADT", "expr": "Custom"})
+    assert matchclot_defaults(mdata, "prot", "expr") == (MATCHCLOT_GEX2ADT, ("other", "gex"))
+    assert matchclot_defaults(mdata, "expr", "prot") == (MATCHCLOT_GEX2ADT, ("gex", "other"))
 
 
 def test_clue_likelihood_per_modality_is_checked():

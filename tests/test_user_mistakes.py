@@ -114,3 +114,29 @@ def test_barcodes_repeated_across_samples_are_pointed_out(simulated, monkeypatch
     assert all("between 'rna' and 'atac' carry different 'batch' labels in the two (1 cells" in m for m in pointed)
     assert f"e.g. '{only_rna[0]}'" in pointed[0] and "make the obs names unique" in pointed[0]
     assert "trained on as pairs" in pointed[0] and "are not matched" in pointed[2]
+
+
+def test_batch_labels_of_different_types_but_the_same_names_are_no_conflict(simulated, tmp_path, monkeypatch):
+    from scanpy import logging as logg
+
+    from mumatch._layout import conflicting_batches
+
+    messages = []
+    monkeypatch.setattr(logg, "warning", lambda message, *args, **kwargs: messages.append(message))
+    simulated["rna"].obs["sample"] = simulated["rna"].obs["batch"].cat.codes.astype(int)  # 0, 1, 2
+    simulated["atac"].obs["sample"] = simulated["atac"].obs["batch"].cat.codes.astype(float)  # 0.0 names batch "0"
+    assert len(conflicting_batches(simulated, "rna", "atac", "sample")) == 0
+    # A model loaded onto data with a conflict trains on nothing: no warning about pairs.
+    rng = np.random.default_rng(0)
+    for mod in ("rna", "atac"):
+        simulated[mod].obsm["X_shared"] = rng.normal(size=(simulated[mod].n_obs, 8)).astype(np.float32)
+    mm.model.CLIP.setup_mudata(simulated, "rna", "atac", rep_key="X_shared")
+    model = mm.model.CLIP(simulated, n_latent=4, n_hidden=8, n_layers=1)
+    model.train(max_epochs=1, progress_bar=False)
+    model.save(tmp_path / "clip")
+    simulated["atac"].obs["batch"] = simulated["atac"].obs["batch"].cat.rename_categories(lambda name: f"{name}x")
+    messages.clear()
+    mm.model.CLIP.load(tmp_path / "clip", simulated)
+    assert not [message for message in messages if "paired by obs name" in message]
+    mm.model.CLIP.setup_mudata(simulated, "rna", "atac", rep_key="X_shared")
+    assert [message for message in messages if "paired by obs name" in message]

@@ -23,9 +23,9 @@ _ASSAY_OF_NAME = {name: assay for assay, names in ASSAY_NAMES.items() for name i
 def assay_of(mod: str, var: pd.DataFrame) -> str | None:
     """``'rna'``, ``'atac'``, ``'adt'`` or ``None`` (not recognised) for the modality ``mod`` with features ``var``.
 
-    ``var['feature_types']`` decides when its values name a known assay: the one most features belong to, so that a
-    modality holding a few antibody features beside its genes still counts as RNA. Otherwise the modality's name
-    decides.
+    ``var['feature_types']`` decides when more than half of the features belong to one known assay, so that a
+    modality holding a few antibody features beside its genes still counts as RNA. Otherwise (no such column, labels
+    that name no assay, or no majority) the modality's name decides.
 
     Examples
     --------
@@ -38,12 +38,13 @@ def assay_of(mod: str, var: pd.DataFrame) -> str | None:
     True
     """
     if "feature_types" in var and len(var):
-        per_type = var["feature_types"].astype(str).str.lower().value_counts()
+        per_type = var["feature_types"].astype(str).str.strip().str.lower().value_counts()
         counts = Counter()
         for kind, count in per_type.items():
             if kind in _ASSAY_OF_NAME:
                 counts[_ASSAY_OF_NAME[kind]] += int(count)
-        ranked = counts.most_common(2)
-        if len(ranked) == 1 or (ranked and ranked[0][1] > ranked[1][1]):
-            return ranked[0][0]
+        if counts:
+            assay, count = counts.most_common(1)[0]
+            if 2 * count > len(var):
+                return assay
     return _ASSAY_OF_NAME.get(mod.lower())

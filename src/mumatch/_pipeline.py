@@ -108,8 +108,9 @@ def seed_ensemble_size(n_paired: int) -> int:
 def ensemble_choice(mdata: MuData, mod1: str, mod2: str, batch_key: str = "batch") -> str | int:
     """The pipeline's ``ensemble`` argument of :func:`~mumatch.tl.train_clip`.
 
-    One model per held-out training batch when the paired cells come from several batches that can be held out
-    (MatchCLOT's recipe; see :func:`~mumatch._layout.held_out_batches`), else a seed ensemble sized by the number
+    One model per held-out training batch (at most 10, see :func:`~mumatch.tl.train_clip`) when the paired cells come
+    from several batches that can be held out (MatchCLOT's recipe; see :func:`~mumatch._layout.held_out_batches`),
+    else a seed ensemble sized by the number
     of paired cells.
     """
     if len(held_out_batches(mdata, mod1, mod2, batch_key)[0]) > 1:

@@ -349,6 +349,8 @@ class MuDataModel:
         mods: Sequence[str],
         rep_key: str | Mapping[str, str],
         batch_key: str | None = None,
+        *,
+        check_pairs: bool = True,
         **extra: Any,
     ) -> None:
         """Check the modalities and their inputs, then record the setup in ``mdata.uns['_mumatch_setup']``.
@@ -364,6 +366,9 @@ class MuDataModel:
         batch_key
             Column of each modality's ``.obs`` with the batch (may be missing in some modalities or cells). A column
             that no modality has raises a KeyError, except the default ``"batch"`` (no batches, with a warning).
+        check_pairs
+            Warn about cells paired by name whose batch labels differ between modalities (not when loading a model,
+            which trains on nothing).
         **extra
             Further JSON-serialisable setup arguments of the subclass.
         """
@@ -383,7 +388,7 @@ class MuDataModel:
         if batch_key is not None and not check_batch_key(mdata, mods, batch_key):
             logg.warning(f"no modality of {mods} has a {batch_key!r} column: training without batches")
             batch_key = None
-        for position, mod1 in enumerate(mods):
+        for position, mod1 in enumerate(mods if check_pairs else []):
             for mod2 in mods[position + 1 :]:
                 warn_conflicting_batches(mdata, mod1, mod2, batch_key, "different cells would be trained on as pairs")
         args = {"mods": mods, "rep_keys": rep_keys, "batch_key": batch_key, **extra}
@@ -556,7 +561,8 @@ class MuDataModel:
         had_setups, setups = SETUP_KEY in mdata.uns, mdata.uns.get(SETUP_KEY)
         previous = dict(setups) if isinstance(setups, Mapping) else setups
         try:
-            cls._register(mdata, setup.pop("mods"), setup.pop("rep_keys"), **setup)
+            # A loaded model embeds cells and trains on nothing: the pairs of the new data are not its concern.
+            cls._register(mdata, setup.pop("mods"), setup.pop("rep_keys"), check_pairs=False, **setup)
             model = cls(mdata, **metadata["init_params"])
             try:
                 model.module.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))

@@ -66,9 +66,10 @@ MIN_VALIDATION_CELLS = 2
 
 def matchclot_defaults(mdata: MuData, mod1: str, mod2: str) -> tuple[dict[str, Any], tuple[str, str]]:
     """MatchCLOT's tuned values for this pair of modalities, and the role ('gex'/'other') of each modality."""
-    kinds = (assay_of(mod1, mdata[mod1].var), assay_of(mod2, mdata[mod2].var))
+    # An assay no rule recognises counts as RNA here, as lsi_harmony embeds it.
+    kinds = tuple(assay_of(mod, mdata[mod].var) or "rna" for mod in (mod1, mod2))
     defaults = MATCHCLOT_GEX2ADT if "adt" in kinds else MATCHCLOT_GEX2ATAC
-    roles = ("gex", "other") if kinds[1] != "rna" else ("other", "gex")
+    roles = ("other", "gex") if kinds[1] == "rna" and kinds[0] != "rna" else ("gex", "other")
     return defaults, roles
 
 

@@ -247,9 +247,9 @@ def lsi_harmony(
       ``axis=1``), then PCA to ``n_comps`` components when ``n_comps`` is less than the number of proteins; by default
       the CLR matrix itself.
     - Harmony (harmonypy) on the components with ``obs[batch_key]``. A modality without that column, where some
-      cells lack a batch label or with a single level is left uncorrected, with a logged warning (and the reason in
-      ``.uns[key_added]['harmony']``): partly correcting it would put labelled and unlabelled cells in different
-      coordinates.
+      cells lack a batch label or with a single level is left uncorrected, with a logged warning (information for a
+      single level: nothing to correct) and the reason in ``.uns[key_added]['harmony']``; partly correcting it
+      would put labelled and unlabelled cells in different coordinates.
 
     Parameters
     ----------

@@ -118,8 +118,8 @@ def train_clip(
         Column of ``.obs`` with the batch (held out for validation / per ensemble member). A column that neither
         modality has raises a KeyError, except the default ``"batch"`` (no batches, with a warning).
     ensemble
-        ``"batch"``: one model per held-out training batch (see above); an integer ``n``: ``n`` models with seeds
-        ``random_state + i``; ``None``: one model.
+        ``"batch"``: one model per held-out training batch, at most 10 (see above); an integer ``n``: ``n`` models
+        with seeds ``random_state + i``; ``None``: one model.
     key_added
         Where the embedding goes.
     random_state
@@ -194,8 +194,7 @@ def train_clip(
             "mod1": mod1,
             "mod2": mod2,
             "use_rep": rep_keys,
-            # What the models used: None (written "") when no modality has the default "batch" column.
-            "batch_key": models[0].setup_args["batch_key"] or "",
+            "batch_key": models[0].setup_args["batch_key"],  # None when no modality has the default "batch"
             "ensemble": ensemble if ensemble is not None else "none",
             "random_state": random_state,
             "n_models": len(models),
