@@ -93,6 +93,25 @@ def test_clip_gives_an_unrecognised_modality_the_rna_role_as_lsi_harmony_embeds_
     assert matchclot_defaults(mdata, "expr", "prot") == (MATCHCLOT_GEX2ADT, ("gex", "other"))
 
 
+def test_clip_roles_of_a_pair_without_rna_follow_the_assays_not_the_argument_order():
+    mdata = mm.datasets.simulate_paired(60, ("atac", "adt"), n_peaks=40, n_proteins=8, seed=0)
+    assert matchclot_defaults(mdata, "atac", "adt") == (MATCHCLOT_GEX2ADT, ("gex", "other"))
+    assert matchclot_defaults(mdata, "adt", "atac") == (MATCHCLOT_GEX2ADT, ("other", "gex"))
+
+
+def test_lsi_harmony_says_when_it_cannot_tell_the_assay(monkeypatch):
+    from scanpy import logging as logg
+
+    messages = []
+    monkeypatch.setattr(logg, "warning", lambda message, *args, **kwargs: messages.append(message))
+    mdata = mm.datasets.simulate_paired(80, ("rna", "adt"), n_genes=30, n_proteins=8, seed=0)
+    mdata = renamed(mdata, {"rna": "rna", "adt": "cite"}, {"rna": "GEX", "cite": "Custom"})
+    mm.pp.lsi_harmony(mdata, n_comps=4, batch_key=None)
+    assert mdata["cite"].uns["X_lsi_harmony"]["params"]["kind"] == "rna"
+    (message,) = [message for message in messages if "assay" in message]
+    assert "['cite']" in message and "name the modality 'adt'" in message
+
+
 def test_clue_likelihood_per_modality_is_checked():
     mdata = mm.datasets.simulate_paired(60, ("rna", "atac"), n_genes=20, n_peaks=40, seed=0)
     for mod in mdata.mod:

@@ -136,11 +136,11 @@ def warn_conflicting_batches(mdata: MuData, mod1: str, mod2: str, batch_key: str
     names = conflicting_batches(mdata, mod1, mod2, batch_key)
     if len(names):
         example = names[0]
+        first, second = (label_name(mdata[mod].obs.at[example, batch_key]) for mod in (mod1, mod2))
         logg.warning(
             f"cells paired by obs name between '{mod1}' and '{mod2}' carry different '{batch_key}' labels in the two "
-            f"({len(names)} cells, e.g. '{example}': {mdata[mod1].obs.at[example, batch_key]!r} in '{mod1}', "
-            f"{mdata[mod2].obs.at[example, batch_key]!r} in '{mod2}'): if barcodes repeat across samples, make the "
-            f"obs names unique (e.g. prefix the sample), or {consequence}"
+            f"({len(names)} cells, e.g. '{example}': '{first}' in '{mod1}', '{second}' in '{mod2}'): if barcodes "
+            f"repeat across samples, make the obs names unique (e.g. prefix the sample), or {consequence}"
         )
 
 
@@ -275,6 +275,54 @@ def recorded_plan_mods(mdata: MuData, key: str) -> tuple[str, str] | None:
     if not isinstance(params, Mapping) or "mod1" not in params or "mod2" not in params:
         return None
     return str(params["mod1"]), str(params["mod2"])
+
+
+def embedding_mods(mdata: MuData, key: str) -> list[str] | None:
+    """The modalities whose ``.obsm[key]`` the last training under ``key`` wrote (one shared space), or None.
+
+    ``train_clip`` records its pair (``mod1``, ``mod2``) in ``mdata.uns[key]['params']``, ``train_clue`` its
+    ``mods``; an embedding with no such record (written by hand, or per modality as ``lsi_harmony`` writes) gives None.
+    """
+    uns = mdata.uns.get(key)
+    params = uns.get("params") if isinstance(uns, Mapping) else None
+    if not isinstance(params, Mapping) or "use_rep" not in params:
+        return None
+    if "mods" in params:
+        return [str(mod) for mod in np.atleast_1d(params["mods"])]
+    if "mod1" in params and "mod2" in params:
+        return [str(params["mod1"]), str(params["mod2"])]
+    return None
+
+
+def warn_replaced_embedding(mdata: MuData, mods: list[str], key: str) -> None:
+    """Before a training writes ``.obsm[key]`` of ``mods``, say what it replaces and what stays in another space."""
+    replaced = [mod for mod in mods if key in mdata[mod].obsm]
+    others = [mod for mod in mdata.mod if mod not in mods and key in mdata[mod].obsm]
+    if others:
+        logg.warning(
+            f"writing .obsm['{key}'] of {mods}, while {others} keep(s) the .obsm['{key}'] of an earlier training, in "
+            "another space: those are no longer comparable with the new embeddings (match_ot and the metrics refuse "
+            f"to); train each pair under its own key, e.g. key_added='{key}_{'_'.join(mods)}'"
+        )
+    elif replaced:
+        logg.warning(f"replacing .obsm['{key}'] of {replaced}")
+
+
+def check_one_space(mdata: MuData, mods: list[str], key: str, argument: str) -> None:
+    """Raise when ``.obsm[key]`` of ``mods`` cannot all come from the last training under ``key``.
+
+    Training another pair of modalities under the same key replaces the embeddings of that pair only: a third
+    modality keeps the earlier model's, of the same width but in another space, and comparing them gives a random
+    match without any error.
+    """
+    trained = embedding_mods(mdata, key)
+    stale = [mod for mod in mods if trained is not None and mod not in trained]
+    if stale:
+        raise ValueError(
+            f"{argument}={key!r}: mdata.uns['{key}'] records the last training under that key on {trained}, so the "
+            f".obsm['{key}'] of {stale} comes from an earlier model, in another space; train each pair under its "
+            f"own key (e.g. key_added='{key}_{'_'.join(mods)}') or train these modalities together"
+        )
 
 
 def oriented_plan(mdata: MuData, key: str, mod1: str, mod2: str) -> sp.csr_matrix:

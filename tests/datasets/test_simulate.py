@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -67,6 +68,9 @@ def test_three_modalities_and_determinism():
         ({"seed": -1}, "seed"),
         ({"library_size": {"rna": -5.0}}, "library_size"),
         ({"library_size": 1000}, "library_size"),
+        ({"pairing": {"rna+atac": 0.5}}, "sum to 1"),
+        ({"pairing": {"rna+atac": -0.5, "rna+atac+adt": 1.5}}, "fraction >= 0"),
+        ({"pairing": ["rna+atac"]}, "pairing must map"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -74,6 +78,30 @@ def test_bad_arguments(kwargs, message):
         mm.datasets.simulate_paired(100, **kwargs)
     with pytest.raises(KeyError, match="adt"):  # a modality that is not simulated
         mm.datasets.simulate_paired(100, library_size={"adt": 100.0})
+
+
+def test_partial_pairing_of_three_modalities():
+    options = {"n_genes": 30, "n_peaks": 60, "n_proteins": 8, "seed": 2}
+    full = mm.datasets.simulate_paired(600, ("rna", "atac", "adt"), **options)
+    pairing = {"rna+atac+adt": 0.5, "rna+atac": 0.3, "atac+adt": 0.2}
+    partial = mm.datasets.simulate_paired(600, ("rna", "atac", "adt"), pairing=pairing, **options)
+    paired = full["rna"].obs_names[full["rna"].obs["split"] == "train"]
+    seen = pd.DataFrame({mod: paired.isin(partial[mod].obs_names) for mod in partial.mod}, index=paired)
+    combos = seen.apply(lambda row: "+".join(mod for mod in partial.mod if row[mod]), axis=1).value_counts()
+    assert set(combos.index) == set(pairing)  # every paired cell is in one of the combinations, in two or more
+    for name, fraction in pairing.items():
+        assert abs(combos[name] / len(paired) - fraction) < 0.1
+    for mod in partial.mod:
+        # The cells kept are those of the same seed without pairing, with the same counts; the truth is unchanged.
+        kept = full[mod].obs_names.get_indexer(partial[mod].obs_names)
+        assert (kept >= 0).all() and (full[mod].X[kept] != partial[mod].X).nnz == 0
+        assert (partial[mod].layers["counts"] != partial[mod].X).nnz == 0
+    assert partial.obsp["match_true"].nnz == full.obsp["match_true"].nnz
+    assert partial.uns["simulation"]["params"]["pairing"] == pairing
+    with pytest.raises(KeyError, match="pairing names 'rna'"):
+        mm.datasets.simulate_paired(100, ("rna", "atac", "adt"), pairing={"rna": 1.0})
+    with pytest.raises(KeyError, match=r"pairing names 'rna\+hic'"):
+        mm.datasets.simulate_paired(100, ("rna", "atac", "adt"), pairing={"rna+hic": 1.0})
 
 
 def test_every_argument_is_recorded():

@@ -121,7 +121,7 @@ def test_harmony_reduces_batch_separation():
     assert batch_accuracy(KEY) < batch_accuracy(f"{KEY}_uncorrected") - 0.1
 
 
-def test_copy_semantics(small):
+def test_copy_semantics(small, monkeypatch):
     before = snapshot(small)
     result = mm.pp.lsi_harmony(small, n_comps=10, copy=True)
     assert result is not small
@@ -129,6 +129,17 @@ def test_copy_semantics(small):
     assert KEY in result["rna"].obsm and KEY in result["atac"].obsm and KEY in result["adt"].obsm
     assert mm.pp.lsi_harmony(small, n_comps=10, copy=False) is None
     np.testing.assert_array_equal(small["atac"].obsm[KEY], result["atac"].obsm[KEY])  # deterministic
+    # Replacing is said once for all modalities, and not at all for a copy (the caller's data is untouched).
+    from scanpy import logging as logg
+
+    messages = []
+    monkeypatch.setattr(logg, "warning", lambda message, *args, **kwargs: messages.append(message))
+    mm.pp.lsi_harmony(small, n_comps=10, copy=True)
+    assert not [message for message in messages if "overwriting" in message]
+    mm.pp.lsi_harmony(small, n_comps=10)
+    assert [message for message in messages if "overwriting" in message] == [
+        f"overwriting .obsm['{KEY}'] (and '{KEY}_uncorrected') of ['rna', 'atac', 'adt']"
+    ]
     query = mm.datasets.bmmc_starter("cite")
     with pytest.raises(KeyError, match="no fitted projection"):
         mm.pp.lsi_harmony_transform(query, query)

@@ -142,6 +142,7 @@ def simulate_paired(
     paired_fraction: float = 0.5,
     batch_effect: float = 0.3,
     library_size: Mapping[str, float] | None = None,
+    pairing: Mapping[str, float] | None = None,
     seed: int = 0,
 ) -> MuData:
     """Simulate paired multimodal single-cell counts in mumatch's transductive layout.
@@ -175,6 +176,12 @@ def simulate_paired(
         Scale of the batch effect on log abundances.
     library_size
         Mean counts per cell for each modality (defaults: RNA 1,500, ATAC 2,500, ADT 2,000).
+    pairing
+        Partial pairing of three modalities (as TEA-seq or DOGMA-seq panels lose one assay for some cells): the
+        fraction of the paired cells measured in each combination of at least two modalities, named by joining the
+        modality names with ``+``, e.g. ``{"rna+atac+adt": 0.6, "rna+atac": 0.2, "atac+adt": 0.2}`` (fractions
+        summing to 1). A paired cell is left out of the modalities its combination lacks. ``None``: every paired cell
+        in every modality.
     seed
         Random seed.
 
@@ -207,6 +214,7 @@ def simulate_paired(
     if not is_number(batch_effect) or not np.isfinite(batch_effect) or batch_effect < 0:
         raise ValueError(f"batch_effect must be a finite number >= 0, got {batch_effect!r}")
     sizes = {**DEFAULT_LIBRARY_SIZE, **_check_library_size(library_size, modalities)}
+    combinations = _check_pairing(pairing, modalities)
 
     start = logg.info(f"simulating {n_cells} cells: {', '.join(modalities)}")
     rng = np.random.default_rng(seed)
@@ -222,6 +230,15 @@ def simulate_paired(
     depth = rng.lognormal(0.0, 0.35, n_cells) * rng.lognormal(0.0, 0.2, n_batches)[batch]
     paired = rng.random(n_cells) < paired_fraction
     cell_names = np.array([f"cell_{i}" for i in rng.permutation(n_cells)], dtype=object)
+    measured = {mod: np.ones(n_cells, dtype=bool) for mod in modalities}
+    if combinations:
+        # Its own stream, so that the cells, counts and names are those of the same seed without pairing.
+        drawn = np.random.default_rng([seed, len(modalities) + 1]).choice(
+            len(combinations), size=n_cells, p=[fraction for _, fraction in combinations]
+        )
+        for mod in modalities:
+            lacking = [position for position, (members, _) in enumerate(combinations) if mod not in members]
+            measured[mod] = ~(paired & np.isin(drawn, lacking))
     obs_base = pd.DataFrame(
         {
             "batch": pd.Categorical([f"batch{b}" for b in batch]),
@@ -253,7 +270,9 @@ def simulate_paired(
             index=pd.Index([f"{prefix}_{i}" for i in range(n_features[mod])], dtype=str),
         )
         adata = ad.AnnData(X=counts, obs=obs, var=var)
-        adata.layers["counts"] = counts.copy()  # normalising .X in place must leave the raw counts alone
+        if not measured[mod].all():
+            adata = adata[measured[mod]].copy()
+        adata.layers["counts"] = adata.X.copy()  # normalising .X in place must leave the raw counts alone
         mods[mod] = adata
     mdata = MuData(mods)
 
@@ -278,10 +297,34 @@ def simulate_paired(
             "seed": seed,
             **{name: n_features[mod] for mod, name in FEATURE_ARGUMENTS.items() if mod in modalities},
             "library_size": {mod: float(sizes[mod]) for mod in modalities},
+            "pairing": {"+".join(members): fraction for members, fraction in combinations} or "none",
         }
     }
     logg.info("    finished", time=start)
     return mdata
+
+
+def _check_pairing(pairing: Mapping[str, float] | None, modalities: list[str]) -> list[tuple[tuple[str, ...], float]]:
+    """The combinations of ``pairing`` as (modalities, fraction), checked; empty for None."""
+    if pairing is None:
+        return []
+    if not isinstance(pairing, Mapping) or not pairing:
+        raise ValueError(f"pairing must map combinations such as 'rna+atac' to fractions, got {pairing!r}")
+    combinations = []
+    for name, fraction in pairing.items():
+        members = tuple(str(name).split("+"))
+        if len(members) < 2 or len(set(members)) != len(members) or not set(members) <= set(modalities):
+            raise KeyError(
+                f"pairing names {name!r}; a combination joins two or more of {modalities} with '+', e.g. "
+                f"'{'+'.join(modalities[:2])}'"
+            )
+        if not is_number(fraction) or not np.isfinite(fraction) or fraction < 0:
+            raise ValueError(f"pairing[{name!r}] must be a fraction >= 0, got {fraction!r}")
+        combinations.append((members, float(fraction)))
+    total = sum(fraction for _, fraction in combinations)
+    if not np.isclose(total, 1.0):
+        raise ValueError(f"the fractions of pairing must sum to 1, got {total:g}")
+    return [(members, fraction / total) for members, fraction in combinations]
 
 
 def _check_library_size(library_size: Mapping[str, float] | None, modalities: list[str]) -> dict[str, float]:

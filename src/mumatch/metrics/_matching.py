@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from mudata import MuData
 
-from .._layout import extract_block, oriented_plan
+from .._layout import check_one_space, extract_block, oriented_plan, recorded_plan_mods
 from .._validate import check_int, check_mod, check_obs_names, check_rep
 
 Matrix = np.ndarray | sp.spmatrix
@@ -70,7 +70,7 @@ def _from_mudata(
     ``"backward"`` gives the transposed view: the true partners of ``mod2`` as rows, over their candidate cells of
     ``mod1``.
     """
-    mod1, mod2 = _default_mods(mdata, mod1, mod2)
+    mod1, mod2 = _default_mods(mdata, mod1, mod2, key)
     for mod in (mod1, mod2):
         check_obs_names(mdata, mod)
     if truth_key not in mdata.obsp:
@@ -111,10 +111,21 @@ def _from_mudata(
     return plan, columns, rows, cols
 
 
-def _default_mods(mdata: MuData, mod1: str | None, mod2: str | None) -> tuple[str, str]:
-    recorded = mdata.uns.get("neurips2021", {})
-    mod1 = mod1 or recorded.get("mod1") or list(mdata.mod)[0]
-    mod2 = mod2 or recorded.get("mod2") or list(mdata.mod)[1]
+def _default_mods(mdata: MuData, mod1: str | None, mod2: str | None, key: str | None = None) -> tuple[str, str]:
+    """Given, else the reader's task (else the first two modalities), unless ``key`` records another pair.
+
+    The task's direction is kept when ``key`` (a plan, or a trained embedding) is between its two modalities; a plan or
+    an embedding of other modalities (e.g. a third one of the same cells) is scored between its own.
+    """
+    reader = mdata.uns.get("neurips2021", {})
+    names = list(mdata.mod)
+    task = (reader.get("mod1") or names[0], reader.get("mod2") or names[min(1, len(names) - 1)])
+    if mod1 is None and mod2 is None and key is not None:
+        recorded = recorded_plan_mods(mdata, key)
+        if recorded is not None and set(recorded) != set(task):
+            mod1, mod2 = recorded
+    mod1 = mod1 or task[0]
+    mod2 = mod2 or task[1]
     check_mod(mdata, mod1, "mod1")
     check_mod(mdata, mod2, "mod2")
     return mod1, mod2
@@ -166,7 +177,8 @@ def match_score(
         partner; their sums include weight on any cell of ``mod2``, with a true partner or not (e.g. training cells
         of a plan over ``cells="all"``).
     mod1, mod2
-        With a MuData: the modalities of the rows and columns (default: the reader's mod1 and mod2); a plan that
+        With a MuData: the modalities of the rows and columns (default: the reader's mod1 and mod2, else the first
+        two modalities; for a plan between another pair, the pair ``match_ot`` recorded); a plan that
         ``match_ot`` solved the other way round is transposed.
 
     Returns
@@ -283,7 +295,8 @@ def foscttm(
         With a MuData: an embedding present in ``.obsm`` of both modalities, or a plan in ``.obsp`` (a larger plan
         entry counts as closer).
     truth_key, mod1, mod2
-        With a MuData: the ground truth in ``mdata.obsp`` and the two modalities.
+        With a MuData: the ground truth in ``mdata.obsp`` and the two modalities (default: as :func:`match_score`;
+        for an embedding, the pair ``train_clip`` recorded). An embedding must hold one space in both.
     chunk_size
         Rows of the distance matrix computed at once (memory stays O(chunk_size × n)).
 
@@ -296,13 +309,14 @@ def foscttm(
     _refuse_anndata(x, "x")
     if isinstance(x, MuData):
         mdata = x
-        mod1, mod2 = _default_mods(mdata, mod1, mod2)
+        mod1, mod2 = _default_mods(mdata, mod1, mod2, key)
         in_obsp = key in mdata.obsp
         plan, columns, rows, cols = _from_mudata(
             mdata, key if in_obsp else None, truth_key, mod1, mod2, candidates=False
         )
         if in_obsp:
             return _foscttm_scores(_check_prediction(plan), columns)
+        check_one_space(mdata, [mod1, mod2], key, "key")
         x = check_rep(mdata, mod1, key, "key")[rows]
         y = check_rep(mdata, mod2, key, "key")[cols][columns]
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)

@@ -430,6 +430,8 @@ class MuDataModel:
 
         ``monitor`` is a validation metric that ``plan`` logs (lower is better); early stopping watches it too.
         """
+        # Lightning's own name for the switch (the docs pass extra arguments to the Trainer) means progress_bar.
+        progress_bar = bool(trainer_kwargs.pop("enable_progress_bar", progress_bar))
         history, best = History(), BestWeights(monitor)
         callbacks: list[Callback] = [history, EpochProgressBar()] if progress_bar else [history]
         if validation_loader is not None:

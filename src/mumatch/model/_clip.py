@@ -65,11 +65,22 @@ MIN_VALIDATION_CELLS = 2
 
 
 def matchclot_defaults(mdata: MuData, mod1: str, mod2: str) -> tuple[dict[str, Any], tuple[str, str]]:
-    """MatchCLOT's tuned values for this pair of modalities, and the role ('gex'/'other') of each modality."""
+    """MatchCLOT's tuned values for this pair of modalities, and the role ('gex'/'other') of each modality.
+
+    MatchCLOT tuned GEX-ATAC and GEX-ADT: a pair with ADT takes the GEX-ADT values, any other the GEX-ATAC ones.
+    """
     # An assay no rule recognises counts as RNA here, as lsi_harmony embeds it.
-    kinds = tuple(assay_of(mod, mdata[mod].var) or "rna" for mod in (mod1, mod2))
+    kinds = [assay_of(mod, mdata[mod].var) or "rna" for mod in (mod1, mod2)]
     defaults = MATCHCLOT_GEX2ADT if "adt" in kinds else MATCHCLOT_GEX2ATAC
-    roles = ("other", "gex") if kinds[1] == "rna" and kinds[0] != "rna" else ("gex", "other")
+    # The GEX encoder's values go to RNA; in a pair without RNA (ATAC-ADT), to the modality that is not ADT, which
+    # keeps the values tuned for it. The argument order decides only between two modalities of one assay.
+    if kinds.count("rna") == 1:
+        gex = kinds.index("rna")
+    elif kinds.count("adt") == 1:
+        gex = 1 - kinds.index("adt")
+    else:
+        gex = 0
+    roles = ("gex", "other") if gex == 0 else ("other", "gex")
     return defaults, roles
 
 

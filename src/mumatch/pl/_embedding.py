@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._layout import label_name
+from .._layout import check_one_space, embedding_mods, label_name
 from .._validate import check_int, check_mods, check_mudata, check_rep
 from ._utils import AUTO, CELL_TYPE, category_colors, check_save, finish, stored_colors
 
@@ -174,7 +174,8 @@ def joint_embedding(
     basis
         The shared embedding (e.g. ``"X_clip"`` from :func:`mumatch.tl.train_clip`); the same width in every modality.
     mods
-        Modalities to show (default: every modality that has ``basis``).
+        Modalities to show (default: every modality that has ``basis`` and, when a training recorded it in
+        ``mdata.uns[basis]``, that training's modalities: another may hold an earlier model's space under the name).
     color
         What to colour by, one panel each: ``"modality"`` or columns of the modalities' ``.obs`` (categorical or
         numeric, e.g. ``"cell_type"``, ``"split"``, ``"match_confidence"``); cells of a modality without the column are
@@ -213,12 +214,15 @@ def joint_embedding(
     """
     check_mudata(mdata)
     if mods is None:
-        mods = [mod for mod in mdata.mod if basis in mdata[mod].obsm]
+        # The modalities of the last training under basis: others may keep an earlier model's space there.
+        trained = embedding_mods(mdata, basis)
+        mods = [mod for mod in mdata.mod if basis in mdata[mod].obsm and (trained is None or mod in trained)]
         if not mods:
             raise KeyError(
                 f"basis={basis!r} is in no modality's .obsm; compute a shared embedding first, e.g. mm.tl.train_clip"
             )
     mods = check_mods(mdata, mods)
+    check_one_space(mdata, mods, basis, "basis")
     if color == AUTO:
         color = [MODALITY, CELL_TYPE] if any(CELL_TYPE in mdata[mod].obs for mod in mods) else MODALITY
     colors = [color] if isinstance(color, str) else list(color or [])

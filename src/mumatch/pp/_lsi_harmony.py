@@ -200,11 +200,11 @@ def _write(
     mdata: MuData, results: dict[str, Embedding], key_added: str, copy: bool, start, action: str
 ) -> MuData | None:
     target = mdata.copy() if copy else mdata
+    replaced = [mod for mod in results if key_added in mdata[mod].obsm or f"{key_added}_uncorrected" in mdata[mod].obsm]
+    if replaced and not copy:  # a copy's embeddings replace nothing of the caller's
+        logg.warning(f"overwriting .obsm['{key_added}'] (and '{key_added}_uncorrected') of {replaced}")
     for mod, result in results.items():
         adata = target[mod]
-        for key in (key_added, f"{key_added}_uncorrected"):
-            if key in adata.obsm:
-                logg.warning(f"overwriting mdata['{mod}'].obsm['{key}']")
         adata.obsm[key_added] = result.corrected
         adata.obsm[f"{key_added}_uncorrected"] = result.uncorrected
         adata.uns[key_added] = result.uns
@@ -300,6 +300,13 @@ def lsi_harmony(
     names = _check_common(mdata, mods, key_added, batch_key, random_state)
     # A modality of no recognised assay holds counts of some features: the RNA recipe (TF-IDF LSI) suits them.
     kinds = {mod: assay_of(mod, mdata[mod].var) or "rna" for mod in names}
+    unknown = [mod for mod in names if assay_of(mod, mdata[mod].var) is None]
+    if unknown:
+        logg.warning(
+            f"the assay of {unknown} is told neither by var['feature_types'] nor by the modality name: embedded as "
+            "RNA (TF-IDF LSI); for proteins name the modality 'adt' (or set var['feature_types'] = 'ADT'), for peaks "
+            "'atac'"
+        )
     sizes = _resolve_n_comps(n_comps, names, kinds)
     masks = {mod: _feature_mask(mdata, mod, use_highly_variable) for mod in names}
     start = logg.info(f"computing LSI + Harmony embeddings of {names}")

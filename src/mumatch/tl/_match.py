@@ -14,7 +14,14 @@ from scanpy import logging as logg
 
 from .. import ot
 from .._ensemble import concatenate_members
-from .._layout import batch_blocks, embed_block, recorded_plan_mods, unpaired_mask, warn_conflicting_batches
+from .._layout import (
+    batch_blocks,
+    check_one_space,
+    embed_block,
+    recorded_plan_mods,
+    unpaired_mask,
+    warn_conflicting_batches,
+)
 from .._validate import (
     check_batch_key,
     check_int,
@@ -69,6 +76,8 @@ def _embedding(mdata: MuData, mod1: str, mod2: str, keys: dict[str, list[str]], 
     embeddings = {}
     for index in range(len(keys[mod1])):
         members = {mod: check_rep(mdata, mod, keys[mod][index], "use_rep") for mod in (mod1, mod2)}
+        if keys[mod1][index] == keys[mod2][index]:
+            check_one_space(mdata, [mod1, mod2], keys[mod1][index], "use_rep")
         if members[mod1].shape[1] != members[mod2].shape[1]:
             raise ValueError(
                 f"use_rep: mdata['{mod1}'].obsm['{keys[mod1][index]}'] has {members[mod1].shape[1]} dimensions but "

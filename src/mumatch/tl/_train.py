@@ -11,7 +11,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
-from .._layout import held_out_batches, paired_batch_labels
+from .._layout import held_out_batches, paired_batch_labels, warn_replaced_embedding
 from .._validate import SETUP_KEY, check_int, check_key_added, check_mod, check_mudata, check_obs_names, check_rep
 from ..model import CLIP
 
@@ -185,9 +185,8 @@ def train_clip(
         parts = [model.get_latent_representation(mdata, mod) for model in models]
         embeddings[mod] = concatenate_members(parts).astype(np.float32)
 
+    warn_replaced_embedding(mdata, [mod1, mod2], key_added)
     for mod in (mod1, mod2):
-        if key_added in mdata[mod].obsm:
-            logg.warning(f"overwriting mdata['{mod}'].obsm['{key_added}']")
         mdata[mod].obsm[key_added] = embeddings[mod]
     mdata.uns[key_added] = {
         "params": {

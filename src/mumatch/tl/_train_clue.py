@@ -12,6 +12,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
+from .._layout import warn_replaced_embedding
 from .._validate import SETUP_KEY, check_int, check_key_added, check_mods, check_mudata
 from ..model._clue import CLUE
 from ._train import recorded_options
@@ -118,9 +119,7 @@ def train_clue(
         else:
             mdata.uns[SETUP_KEY] = previous_setup
         raise
-    replaced = [mod for mod in mods if key_added in mdata[mod].obsm]
-    if replaced:
-        logg.warning(f"replacing .obsm['{key_added}'] of {replaced}")
+    warn_replaced_embedding(mdata, mods, key_added)
     for mod, embedding in embeddings.items():
         mdata[mod].obsm[key_added] = embedding
     mdata.uns[key_added] = {

@@ -1,0 +1,67 @@
+"""Three modalities of the same cells: each pair trained, matched and scored between its own modalities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mumatch as mm
+from tests.model.test_clip import TINY, add_pca
+
+FAST = {"max_epochs": 2, "progress_bar": False, "ensemble": None}
+
+
+@pytest.fixture
+def trio():
+    mdata = mm.datasets.simulate_paired(300, ("rna", "atac", "adt"), n_genes=40, n_peaks=80, n_proteins=10, seed=5)
+    return add_pca(mdata)
+
+
+def test_a_key_reused_for_another_pair_is_not_compared_across_spaces(trio, monkeypatch):
+    from scanpy import logging as logg
+
+    messages = []
+    monkeypatch.setattr(logg, "warning", lambda message, *args, **kwargs: messages.append(message))
+    mm.tl.train_clip(trio, "rna", "adt", use_rep="X_pca", model_kwargs=TINY, **FAST)
+    first = trio["rna"].obsm["X_clip"].copy()
+    mm.tl.train_clip(trio, "atac", "adt", use_rep="X_pca", model_kwargs=TINY, **FAST)
+    # rna keeps the first model's embedding, adt now holds the second's: same width, different spaces.
+    np.testing.assert_array_equal(trio["rna"].obsm["X_clip"], first)
+    assert any("['rna'] keep(s) the .obsm['X_clip'] of an earlier training" in message for message in messages)
+    with pytest.raises(ValueError, match=r"use_rep='X_clip': .*on \['atac', 'adt'\].*of \['rna'\] comes from an"):
+        mm.tl.match_ot(trio, "rna", "adt", use_rep="X_clip")
+    with pytest.raises(ValueError, match="key='X_clip'"):
+        mm.metrics.foscttm(trio, key="X_clip", mod1="rna", mod2="adt")
+    # The trained pair itself still matches, is scored between its own modalities and is plotted alone.
+    mm.tl.match_ot(trio, "atac", "adt", use_rep="X_clip", key_added="match_atac_adt")
+    assert 0 <= mm.metrics.match_score(trio, key="match_atac_adt") <= 1
+    assert 0 <= mm.metrics.foscttm(trio, key="X_clip") <= 1  # the pair train_clip recorded, not rna/atac
+    monkeypatch.setattr("scanpy.pp.neighbors", lambda *args, **kwargs: None)
+    monkeypatch.setattr("scanpy.tl.umap", lambda adata, **kwargs: adata.obsm.__setitem__("X_umap", adata.X[:, :2]))
+    mm.pl.joint_embedding(trio, "X_clip", color="modality", show=False)
+    assert trio.uns["X_clip_umap"]["params"]["mods"] == ["atac", "adt"]
+    with pytest.raises(ValueError, match="basis='X_clip'"):
+        mm.pl.joint_embedding(trio, "X_clip", mods=["rna", "adt"], show=False)
+
+
+def test_metrics_score_a_plan_between_its_own_modalities(trio):
+    rng = np.random.default_rng(0)
+    for mod in trio.mod:
+        trio[mod].obsm["X_shared"] = rng.normal(size=(trio[mod].n_obs, 6)).astype(np.float32)
+    mm.tl.match_ot(trio, "rna", "adt", use_rep="X_shared", key_added="m")
+    # No reader's record, and the first two modalities are rna and atac: the plan's own pair is scored.
+    explicit = mm.metrics.match_score(trio, key="m", mod1="rna", mod2="adt")
+    assert mm.metrics.match_score(trio, key="m") == explicit
+    assert mm.metrics.top_k_accuracy(trio, key="m", k=5) == mm.metrics.top_k_accuracy(
+        trio, key="m", k=5, mod1="rna", mod2="adt"
+    )
+    # A plan of the first two modalities keeps their direction, whichever way match_ot solved it.
+    mm.tl.match_ot(trio, "atac", "rna", use_rep="X_shared", key_added="m2")
+    assert mm.metrics.match_score(trio, key="m2") == mm.metrics.match_score(trio, key="m2", mod1="rna", mod2="atac")
+
+
+def test_lightnings_progress_bar_switch_is_progress_bar(trio):
+    (model,) = mm.tl.train_clip(
+        trio, "rna", "adt", use_rep="X_pca", model_kwargs=TINY, max_epochs=1, ensemble=None, enable_progress_bar=False
+    )
+    assert model.is_trained
