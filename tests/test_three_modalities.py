@@ -65,3 +65,35 @@ def test_lightnings_progress_bar_switch_is_progress_bar(trio):
         trio, "rna", "adt", use_rep="X_pca", model_kwargs=TINY, max_epochs=1, ensemble=None, enable_progress_bar=False
     )
     assert model.is_trained
+
+
+def test_the_record_speaks_only_for_the_embeddings_it_fingerprinted(trio, tmp_path):
+    import mudata
+
+    from tests.model.test_clue import QUICK
+    from tests.model.test_clue import TINY as CLUE_TINY
+
+    mm.tl.train_clip(trio, "rna", "atac", use_rep="X_pca", model_kwargs=TINY, **FAST)
+    # The record survives a file round trip, and still refuses the modality the training did not embed.
+    mudata.write_h5mu(tmp_path / "trio.h5mu", trio)
+    back = mudata.read_h5mu(tmp_path / "trio.h5mu")
+    back["adt"].obsm["X_clip"] = np.zeros((back["adt"].n_obs, back["rna"].obsm["X_clip"].shape[1]), np.float32)
+    with pytest.raises(ValueError, match=r"of \['adt'\] comes from an earlier model"):
+        mm.tl.match_ot(back, "rna", "adt", use_rep="X_clip")
+    # A model used directly rewrites rna and adt: the record no longer describes rna's embedding, so it says nothing.
+    mm.model.CLIP.setup_mudata(back, "rna", "adt", rep_key="X_pca")
+    model = mm.model.CLIP(back, **TINY)
+    model.train(max_epochs=1, progress_bar=False)
+    for mod in ("rna", "adt"):
+        back[mod].obsm["X_clip"] = model.get_latent_representation(back, mod)
+    mm.tl.match_ot(back, "rna", "adt", use_rep="X_clip")
+    # A plan's record is no embedding's: an .obsm key of the same name is the user's.
+    for mod in trio.mod:
+        trio[mod].obsm["match"] = np.random.default_rng(0).normal(size=(trio[mod].n_obs, 4)).astype(np.float32)
+    mm.tl.match_ot(trio, "atac", "adt", use_rep="match", key_added="match")
+    mm.tl.match_ot(trio, "rna", "atac", use_rep="match", key_added="match_2")
+    # A modality without the key is a missing key, and a CLUE pair is scored between its own modalities by default.
+    mm.tl.train_clue(trio, ["atac", "adt"], use_rep="X_pca", model_kwargs=CLUE_TINY, **QUICK)
+    with pytest.raises(KeyError, match="not found in mdata\\['rna'\\].obsm"):
+        mm.metrics.foscttm(trio, key="X_clue", mod1="rna", mod2="adt")
+    assert mm.metrics.foscttm(trio, key="X_clue") == mm.metrics.foscttm(trio, key="X_clue", mod1="atac", mod2="adt")

@@ -14,6 +14,7 @@ cells split into batch blocks asks this module, so that the convention is writte
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -277,21 +278,34 @@ def recorded_plan_mods(mdata: MuData, key: str) -> tuple[str, str] | None:
     return str(params["mod1"]), str(params["mod2"])
 
 
+def array_fingerprint(values: np.ndarray) -> str:
+    """A short digest of an array's bytes: tells whether an embedding is still the one that was recorded."""
+    return hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=16).hexdigest()
+
+
+def written_embeddings(embeddings: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """What a training records of the ``.obsm`` arrays it writes (``uns[key]['embedded']``): their fingerprints."""
+    return {mod: array_fingerprint(values) for mod, values in embeddings.items()}
+
+
 def embedding_mods(mdata: MuData, key: str) -> list[str] | None:
     """The modalities whose ``.obsm[key]`` the last training under ``key`` wrote (one shared space), or None.
 
-    ``train_clip`` records its pair (``mod1``, ``mod2``) in ``mdata.uns[key]['params']``, ``train_clue`` its
-    ``mods``; an embedding with no such record (written by hand, or per modality as ``lsi_harmony`` writes) gives None.
+    ``train_clip`` and ``train_clue`` record the fingerprint of each embedding they write in
+    ``mdata.uns[key]['embedded']``. The record holds only while those embeddings are unchanged: an embedding
+    rewritten since (by a model used directly, or by hand) makes it say nothing, and so does a key no training
+    recorded (``lsi_harmony`` writes per modality; ``match_ot`` records a plan).
     """
     uns = mdata.uns.get(key)
-    params = uns.get("params") if isinstance(uns, Mapping) else None
-    if not isinstance(params, Mapping) or "use_rep" not in params:
+    written = uns.get("embedded") if isinstance(uns, Mapping) else None
+    if not isinstance(written, Mapping) or not written:
         return None
-    if "mods" in params:
-        return [str(mod) for mod in np.atleast_1d(params["mods"])]
-    if "mod1" in params and "mod2" in params:
-        return [str(params["mod1"]), str(params["mod2"])]
-    return None
+    for mod, fingerprint in written.items():
+        if mod not in mdata.mod or key not in mdata[mod].obsm:
+            return None
+        if array_fingerprint(np.asarray(mdata[mod].obsm[key])) != str(fingerprint):
+            return None
+    return [str(mod) for mod in written]
 
 
 def warn_replaced_embedding(mdata: MuData, mods: list[str], key: str) -> None:
@@ -316,12 +330,14 @@ def check_one_space(mdata: MuData, mods: list[str], key: str, argument: str) -> 
     match without any error.
     """
     trained = embedding_mods(mdata, key)
-    stale = [mod for mod in mods if trained is not None and mod not in trained]
+    # A modality without the key is the caller's KeyError to raise, not a stale space.
+    stale = [mod for mod in mods if trained is not None and mod not in trained and key in mdata[mod].obsm]
     if stale:
         raise ValueError(
             f"{argument}={key!r}: mdata.uns['{key}'] records the last training under that key on {trained}, so the "
             f".obsm['{key}'] of {stale} comes from an earlier model, in another space; train each pair under its "
-            f"own key (e.g. key_added='{key}_{'_'.join(mods)}') or train these modalities together"
+            f"own key (e.g. key_added='{key}_{'_'.join(mods)}') or train these modalities together (if the "
+            f"embeddings are right, del mdata.uns['{key}'] drops the record)"
         )
 
 

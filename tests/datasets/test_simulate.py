@@ -111,3 +111,11 @@ def test_every_argument_is_recorded():
     params = mdata.uns["simulation"]["params"]
     assert params["n_genes"] == 40 and params["n_proteins"] == 7 and "n_peaks" not in params
     assert params["library_size"] == {"rna": 1500.0, "adt": 500.0}
+
+
+def test_pairing_that_leaves_a_modality_empty_is_refused():
+    with pytest.raises(ValueError, match=r"leaves \['adt'\] without cells"):
+        mm.datasets.simulate_paired(100, ("rna", "atac", "adt"), paired_fraction=1.0, pairing={"rna+atac": 1.0})
+    # With unpaired cells the modality keeps those.
+    mdata = mm.datasets.simulate_paired(100, ("rna", "atac", "adt"), pairing={"rna+atac": 1.0}, seed=1)
+    assert (mdata["adt"].obs["split"] == "test").all() and mdata["adt"].n_obs > 0

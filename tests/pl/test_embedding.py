@@ -8,7 +8,8 @@ from tests.pl.conftest import assert_drawn
 
 def _cache_umap(mdata, basis="X_shared"):
     """Store coordinates as joint_embedding would, so that plotting tests skip the UMAP itself."""
-    from mumatch.pl._embedding import _fingerprint, _stack
+    from mumatch._layout import array_fingerprint
+    from mumatch.pl._embedding import _stack
 
     stacked = _stack(mdata, ["rna", "atac"], basis)
     params = {
@@ -17,7 +18,7 @@ def _cache_umap(mdata, basis="X_shared"):
         "n_neighbors": 15,
         "min_dist": 0.5,
         "random_state": 0,
-        "fingerprint": _fingerprint(stacked),
+        "fingerprint": array_fingerprint(stacked),
     }
     for mod in ("rna", "atac"):
         mdata[mod].obsm[f"{basis}_umap"] = mdata[mod].obsm[basis][:, :2].copy()

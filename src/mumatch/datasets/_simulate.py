@@ -180,8 +180,9 @@ def simulate_paired(
         Partial pairing of three modalities (as TEA-seq or DOGMA-seq panels lose one assay for some cells): the
         fraction of the paired cells measured in each combination of at least two modalities, named by joining the
         modality names with ``+``, e.g. ``{"rna+atac+adt": 0.6, "rna+atac": 0.2, "atac+adt": 0.2}`` (fractions
-        summing to 1). A paired cell is left out of the modalities its combination lacks. ``None``: every paired cell
-        in every modality.
+        summing to 1). A paired cell is left out of the modalities its combination lacks (it keeps its name and
+        ``obs['split'] == 'train'`` in the others; ``match_true`` covers the unpaired cells only, as without
+        ``pairing``). ``None``: every paired cell in every modality.
     seed
         Random seed.
 
@@ -239,6 +240,12 @@ def simulate_paired(
         for mod in modalities:
             lacking = [position for position, (members, _) in enumerate(combinations) if mod not in members]
             measured[mod] = ~(paired & np.isin(drawn, lacking))
+        empty = [mod for mod in modalities if not measured[mod].any()]
+        if empty:
+            raise ValueError(
+                f"pairing={dict(pairing)!r} with paired_fraction={paired_fraction} leaves {empty} without cells; "
+                "name each modality in a combination or lower paired_fraction"
+            )
     obs_base = pd.DataFrame(
         {
             "batch": pd.Categorical([f"batch{b}" for b in batch]),

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from mudata import MuData
 
-from .._layout import check_one_space, extract_block, oriented_plan, recorded_plan_mods
+from .._layout import check_one_space, embedding_mods, extract_block, oriented_plan, recorded_plan_mods
 from .._validate import check_int, check_mod, check_obs_names, check_rep
 
 Matrix = np.ndarray | sp.spmatrix
@@ -121,7 +121,9 @@ def _default_mods(mdata: MuData, mod1: str | None, mod2: str | None, key: str | 
     names = list(mdata.mod)
     task = (reader.get("mod1") or names[0], reader.get("mod2") or names[min(1, len(names) - 1)])
     if mod1 is None and mod2 is None and key is not None:
-        recorded = recorded_plan_mods(mdata, key)
+        # A plan's or a CLIP embedding's recorded pair; a CLUE embedding's modalities when they are two.
+        trained = embedding_mods(mdata, key)
+        recorded = recorded_plan_mods(mdata, key) or (tuple(trained) if trained and len(trained) == 2 else None)
         if recorded is not None and set(recorded) != set(task):
             mod1, mod2 = recorded
     mod1 = mod1 or task[0]
@@ -316,9 +318,9 @@ def foscttm(
         )
         if in_obsp:
             return _foscttm_scores(_check_prediction(plan), columns)
-        check_one_space(mdata, [mod1, mod2], key, "key")
         x = check_rep(mdata, mod1, key, "key")[rows]
         y = check_rep(mdata, mod2, key, "key")[cols][columns]
+        check_one_space(mdata, [mod1, mod2], key, "key")
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or x.shape != y.shape:
         raise ValueError(f"x and y must be aligned 2-d embeddings of the same shape, got {x.shape} and {y.shape}")

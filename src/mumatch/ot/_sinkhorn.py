@@ -388,7 +388,8 @@ def anderson_coefficients(differences: torch.Tensor, residual: torch.Tensor) -> 
 
     On the CPU, LAPACK's rank-revealing QR driver (``gelsy``) solves it. CUDA's ``lstsq`` only has ``gels``, which
     needs full column rank, so there the tall system is reduced by a QR on the device to its small triangular one
-    (depth × depth), which ``gelsy`` solves on the CPU: the same minimiser, and no N-long copy per iteration.
+    (depth × depth), which the SVD driver ``gelsd`` solves on the CPU: the same minimiser, and no N-long copy per
+    iteration.
     """
     if differences.device.type == "cpu":
         return torch.linalg.lstsq(differences, residual, driver="gelsy").solution
@@ -399,9 +400,11 @@ def _least_squares_after_qr(differences: torch.Tensor, residual: torch.Tensor) -
     """:func:`anderson_coefficients` off the CPU: QR where the data are, the small triangular solve on the CPU."""
     q, r = torch.linalg.qr(differences)
     projected = q.mT @ residual
-    # The rank cutoff LAPACK would use on the tall system (eps · its larger side), not that of the small one.
+    # The rank cutoff LAPACK would use on the tall system (eps · its larger side), not that of the small one. The
+    # triangle's singular values decide the rank, not a pivoted QR of it: gelsy's pivoting on two nearly equal
+    # columns once dropped a third, independent one in the test suite (under load), missing the minimum by 3e-5.
     rcond = torch.finfo(differences.dtype).eps * max(differences.shape)
-    solution = torch.linalg.lstsq(r.cpu(), projected.cpu(), rcond=rcond, driver="gelsy").solution
+    solution = torch.linalg.lstsq(r.cpu(), projected.cpu(), rcond=rcond, driver="gelsd").solution
     return solution.to(differences.device)
 
 

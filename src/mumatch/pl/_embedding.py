@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,7 +15,7 @@ from matplotlib.axes import Axes
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._layout import check_one_space, embedding_mods, label_name
+from .._layout import array_fingerprint, check_one_space, embedding_mods, label_name
 from .._validate import check_int, check_mods, check_mudata, check_rep
 from ._utils import AUTO, CELL_TYPE, category_colors, check_save, finish, stored_colors
 
@@ -110,10 +109,6 @@ def _row_keys(coordinates: np.ndarray) -> np.ndarray | None:
     if coordinates.ndim != 2 or coordinates.shape[1] != 2 or coordinates.dtype != np.float32:
         return None
     return np.sort(np.ascontiguousarray(coordinates).view(np.uint64).ravel())
-
-
-def _fingerprint(stacked: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(stacked).tobytes(), digest_size=16).hexdigest()
 
 
 def _cached(mdata: MuData, mods: list[str], key_added: str, params: dict[str, Any]) -> bool:
@@ -243,7 +238,7 @@ def joint_embedding(
         "n_neighbors": n_neighbors,
         "min_dist": float(min_dist),
         "random_state": random_state,
-        "fingerprint": _fingerprint(stacked),
+        "fingerprint": array_fingerprint(stacked),
     }
 
     modality = pd.Categorical(np.repeat(mods, [mdata[mod].n_obs for mod in mods]), categories=list(mods))

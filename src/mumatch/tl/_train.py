@@ -11,7 +11,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
-from .._layout import held_out_batches, paired_batch_labels, warn_replaced_embedding
+from .._layout import held_out_batches, paired_batch_labels, warn_replaced_embedding, written_embeddings
 from .._validate import SETUP_KEY, check_int, check_key_added, check_mod, check_mudata, check_obs_names, check_rep
 from ..model import CLIP
 
@@ -205,6 +205,7 @@ def train_clip(
             str(position): {name: value for name, value in model.train_info.items() if value is not None}
             for position, model in enumerate(models)
         },
+        "embedded": written_embeddings(embeddings),  # which .obsm[key_added] this training wrote
     }
     logg.info(
         "    finished",

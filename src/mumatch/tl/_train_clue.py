@@ -12,7 +12,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
-from .._layout import warn_replaced_embedding
+from .._layout import warn_replaced_embedding, written_embeddings
 from .._validate import SETUP_KEY, check_int, check_key_added, check_mods, check_mudata
 from ..model._clue import CLUE
 from ._train import recorded_options
@@ -136,6 +136,7 @@ def train_clue(
             **recorded_options(train_kwargs),
         },
         "train_info": _info(models[0]),
+        "embedded": written_embeddings(embeddings),  # which .obsm[key_added] this training wrote
     }
     if ensemble is not None:
         mdata.uns[key_added]["models"] = {str(position): _info(model) for position, model in enumerate(models)}
