@@ -299,8 +299,9 @@ def lsi_harmony(
     """
     names = _check_common(mdata, mods, key_added, batch_key, random_state)
     # A modality of no recognised assay holds counts of some features: the RNA recipe (TF-IDF LSI) suits them.
-    kinds = {mod: assay_of(mod, mdata[mod].var) or "rna" for mod in names}
-    unknown = [mod for mod in names if assay_of(mod, mdata[mod].var) is None]
+    assays = {mod: assay_of(mod, mdata[mod].var) for mod in names}
+    kinds = {mod: assay or "rna" for mod, assay in assays.items()}
+    unknown = [mod for mod, assay in assays.items() if assay is None]
     if unknown:
         logg.warning(
             f"the assay of {unknown} is told neither by var['feature_types'] nor by the modality name: embedded as "
