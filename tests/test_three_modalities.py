@@ -55,9 +55,10 @@ def test_metrics_score_a_plan_between_its_own_modalities(trio):
     assert mm.metrics.top_k_accuracy(trio, key="m", k=5) == mm.metrics.top_k_accuracy(
         trio, key="m", k=5, mod1="rna", mod2="adt"
     )
-    # A plan of the first two modalities keeps their direction, whichever way match_ot solved it.
+    # Without a reader's task, a plan is scored in the direction it was solved in, not in mdata.mod's order.
     mm.tl.match_ot(trio, "atac", "rna", use_rep="X_shared", key_added="m2")
-    assert mm.metrics.match_score(trio, key="m2") == mm.metrics.match_score(trio, key="m2", mod1="rna", mod2="atac")
+    assert mm.metrics.match_score(trio, key="m2") == mm.metrics.match_score(trio, key="m2", mod1="atac", mod2="rna")
+    assert mm.metrics.match_score(trio, key="m2") != mm.metrics.match_score(trio, key="m2", mod1="rna", mod2="atac")
 
 
 def test_lightnings_progress_bar_switch_is_progress_bar(trio):
@@ -97,3 +98,24 @@ def test_the_record_speaks_only_for_the_embeddings_it_fingerprinted(trio, tmp_pa
     with pytest.raises(KeyError, match="not found in mdata\\['rna'\\].obsm"):
         mm.metrics.foscttm(trio, key="X_clue", mod1="rna", mod2="adt")
     assert mm.metrics.foscttm(trio, key="X_clue") == mm.metrics.foscttm(trio, key="X_clue", mod1="atac", mod2="adt")
+
+
+def test_a_plan_replaced_by_another_pair_takes_its_certainty_columns_along(trio, monkeypatch):
+    from scanpy import logging as logg
+
+    messages = []
+    monkeypatch.setattr(logg, "warning", lambda message, *args, **kwargs: messages.append(message))
+    rng = np.random.default_rng(0)
+    for mod in trio.mod:
+        trio[mod].obsm["X_shared"] = rng.normal(size=(trio[mod].n_obs, 6)).astype(np.float32)
+    mm.tl.match_ot(trio, "rna", "atac", use_rep="X_shared", cells="all")
+    assert "match_confidence" in trio["atac"].obs
+    copied = mm.tl.match_ot(trio, "rna", "adt", use_rep="X_shared", cells="all", copy=True)
+    assert "match_confidence" in trio["atac"].obs  # the caller's object is untouched by a copy
+    for mdata in (copied, trio):
+        if mdata is trio:
+            mm.tl.match_ot(trio, "rna", "adt", use_rep="X_shared", cells="all")
+        # atac's columns described the replaced plan; rna's and adt's describe the new one
+        assert not {"match_confidence", "match_entropy"} & set(mdata["atac"].obs)
+        assert mdata["adt"].obs["match_confidence"].notna().all()
+    assert any("removing mdata['atac'].obs" in message for message in messages)

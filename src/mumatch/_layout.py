@@ -95,6 +95,11 @@ def label_strings(labels: pd.Series) -> pd.Series:
     return pd.Series(strings, index=labels.index, name=labels.name, dtype=str)
 
 
+def known_labels(labels: pd.Series) -> np.ndarray:
+    """Which labels are given: not missing, and not the text ``"nan"`` that ``astype(str)`` makes of a missing one."""
+    return labels.notna().to_numpy() & (labels.astype(str).to_numpy() != MISSING_BATCH)
+
+
 def paired_batch_labels(mdata: MuData, mod1: str, mod2: str, batch_key: str | None) -> np.ndarray | None:
     """The batch of every paired cell (in :func:`paired_positions` order), or None when none carries one.
 

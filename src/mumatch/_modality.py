@@ -20,6 +20,11 @@ ASSAY_NAMES = {
 _ASSAY_OF_NAME = {name: assay for assay, names in ASSAY_NAMES.items() for name in names}
 
 
+def assay_of_feature_type(kind: object) -> str | None:
+    """The assay (``'rna'``, ``'atac'``, ``'adt'``) a ``var['feature_types']`` value names, in any case, or None."""
+    return _ASSAY_OF_NAME.get(str(kind).strip().lower())
+
+
 def assay_of(mod: str, var: pd.DataFrame) -> str | None:
     """``'rna'``, ``'atac'``, ``'adt'`` or ``None`` (not recognised) for the modality ``mod`` with features ``var``.
 
@@ -38,11 +43,11 @@ def assay_of(mod: str, var: pd.DataFrame) -> str | None:
     True
     """
     if "feature_types" in var and len(var):
-        per_type = var["feature_types"].astype(str).str.strip().str.lower().value_counts()
         counts = Counter()
-        for kind, count in per_type.items():
-            if kind in _ASSAY_OF_NAME:
-                counts[_ASSAY_OF_NAME[kind]] += int(count)
+        for kind, count in var["feature_types"].astype(str).value_counts().items():
+            assay = assay_of_feature_type(kind)
+            if assay is not None:
+                counts[assay] += int(count)
         if counts:
             assay, count = counts.most_common(1)[0]
             if 2 * count > len(var):

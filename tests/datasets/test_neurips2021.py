@@ -190,8 +190,29 @@ def test_unknown_feature_types(data_root, tmp_path):
     train2 = ad.read_h5ad(folder / "train_mod2.h5ad")
     train2.var["feature_types"] = "Methylation"
     train2.write_h5ad(folder / "train_mod2.h5ad")
-    with pytest.raises(ValueError, match="unknown feature types"):
+    with pytest.raises(ValueError, match=r"train_mod2: var\['feature_types'\] holds \['Methylation'\].*same assay"):
         mm.datasets.read_neurips2021(folder)
+
+
+def test_mixed_feature_types_in_one_file_are_refused(data_root, tmp_path):
+    folder = _copy_folder(data_root, tmp_path)
+    train2 = ad.read_h5ad(folder / "train_mod2.h5ad")
+    train2.var["feature_types"] = ["ADT"] * (train2.n_vars - 1) + ["GEX"]
+    train2.write_h5ad(folder / "train_mod2.h5ad")
+    with pytest.raises(ValueError, match="every feature of a file must name the same assay"):
+        mm.datasets.read_neurips2021(folder)
+
+
+def test_feature_types_of_10x_and_muon_in_any_case(data_root, tmp_path):
+    # The reader names modalities as the rest of the package reads assays (10x's names, lower case, spaces).
+    folder = _copy_folder(data_root, tmp_path)
+    for part, kind in [("train_mod1", "Gene Expression"), ("test_mod1", "gex"), ("train_mod2", "Antibody Capture "),
+                       ("test_mod2", "adt")]:  # fmt: skip
+        adata = ad.read_h5ad(folder / f"{part}.h5ad")
+        adata.var["feature_types"] = kind
+        adata.write_h5ad(folder / f"{part}.h5ad")
+    mdata = mm.datasets.read_neurips2021(folder)
+    assert list(mdata.mod) == ["rna", "adt"]
 
 
 def test_non_integer_counts(data_root, tmp_path):
@@ -214,6 +235,64 @@ def test_solution_rows_in_another_order_follow_their_names(data_root, tmp_path):
     shuffled = mm.datasets.read_neurips2021(folder)
     assert abs(shuffled["atac"].layers["counts"] - reference["atac"].layers["counts"]).sum() == 0
     assert abs(shuffled.obsp["match_true"] - reference.obsp["match_true"]).sum() == 0
+
+
+def test_solution_columns_named_after_the_mod2_cells_follow_their_names(data_root, tmp_path):
+    # A solution whose columns carry the mod2 file's cell names, in another order, is the same pairing.
+    reference = mm.datasets.read_neurips2021(data_root / "neurips2021_starter" / "cite")
+    folder = _copy_folder(data_root, tmp_path)
+    order = np.random.default_rng(0).permutation
+    for part, mod2_part in (("train_sol", "train_mod2"), ("test_sol", "test_mod2")):
+        solution = ad.read_h5ad(folder / f"{part}.h5ad")
+        solution.var_names = ad.read_h5ad(folder / f"{mod2_part}.h5ad").obs_names
+        solution[:, order(solution.n_vars)].copy().write_h5ad(folder / f"{part}.h5ad")
+    shuffled = mm.datasets.read_neurips2021(folder)
+    assert abs(shuffled["adt"].layers["counts"] - reference["adt"].layers["counts"]).sum() == 0
+    assert abs(shuffled.obsp["match_true"] - reference.obsp["match_true"]).sum() == 0
+
+
+def test_unequal_test_sets_with_their_solution(data_root, tmp_path):
+    # Fewer test cells of mod1 than of mod2: the ground truth pairs each mod1 cell with one mod2 cell.
+    reference = mm.datasets.read_neurips2021(data_root / "neurips2021_starter" / "cite")
+    folder = _copy_folder(data_root, tmp_path)
+    for part in ("test_mod1", "test_sol"):
+        adata = ad.read_h5ad(folder / f"{part}.h5ad")
+        adata[10:].copy().write_h5ad(folder / f"{part}.h5ad")
+    mdata = mm.datasets.read_neurips2021(folder)
+    truth = mdata.obsp["match_true"]
+    assert truth.nnz == reference.obsp["match_true"].nnz - 10
+    kept = mdata.obs_names[truth.nonzero()[0]]
+    assert abs(reference.obsp["match_true"][reference.obs_names.get_indexer(kept)].sum() - truth.nnz) == 0
+    # mod2 cells that the truth pairs with no mod1 cell have no cell type
+    test2 = (mdata["adt"].obs["split"] == "test").to_numpy()
+    assert mdata["adt"].obs["cell_type"][test2].isna().sum() == 10
+    solution = ad.read_h5ad(folder / "test_sol.h5ad")
+    solution[:, :-1].copy().write_h5ad(folder / "test_sol.h5ad")
+    with pytest.raises(ValueError, match=r"test_sol has shape \(279, 288\), expected \(279, 289\)"):
+        mm.datasets.read_neurips2021(folder)
+
+
+def test_whole_number_batches_are_named_alike_in_every_file(data_root, tmp_path):
+    # An integer batch column in one file and a float one (an integer column that gained a NaN) in another name
+    # the same batches: 2 and 2.0 are batch '2', and matching finds both modalities in it.
+    folder = _copy_folder(data_root, tmp_path)
+    for part in ("train_mod1", "test_mod1"):
+        adata = ad.read_h5ad(folder / f"{part}.h5ad")
+        adata.obs["batch"] = adata.obs["batch"].map({"s1d1": 1, "s1d2": 2}).astype(int)
+        adata.write_h5ad(folder / f"{part}.h5ad")
+    test2 = ad.read_h5ad(folder / "test_mod2.h5ad")
+    test2.obs["batch"] = 2.0
+    test2.obs.iloc[0, test2.obs.columns.get_loc("batch")] = np.nan
+    test2.write_h5ad(folder / "test_mod2.h5ad")
+    mdata = mm.datasets.read_neurips2021(folder)
+    assert set(mdata["rna"].obs["batch"].cat.categories) == {"1", "2"}
+    assert set(mdata["adt"].obs["batch"].cat.categories) == {"1", "2"}
+    assert mdata["adt"].obs["batch"].isna().sum() == 1
+    for mod in mdata.mod:
+        mdata[mod].obsm["X_e"] = np.random.default_rng(0).normal(size=(mdata[mod].n_obs, 4))
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_e")
+    solved = [block for block in mdata.uns["match"]["blocks"].values() if block["status"] == "solved"]
+    assert [(block["name"], block["n_cells2"]) for block in solved] == [("2", 288)]
 
 
 def test_training_batch_from_the_mod2_file(data_root, tmp_path):

@@ -43,3 +43,8 @@ def test_series_are_compared_by_cell_and_floats_as_integers():
         label_transfer_accuracy(pd.Series(["a"], index=["x"]), pd.Series(["a"], index=["w"]))
     # An integer label column that gained a NaN is float: 1.0 is label 1.
     assert label_transfer_accuracy(pd.Series([1.0, 2.0, np.nan]), pd.Series([1, 2, 3])) == 1.0
+
+
+def test_the_text_nan_is_left_out_as_a_missing_label():
+    assert label_transfer_accuracy(pd.Series(["a", "nan", "b"]), ["a", "b", "c"]) == 0.5
+    assert label_transfer_accuracy(["a", "b", "b"], pd.Series(["a", "nan", "c"])) == 0.5

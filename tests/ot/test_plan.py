@@ -279,3 +279,25 @@ def test_squared_euclidean_plan_of_points_near_the_float64_limit():
         mm.ot.plan_tile(x, y, plain.f, plain.g, 0.05, plain.cost),
         atol=1e-9,
     )
+
+
+def test_mutual_knn_certainty_is_that_of_the_returned_plan():
+    # Each row's link weights are relative to its own nearest column; the columns' certainty must be read from the
+    # row-normalised plan that is returned, as the rows' is.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 4)), rng.normal(size=(150, 4))
+    sparse = mm.ot.mutual_knn(x, y, n_neighbors=5, epsilon=0.05)
+    plan = sparse.plan.toarray().astype(np.float64)
+    np.testing.assert_allclose(plan.sum(axis=1), 1, rtol=1e-5)
+    for weights, confidence, entropy in [
+        (plan, sparse.row_confidence, sparse.row_entropy),
+        (plan.T, sparse.col_confidence, sparse.col_entropy),
+    ]:
+        sums = weights.sum(axis=1)
+        filled = sums > 0
+        p = weights[filled] / sums[filled, None]
+        np.testing.assert_allclose(confidence[filled], p.max(axis=1), rtol=1e-5)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            expected_entropy = -np.where(p > 0, p * np.log(p), 0).sum(axis=1)
+        np.testing.assert_allclose(entropy[filled], expected_entropy, rtol=1e-4, atol=1e-6)
+        assert np.isnan(confidence[~filled]).all()

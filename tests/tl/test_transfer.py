@@ -183,3 +183,35 @@ def test_no_label_reaching_the_target_is_warned(matched, monkeypatch):
     mm.tl.transfer_labels(matched, label_key="paired_only", source_mod="rna", target_mod="adt")
     assert matched["adt"].obs["paired_only_match"].isna().all()
     assert any("no cell of 'adt' received a label" in message for message in messages)
+
+
+def test_the_text_nan_is_no_label(matched):
+    # astype(str) turns missing labels into the text "nan": those cells vote for nothing, as missing ones.
+    mdata = matched
+    labels = mdata["rna"].obs["cell_type"].astype(object).copy()
+    labels.iloc[::2] = np.nan
+    mdata["rna"].obs["as_text"] = labels.astype(str)
+    mdata["rna"].obs["as_missing"] = labels
+    mdata["rna"].obs["as_category"] = pd.Categorical(labels.astype(str))
+    for column in ("as_text", "as_missing", "as_category"):
+        mm.tl.transfer_labels(mdata, label_key=column, source_mod="rna", target_mod="adt")
+    obs = mdata["adt"].obs
+    assert "nan" not in list(obs["as_text_match"].cat.categories)
+    assert "nan" not in list(obs["as_category_match"].cat.categories)
+    pd.testing.assert_series_equal(
+        obs["as_text_match"].astype(str), obs["as_missing_match"].astype(str), check_names=False
+    )
+    np.testing.assert_allclose(obs["as_text_match_probability"], obs["as_missing_match_probability"])
+
+
+def test_rerun_after_a_transfer_the_other_way_under_the_same_key(matched):
+    # One key_added written in both modalities (the default key is the same both ways) is transfer_labels' own.
+    mdata = matched
+    for source, target in [("rna", "adt"), ("adt", "rna"), ("rna", "adt")]:
+        mm.tl.transfer_labels(mdata, label_key="cell_type", source_mod=source, target_mod=target, key_added="pred")
+    assert list(mdata.uns["pred"]["targets"]) == ["adt", "rna"]
+    assert mdata.uns["pred"]["params"]["target_mod"] == "adt"
+    # Still no overwriting a column the function did not write
+    mdata["rna"].obs["mine"] = "x"
+    with pytest.raises(ValueError, match=r"would replace mdata\['rna'\].obs\['mine'\]"):
+        mm.tl.transfer_labels(mdata, label_key="cell_type", source_mod="adt", target_mod="rna", key_added="mine")

@@ -12,10 +12,10 @@ import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._layout import extract_block, oriented_plan, split_index
+from .._layout import extract_block, label_name, oriented_plan, split_index
+from .._modality import ASSAY_NAMES, assay_of_feature_type
 from .._validate import check_counts, check_mod, check_mudata
 
-FEATURE_TYPES = {"GEX": "rna", "ATAC": "atac", "ADT": "adt"}
 PARTS = ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2")
 MAX_PREDICTIONS_PER_ROW = 1000  # the competition accepted at most 1000 non-zeros per test cell
 
@@ -30,34 +30,60 @@ def _part_path(path: Path, part: str) -> Path:
 def _modality_name(adata: ad.AnnData, part: str) -> str:
     if "feature_types" not in adata.var:
         raise ValueError(f"{part}: var['feature_types'] is missing; cannot tell which modality it holds")
+    # The competition's GEX/ATAC/ADT, 10x's and muon's names, in any case (as the rest of the package reads them).
     kinds = pd.unique(adata.var["feature_types"].astype(str))
-    if len(kinds) != 1 or kinds[0] not in FEATURE_TYPES:
+    assays = {assay_of_feature_type(kind) for kind in kinds}
+    if len(assays) != 1 or None in assays:
+        known = sorted({name for names in ASSAY_NAMES.values() for name in names})
         raise ValueError(
-            f"{part}: unknown feature types {list(kinds)} in var['feature_types']; "
-            f"expected one of {list(FEATURE_TYPES)}"
+            f"{part}: var['feature_types'] holds {list(kinds)}; every feature of a file must name the same assay, "
+            f"one of {known} (any case), e.g. 'GEX', 'ATAC' or 'ADT' as in the competition's files"
         )
-    return FEATURE_TYPES[kinds[0]]
+    return assays.pop()
 
 
-def _pairing(solution: ad.AnnData, names1: pd.Index, part: str) -> np.ndarray:
-    """Column paired with each mod1 cell (``names1``, in the mod1 file's order), checked to be a permutation.
+def _name_order(given: pd.Index, names: pd.Index) -> np.ndarray | None:
+    """Positions of ``names`` in ``given`` when ``given`` names the same cells in another order, else None."""
+    if given.equals(names) or not (given.is_unique and names.is_unique and given.size == names.size):
+        return None
+    if not given.isin(names).all():
+        return None
+    return given.get_indexer(names)
 
-    The competition's solution files name their rows after the mod1 cells: rows in another order are put in the
-    mod1 file's order (a file whose rows carry other names is read in its given order, as the format intends).
+
+def _pairing(solution: ad.AnnData, names1: pd.Index, names2: pd.Index, part: str) -> np.ndarray:
+    """Position in ``names2`` (the mod2 file's cells) of the cell paired with each mod1 cell (``names1``).
+
+    Rows and columns are read in the mod1 and mod2 files' orders. A solution file whose rows (columns) name the
+    mod1 (mod2) cells in another order is put in the files' order by those names; one whose rows or columns carry
+    other names (the competition's anonymised ones) is read in its given order, as the format intends. Each mod1
+    cell must be paired with exactly one mod2 cell and no mod2 cell with two.
     """
-    n_cells = names1.size
-    if solution.shape != (n_cells, n_cells):
-        raise ValueError(f"{part} has shape {solution.shape}, expected ({n_cells}, {n_cells}) from the mod1/mod2 files")
+    expected = (names1.size, names2.size)
+    if solution.shape != expected:
+        raise ValueError(f"{part} has shape {solution.shape}, expected {expected} from the mod1/mod2 files")
     matrix = sp.csr_matrix(solution.X)
-    rows = solution.obs_names
-    if not rows.equals(names1) and rows.is_unique and names1.is_unique and rows.isin(names1).all():
-        matrix = matrix[rows.get_indexer(names1)]
-    if matrix.getnnz() != n_cells or not np.all(np.diff(matrix.indptr) == 1):
-        raise ValueError(f"{part} is not a permutation matrix: each row must have exactly one non-zero entry")
+    matrix.eliminate_zeros()
+    rows, columns = _name_order(solution.obs_names, names1), _name_order(solution.var_names, names2)
+    if rows is not None:
+        matrix = matrix[rows]
+    if columns is not None:
+        matrix = matrix[:, columns].tocsr()
+    if matrix.getnnz() != names1.size or not np.all(np.diff(matrix.indptr) == 1):
+        raise ValueError(f"{part} is not a permutation (pairing) matrix: each row must have exactly one non-zero entry")
     pairing = matrix.indices.copy()
-    if np.unique(pairing).size != n_cells:
-        raise ValueError(f"{part} is not a permutation: some columns are paired with several rows")
+    if np.unique(pairing).size != pairing.size:
+        raise ValueError(f"{part} is not a permutation (pairing): some columns are paired with several rows")
     return pairing
+
+
+def _batch_labels(labels: pd.Series) -> np.ndarray:
+    """Batch labels as text (``1.0`` as ``'1'``, as every modality names it), missing values kept missing."""
+    values = labels.astype(object).to_numpy()
+    known = labels.notna().to_numpy()
+    text = np.full(values.size, np.nan, dtype=object)
+    text[known] = [label_name(value) for value in values[known]]
+    return text
 
 
 def _counts(adata: ad.AnnData, part: str) -> sp.csr_matrix:
@@ -72,7 +98,7 @@ def _modality(
     train: ad.AnnData,
     test: ad.AnnData,
     train_names: pd.Index,
-    train_batch: pd.Series | None,
+    train_batch: np.ndarray | None,
     prefix: str,
     mod: str,
     parts: tuple[str, str],
@@ -90,9 +116,9 @@ def _modality(
     )
     batch = pd.Series(np.nan, index=obs.index, dtype=object)
     if train_batch is not None:
-        batch.iloc[: train.n_obs] = train_batch.to_numpy()
+        batch.iloc[: train.n_obs] = train_batch
     if "batch" in test.obs:
-        batch.iloc[train.n_obs :] = test.obs["batch"].astype(str).to_numpy()
+        batch.iloc[train.n_obs :] = _batch_labels(test.obs["batch"])
     obs["batch"] = pd.Categorical(batch)
     adata = ad.AnnData(X=counts.copy(), obs=obs, var=pd.DataFrame(index=train.var_names.astype(str)))
     adata.var["feature_types"] = train.var["feature_types"].astype(str).to_numpy()
@@ -119,7 +145,8 @@ def _cell_types(full_path: Path | None, mdata: MuData, mod1: str, mod2: str, tes
                 continue
             # Test cells of mod2 are anonymised; their labels come through the ground truth (evaluation only).
             test_mod1 = mdata[mod1].obs["original_name"][(mdata[mod1].obs["split"] == "test").to_numpy()].to_numpy()
-            mod1_of_mod2 = np.empty(test_pairing.size, dtype=object)
+            # With unequal test sets, mod2 cells that the ground truth pairs with none keep no label.
+            mod1_of_mod2 = np.full(int((~train).sum()), None, dtype=object)
             mod1_of_mod2[test_pairing] = test_mod1
             original[~train] = mod1_of_mod2
         adata.obs["cell_type"] = pd.Categorical(cell_type.reindex(original).to_numpy())
@@ -141,9 +168,12 @@ def read_neurips2021(path: str | os.PathLike, *, cell_types: bool = True) -> MuD
 
     Returns
     -------
-    A MuData with one modality per file pair, named from ``var['feature_types']`` (``'rna'``, ``'atac'``, ``'adt'``):
+    A MuData with one modality per file pair, named from ``var['feature_types']`` (``'rna'``, ``'atac'``, ``'adt'``;
+    the competition's ``GEX``/``ATAC``/``ADT``, 10x's and muon's names, in any case); batches are named as text,
+    whole-number floats as integers (``2.0`` is batch ``'2'``, as ``2`` in another file):
 
-    - training cells are paired: the same obs name (mod1's) in both modalities, mod2 re-ordered with ``train_sol``;
+    - training cells are paired: the same obs name (mod1's) in both modalities, mod2 re-ordered with ``train_sol``
+      (whose rows and columns are read by name when they name the mod1 and mod2 files' cells, else in order);
     - test cells are unpaired: obs names prefixed with the modality (``'rna:…'``, ``'adt:…'``);
     - raw counts in ``.X`` and ``.layers['counts']`` (float32, CSR);
     - ``obs['batch']`` where the files give it (training cells of mod2 take it from the public training pairing; the
@@ -198,13 +228,13 @@ def read_neurips2021_files(files: dict[str, str | os.PathLike], *, cell_types: b
         )
     if test1.n_obs != test2.n_obs:
         logg.warning(f"test_mod1 has {test1.n_obs} cells and test_mod2 {test2.n_obs}: the test cells are not 1:1")
-    train_pairing = _pairing(ad.read_h5ad(files["train_sol"]), train1.obs_names, "train_sol")
+    train_pairing = _pairing(ad.read_h5ad(files["train_sol"]), train1.obs_names, train2.obs_names, "train_sol")
     train2 = train2[train_pairing].copy()
     # A paired training cell has one batch: the mod1 file's, else the mod2 file's (in the pairing's order).
     train_batch = None
     for train in (train1, train2):
         if train_batch is None and "batch" in train.obs:
-            train_batch = train.obs["batch"].astype(str)
+            train_batch = _batch_labels(train.obs["batch"])
 
     first = _modality(train1, test1, train1.obs_names, train_batch, f"{mod1}:", mod1, ("train_mod1", "test_mod1"))
     second = _modality(train2, test2, train1.obs_names, train_batch, f"{mod2}:", mod2, ("train_mod2", "test_mod2"))
@@ -214,10 +244,7 @@ def read_neurips2021_files(files: dict[str, str | os.PathLike], *, cell_types: b
     test_pairing = None
     solution_path = files.get("test_sol")
     if solution_path is not None and solution_path.exists():
-        solution = ad.read_h5ad(solution_path)
-        if solution.shape != (test1.n_obs, test2.n_obs):
-            raise ValueError(f"test_sol has shape {solution.shape}, expected ({test1.n_obs}, {test2.n_obs})")
-        test_pairing = _pairing(solution, test1.obs_names, "test_sol")
+        test_pairing = _pairing(ad.read_h5ad(solution_path), test1.obs_names, test2.obs_names, "test_sol")
         rows = mdata.obs_names.get_indexer(f"{mod1}:" + test1.obs_names)
         cols = mdata.obs_names.get_indexer(f"{mod2}:" + test2.obs_names[test_pairing])
         mdata.obsp["match_true"] = sp.csr_matrix(

@@ -112,19 +112,23 @@ def _from_mudata(
 
 
 def _default_mods(mdata: MuData, mod1: str | None, mod2: str | None, key: str | None = None) -> tuple[str, str]:
-    """Given, else the reader's task (else the first two modalities), unless ``key`` records another pair.
+    """Given, else the reader's task, else the pair (and direction) ``key`` records, else the first two modalities.
 
-    The task's direction is kept when ``key`` (a plan, or a trained embedding) is between its two modalities; a plan or
-    an embedding of other modalities (e.g. a third one of the same cells) is scored between its own.
+    The reader's task keeps its direction when ``key`` (a plan, or a trained embedding) is between its two
+    modalities (the competition scores the mod1 cells' rows); a plan or an embedding of other modalities (e.g. a
+    third one of the same cells) is scored between its own. Without a reader's task, a plan is scored in the
+    direction it was solved in, whatever the order of ``mdata.mod``.
     """
     reader = mdata.uns.get("neurips2021", {})
     names = list(mdata.mod)
-    task = (reader.get("mod1") or names[0], reader.get("mod2") or names[min(1, len(names) - 1)])
+    first_two = (names[0], names[min(1, len(names) - 1)])
+    reader_task = (reader.get("mod1"), reader.get("mod2")) if reader.get("mod1") and reader.get("mod2") else None
+    task = reader_task or first_two
     if mod1 is None and mod2 is None and key is not None:
         # A plan's or a CLIP embedding's recorded pair; a CLUE embedding's modalities when they are two.
         trained = embedding_mods(mdata, key)
         recorded = recorded_plan_mods(mdata, key) or (tuple(trained) if trained and len(trained) == 2 else None)
-        if recorded is not None and set(recorded) != set(task):
+        if recorded is not None and (reader_task is None or set(recorded) != set(reader_task)):
             mod1, mod2 = recorded
     mod1 = mod1 or task[0]
     mod2 = mod2 or task[1]
@@ -179,9 +183,10 @@ def match_score(
         partner; their sums include weight on any cell of ``mod2``, with a true partner or not (e.g. training cells
         of a plan over ``cells="all"``).
     mod1, mod2
-        With a MuData: the modalities of the rows and columns (default: the reader's mod1 and mod2, else the first
-        two modalities; for a plan between another pair, the pair ``match_ot`` recorded); a plan that
-        ``match_ot`` solved the other way round is transposed.
+        With a MuData: the modalities of the rows and columns. Default: the reader's mod1 and mod2 (the
+        competition's direction) for a plan between them; else the pair, in the direction ``match_ot`` solved
+        it, that ``mdata.uns[key]`` records; else the first two modalities. A plan that ``match_ot`` solved the
+        other way round is transposed.
 
     Returns
     -------

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from mudata import MuData
 
-from .._layout import label_name
+from .._layout import known_labels, label_name
 from .._validate import check_mod, check_obs_key
 
 
@@ -31,7 +31,8 @@ def label_transfer_accuracy(
         True labels (ignored for a MuData).
     key, truth_key, mod
         With a MuData: the columns of ``mdata[mod].obs`` holding the predicted and the true labels. Cells with a
-        missing prediction or truth are left out.
+        missing prediction or truth (a missing value, or the text ``"nan"`` that ``astype(str)`` makes of one) are
+        left out.
     balanced
         Average the per-class accuracies (classes of the truth) instead of the cells'.
 
@@ -61,7 +62,7 @@ def label_transfer_accuracy(
     truth = pd.Series(np.asarray(truth, dtype=object))
     if predicted.size != truth.size:
         raise ValueError(f"{predicted.size} predicted labels but {truth.size} true labels")
-    known = predicted.notna().to_numpy() & truth.notna().to_numpy()
+    known = known_labels(predicted) & known_labels(truth)
     if not known.any():
         raise ValueError("no cell has both a predicted and a true label")
     # Labels compare by their text, whole-number floats as integers (a label column that gained a NaN is float).

@@ -76,7 +76,10 @@ def mutual_knn(
     # Relative to each row's nearest column, so that the weights cannot underflow.
     weights = np.exp((neg_cost_xy - neg_cost_xy[:, :1]).ravel() / epsilon)
     plan = sp.csr_matrix((weights[keep], (rows[keep], cols[keep])), shape=(n_rows, n_cols))
-    return sparse_plan_stats(plan)
+    # Each row's weights are relative to its own nearest column: a column's certainty is read from the rows'
+    # normalised weights (the plan that is returned), not from weights that no two rows share a scale for.
+    row_sums = np.asarray(plan.sum(axis=1)).ravel()
+    return sparse_plan_stats(sp.diags(1.0 / row_sums) @ plan)
 
 
 def _nearest(geometry, k: int, memory_budget: int) -> tuple[np.ndarray, np.ndarray]:

@@ -243,7 +243,8 @@ def match_ot(
       of theirs);
     - ``mdata[mod].obs[f"{key_added}_confidence"]`` (largest weight of the cell's normalised row of the plan, or
       column for ``mod2``) and ``mdata[mod].obs[f"{key_added}_entropy"]`` (its entropy, nats), NaN for cells that
-      were not matched.
+      were not matched. Replacing a plan of another pair under the same ``key_added`` removes these columns from a
+      modality the new plan leaves out (they described the replaced plan).
 
     Examples
     --------
@@ -359,6 +360,7 @@ def match_ot(
     target = mdata.copy() if copy else mdata
     if key_added in target.obsp:
         logg.warning(f"overwriting mdata.obsp['{key_added}']")
+    _drop_replaced_certainty(target, key_added, (mod1, mod2))
     plan = sp.csr_matrix(plan, dtype=np.float32)
     plan.sort_indices()
     target.obsp[key_added] = plan
@@ -376,6 +378,22 @@ def match_ot(
         ),
     )
     return target if copy else None
+
+
+def _drop_replaced_certainty(mdata: MuData, key_added: str, mods: tuple[str, str]) -> None:
+    """Drop the confidence and entropy columns that the plan replaced under ``key_added`` wrote outside ``mods``.
+
+    They describe a plan that is gone (e.g. ``'rna'`` to ``'atac'`` replaced by ``'rna'`` to ``'adt'``), and this
+    call does not rewrite them.
+    """
+    replaced = recorded_plan_mods(mdata, key_added) or ()
+    for mod in replaced:
+        if mod in mods or mod not in mdata.mod:
+            continue
+        stale = [f"{key_added}_{name}" for name in ("confidence", "entropy") if f"{key_added}_{name}" in mdata[mod].obs]
+        if stale:
+            logg.warning(f"removing mdata['{mod}'].obs{stale}: they described the plan that '{key_added}' replaces")
+            mdata[mod].obs = mdata[mod].obs.drop(columns=stale)
 
 
 def _imbalance_notes(blocks: list, mod1: str, mod2: str) -> list[str]:

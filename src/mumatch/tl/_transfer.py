@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._layout import obs_positions, oriented_plan, recorded_plan_mods
+from .._layout import MISSING_BATCH, known_labels, obs_positions, oriented_plan, recorded_plan_mods
 from .._validate import check_key_added, check_mod, check_mudata, check_obs_key, check_obs_names
 
 
@@ -38,7 +38,8 @@ def transfer_labels(
     key
         The plan's key in ``mdata.obsp``.
     label_key
-        Column of ``mdata[source_mod].obs`` with the labels to transfer (missing labels are ignored).
+        Column of ``mdata[source_mod].obs`` with the labels to transfer (missing labels, and the text ``"nan"`` that
+        ``astype(str)`` makes of them, are ignored).
     source_mod, target_mod
         Modality that carries the labels and modality that receives them.
     key_added
@@ -52,7 +53,8 @@ def transfer_labels(
     ``None``, or the modified copy with ``copy=True``. Adds ``mdata[target_mod].obs[key_added]`` (categorical
     prediction, with the categories of a categorical ``label_key``, unused ones too, else its sorted labels) and
     ``mdata[target_mod].obs[f"{key_added}_probability"]`` (its vote share), both missing for target cells without
-    matched labelled source cells, and ``mdata.uns[key_added]['params']``.
+    matched labelled source cells, and ``mdata.uns[key_added]``: ``'params'`` of this call and ``'targets'``, the
+    modalities holding columns written under this ``key_added`` (which a later call may overwrite).
 
     Examples
     --------
@@ -91,12 +93,13 @@ def transfer_labels(
     weights = _target_by_source(mdata, key, source_mod, target_mod)
     weights.data = np.maximum(weights.data, 0)
     labels = mdata[source_mod].obs[label_key]
-    known = labels.notna().to_numpy()
+    known = known_labels(labels)
     # The labels keep their type (numbers stay numbers) and a categorical column all its categories, in their order
     # (as scanpy's ingest does): the prediction then compares with, and colours like, a truth column of that type.
     ordered = False
     if isinstance(labels.dtype, pd.CategoricalDtype):
         categories, ordered = labels.cat.categories, bool(labels.cat.ordered)
+        categories = categories[categories.astype(str) != MISSING_BATCH]  # "nan" labels no cell
     else:
         categories = pd.Index(pd.unique(labels[known]))
         try:
@@ -129,8 +132,11 @@ def transfer_labels(
             logg.warning(f"overwriting mdata['{target_mod}'].obs['{column}']")
     target[target_mod].obs[key_added] = predicted
     target[target_mod].obs[f"{key_added}_probability"] = probability
+    # One record serves the columns this key wrote in every target modality (e.g. a transfer in each direction).
+    written = sorted({target_mod, *_transfer_targets(mdata.uns.get(key_added))})
     target.uns[key_added] = {
-        "params": {"key": key, "label_key": label_key, "source_mod": source_mod, "target_mod": target_mod}
+        "params": {"key": key, "label_key": label_key, "source_mod": source_mod, "target_mod": target_mod},
+        "targets": written,
     }
     logg.info(
         "    finished",
@@ -143,10 +149,20 @@ def transfer_labels(
     return target if copy else None
 
 
+def _transfer_targets(record: object) -> list[str]:
+    """The modalities into which :func:`transfer_labels` wrote the columns named by ``record`` (``uns[key_added]``)."""
+    params = record.get("params") if isinstance(record, Mapping) else None
+    if not isinstance(params, Mapping) or "label_key" not in params:
+        return []
+    targets = record.get("targets")
+    if targets is None:  # a record written before "targets" was kept
+        targets = [params.get("target_mod")]
+    return [str(mod) for mod in np.atleast_1d(targets)]
+
+
 def _written_by_transfer(record: object, target_mod: str) -> bool:
     """Whether ``mdata.uns[key_added]`` records labels that :func:`transfer_labels` wrote into ``target_mod``."""
-    params = record.get("params") if isinstance(record, Mapping) else None
-    return isinstance(params, Mapping) and "label_key" in params and params.get("target_mod") == target_mod
+    return target_mod in _transfer_targets(record)
 
 
 def _target_by_source(mdata: MuData, key: str, source_mod: str, target_mod: str) -> sp.csr_matrix:
