@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._layout import extract_block, label_name, oriented_plan, split_index
+from .._layout import MISSING_BATCH, extract_block, label_strings, oriented_plan, split_index
 from .._modality import ASSAY_NAMES, assay_of_feature_type
 from .._validate import check_counts, check_mod, check_mudata
 
@@ -78,11 +78,9 @@ def _pairing(solution: ad.AnnData, names1: pd.Index, names2: pd.Index, part: str
 
 
 def _batch_labels(labels: pd.Series) -> np.ndarray:
-    """Batch labels as text (``1.0`` as ``'1'``, as every modality names it), missing values kept missing."""
-    values = labels.astype(object).to_numpy()
-    known = labels.notna().to_numpy()
-    text = np.full(values.size, np.nan, dtype=object)
-    text[known] = [label_name(value) for value in values[known]]
+    """Batch labels named as the package names them (:func:`label_strings`), missing ones kept missing in the file."""
+    text = label_strings(labels).to_numpy(dtype=object)
+    text[text == MISSING_BATCH] = np.nan
     return text
 
 
