@@ -139,6 +139,33 @@ def test_sparse_plan_summaries_match_the_full_plan(n, m, seed, budget_rows):
     assert (sparse.row_mass_kept >= 0.999 - 1e-9).all()
 
 
+def test_workers_build_the_sparse_plan_of_one_thread(monkeypatch):
+    # 40 strips of 5 rows: on two threads two workers build half the rows each, and the columns' sums are added up.
+    x, y, result = solved(200, 30, seed=4, dtype="float64", tol=1e-8, max_iter=5000)
+    args = (x, y, result.f, result.g, result.epsilon, result.cost)
+    real_map = _plan.map_row_ranges
+    n_parts = []
+    monkeypatch.setattr(_plan, "map_row_ranges", lambda *a: n_parts.append(len(parts := real_map(*a))) or parts)
+    previous = torch.get_num_threads()
+    built = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            built[threads] = mm.ot.sparsify_plan(*args, dtype="float64", device="cpu", memory_budget=2 * 5 * 30 * 8)
+    finally:
+        torch.set_num_threads(previous)
+    assert n_parts == [1, 2]
+    one, two = built[1], built[2]
+    # The same entries; values up to the rounding of products run on one thread or on several.
+    np.testing.assert_array_equal(one.plan.indptr, two.plan.indptr)
+    np.testing.assert_array_equal(one.plan.indices, two.plan.indices)
+    np.testing.assert_allclose(one.plan.data, two.plan.data, rtol=1e-6)
+    for name in ("row_confidence", "row_entropy", "row_mass_kept", "col_confidence", "col_entropy"):
+        np.testing.assert_allclose(getattr(one, name), getattr(two, name), rtol=1e-12)
+    full = mm.ot.plan_tile(*args)
+    np.testing.assert_allclose(two.col_confidence, (full / full.sum(0, keepdims=True)).max(0), rtol=1e-6)
+
+
 def test_certainty_stays_in_range_in_float32():
     # Concentrated rows in float32: the largest weight is the whole row up to rounding (1.0000002 before clipping,
     # and an entropy of -1e-6).

@@ -81,14 +81,18 @@ def _pool(n_workers: int) -> ThreadPoolExecutor:
         return pool
 
 
+def row_workers(device: torch.device) -> int:
+    """How many workers :func:`map_row_ranges` may use on ``device`` (at most; fewer rows can mean fewer)."""
+    return torch.get_num_threads() if device.type == "cpu" and _openmp_backend() else 1
+
+
 def map_row_ranges(work: Callable[[int, int], Result], n_rows: int, step: int, device: torch.device) -> list[Result]:
     """``work(start, stop)`` for each range of :func:`row_ranges`, one worker each on the CPU; results in row order.
 
     As many workers as the caller's torch threads, each running torch on one thread. Elsewhere than on a
     multi-threaded CPU with OpenMP threads, ``work`` runs once on all rows, in the caller's thread.
     """
-    n_workers = torch.get_num_threads() if device.type == "cpu" and _openmp_backend() else 1
-    ranges = row_ranges(n_rows, step, n_workers)
+    ranges = row_ranges(n_rows, step, row_workers(device))
     if len(ranges) == 1:
         return [work(0, n_rows)]
     futures = [_pool(len(ranges)).submit(work, lo, hi) for lo, hi in ranges]

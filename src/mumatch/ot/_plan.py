@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,6 +20,7 @@ from ._cost import (
     resolve_memory_budget,
     strip_layout,
 )
+from ._parallel import map_row_ranges, row_workers, sum_in_order
 
 # The competition accepted at most 1000 non-zeros per row of a prediction.
 MAX_PER_ROW = 1000
@@ -54,6 +55,18 @@ class SparsePlan:
     col_confidence: np.ndarray
     col_entropy: np.ndarray
     row_mass_kept: np.ndarray
+
+
+@dataclass
+class _RowRangePlan:
+    """One worker's share of a sparse plan: its rows' CSR pieces, in order, and its column statistics."""
+
+    col_max: torch.Tensor
+    col_sums: torch.Tensor
+    col_weighted: torch.Tensor
+    counts: list[np.ndarray] = field(default_factory=list)
+    indices: list[np.ndarray] = field(default_factory=list)
+    weights: list[np.ndarray] = field(default_factory=list)
 
 
 def check_potentials(f: object, g: object, n_rows: int, n_cols: int) -> None:
@@ -165,9 +178,11 @@ def sparsify_plan(
     f_t = torch.as_tensor(np.asarray(f), dtype=torch_dtype, device=torch_device)
     g_t = torch.as_tensor(np.asarray(g), dtype=torch_dtype, device=torch_device)
     itemsize = geometry.x.element_size()
+    # Each worker holds its own strip and work arrays: the budget is shared between them.
+    worker_budget = memory_budget // row_workers(torch_device)
     # On a GPU a block is the whole strip: the strip of log P, its block and two work arrays make four strips, and
     # the top k of each row (values, int64 indices, weights and their masks) ~32 bytes per kept candidate.
-    step, width = strip_layout((n_rows, n_cols), itemsize, memory_budget, torch_device, 4, extra_row_bytes=32 * k)
+    step, width = strip_layout((n_rows, n_cols), itemsize, worker_budget, torch_device, 4, extra_row_bytes=32 * k)
     column_ranges = [(j, min(j + width, n_cols)) for j in range(0, n_cols, width)]
     # A block as wide as the strip is computed in the strip itself, without a copy (or a block array).
     whole_rows = len(column_ranges) == 1
@@ -188,19 +203,22 @@ def sparsify_plan(
     row_confidence = np.empty(n_rows)
     row_entropy = np.empty(n_rows)
     row_mass_kept = np.empty(n_rows)
-    col_max = torch.full((n_cols,), -torch.inf, dtype=torch_dtype, device=torch_device)
-    col_sums = torch.zeros(n_cols, dtype=torch.float64, device=torch_device)
-    col_weighted = torch.zeros(n_cols, dtype=torch.float64, device=torch_device)
-    strip_col_sums = torch.empty(n_cols, dtype=torch_dtype, device=torch_device)
-    strip_col_weighted = torch.empty(n_cols, dtype=torch_dtype, device=torch_device)
-    block = None if whole_rows else torch.empty(step * width, dtype=torch_dtype, device=torch_device)
-    work = tuple(torch.empty(step * width, dtype=torch_dtype, device=torch_device) for _ in range(2))
-    ones = torch.ones(width, dtype=torch_dtype, device=torch_device)
-    counts, indices, weights = [], [], []
-    strip = None
-    with torch.no_grad():
-        for start in range(0, n_rows, step):
-            stop = min(start + step, n_rows)
+
+    def rows_of(first: int, last: int) -> _RowRangePlan:
+        """The sparse rows ``first:last`` and their column statistics, one strip at a time."""
+        part = _RowRangePlan(
+            col_max=torch.full((n_cols,), -torch.inf, dtype=torch_dtype, device=torch_device),
+            col_sums=torch.zeros(n_cols, dtype=torch.float64, device=torch_device),
+            col_weighted=torch.zeros(n_cols, dtype=torch.float64, device=torch_device),
+        )
+        strip_col_sums = torch.empty(n_cols, dtype=torch_dtype, device=torch_device)
+        strip_col_weighted = torch.empty(n_cols, dtype=torch_dtype, device=torch_device)
+        block = None if whole_rows else torch.empty(step * width, dtype=torch_dtype, device=torch_device)
+        work = tuple(torch.empty(step * width, dtype=torch_dtype, device=torch_device) for _ in range(2))
+        ones = torch.ones(width, dtype=torch_dtype, device=torch_device)
+        strip = None
+        for start in range(first, last, step):
+            stop = min(start + step, last)
             rows, height = slice(start, stop), stop - start
             # The strip of log P, row-major for topk; every block of it is computed and summarised in cache.
             strip = _buffer(strip, height, n_cols, geometry.x)
@@ -214,14 +232,14 @@ def sparsify_plan(
                 if not whole_rows:
                     strip[:, j0:j1].copy_(log_plan)
                 row_max = torch.maximum(row_max, log_plan.amax(dim=1))
-                torch.maximum(col_max[j0:j1], log_plan.amax(dim=0), out=col_max[j0:j1])
+                torch.maximum(part.col_max[j0:j1], log_plan.amax(dim=0), out=part.col_max[j0:j1])
                 stats.add(log_plan, work, strip_col_sums[j0:j1], strip_col_weighted[j0:j1])
             if not bool(((stats.row_sums >= low) & (stats.row_sums <= high)).all()):
                 stats = _StripStats(height, row_max, ones)
                 for j0, j1 in column_ranges:
                     stats.add(strip[:, j0:j1], work, strip_col_sums[j0:j1], strip_col_weighted[j0:j1])
-            col_sums += strip_col_sums
-            col_weighted += strip_col_weighted
+            part.col_sums += strip_col_sums
+            part.col_weighted += strip_col_weighted
             shift, row_sums = stats.shift, stats.row_sums
             row_confidence[start:stop] = (torch.exp(row_max - shift) / row_sums).double().cpu().numpy()
             # -sum p log p with p = exp(log P - shift) / row_sums.
@@ -246,9 +264,21 @@ def sparsify_plan(
             kept_sums = kept.sum(dim=1)
             row_mass_kept[start:stop] = kept_sums.double().cpu().numpy()
             normalised = kept / kept_sums[:, None]
-            counts.append(keep.cpu().numpy())
-            indices.append(top_index[mask].to(torch.int32).cpu().numpy())  # half the memory of int64
-            weights.append(normalised[mask].float().cpu().numpy())
+            part.counts.append(keep.cpu().numpy())
+            part.indices.append(top_index[mask].to(torch.int32).cpu().numpy())  # half the memory of int64
+            part.weights.append(normalised[mask].float().cpu().numpy())
+        return part
+
+    with torch.no_grad():
+        parts = map_row_ranges(rows_of, n_rows, step, torch_device)
+    col_max = parts[0].col_max
+    for part in parts[1:]:
+        col_max = torch.maximum(col_max, part.col_max)
+    col_sums = sum_in_order([part.col_sums for part in parts])
+    col_weighted = sum_in_order([part.col_weighted for part in parts])
+    counts = [count for part in parts for count in part.counts]
+    indices = [index for part in parts for index in part.indices]
+    weights = [weight for part in parts for weight in part.weights]
 
     indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
     plan = sp.csr_matrix((np.concatenate(weights), np.concatenate(indices), indptr), shape=(n_rows, n_cols))
