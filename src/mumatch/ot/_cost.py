@@ -50,10 +50,11 @@ DENSE_BLOCK_BYTES = 4 * 2**20
 # this size.
 ACCELERATOR_BLOCK_BYTES = 256 * 2**20
 # The dense solver's first pass writes the cost's product into the kernel's fresh memory in blocks of this size, on
-# every device: a general matrix product of many rows splits its output between threads far apart, while cache-sized
-# blocks keep both threads faulting in pages of the same page table (10k × 10k on two CPU threads: 0.34 s against
-# 0.49 s for 4 MB blocks, medians of six fresh processes). The row maxima and minimum are then read from memory,
-# which costs little beside the product.
+# every device. A product of many rows splits its output between the threads in large parts far apart, each thread
+# faulting in its own pages; cache-sized blocks (DENSE_BLOCK_BYTES) had both threads faulting in pages of the same few
+# megabytes at a time, which was slower (10k × 10k on two CPU threads: 0.34 s against 0.49 s for 4 MB blocks, medians
+# of six fresh processes). The row maxima and minimum are then read from memory, which costs little beside the
+# product.
 PRODUCT_BLOCK_BYTES = 256 * 2**20
 # Tiled passes shift each row by an estimate of its log row sum (the solver: that of the previous iteration; near
 # convergence the shifted row sums are ~1) instead of its max, which would cost a pass over the strip. A strip whose
