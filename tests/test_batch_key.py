@@ -29,7 +29,7 @@ def test_misspelt_batch_key_refused_everywhere(embedded):
         lambda: mm.model.CLIP.setup_mudata(embedded, "rna", "atac", rep_key="X_shared", batch_key="sample"),
     ]
     for call in calls:
-        with pytest.raises(KeyError, match="batch_key='sample' is not a column of the .obs of any of"):
+        with pytest.raises(KeyError, match="batch_key='sample' is not a column of mdata.obs or of the .obs of any of"):
             call()
     assert_unchanged(before, embedded)
 
@@ -49,3 +49,19 @@ def test_default_batch_key_without_batches_trains_and_matches(embedded, monkeypa
     assert len(embedded.uns["match"]["blocks"]) == 1
     mm.tl.train_clue(embedded, use_rep="X_shared", model_kwargs=TINY, **QUICK)
     assert embedded.uns["X_clue"]["params"]["batch_key"] is None
+
+
+def test_a_batch_column_of_the_mudata_itself_is_used(embedded):
+    # muon keeps sample-level columns in mdata.obs: a modality without the column reads it from there.
+    labels = {mod: embedded[mod].obs.pop("batch") for mod in ("rna", "atac")}
+    embedded.obs["sample"] = None
+    for column in labels.values():
+        embedded.obs.loc[column.index, "sample"] = column.astype(str).to_numpy()
+    mm.tl.match_ot(embedded, "rna", "atac", use_rep="X_shared", cells="all", batch_key="sample")
+    blocks = {record["name"] for record in embedded.uns["match"]["blocks"].values()}
+    assert blocks == set(labels["rna"].astype(str)) and len(blocks) > 1
+    plan = embedded.obsp["match"].tocoo()
+    sample = embedded.obs["sample"].to_numpy()
+    assert plan.nnz and (sample[plan.row] == sample[plan.col]).all()  # no weight across the MuData's batches
+    mm.pp.lsi_harmony(embedded, batch_key="sample")
+    assert embedded["rna"].uns["X_lsi_harmony"]["harmony"]["applied"]

@@ -24,6 +24,8 @@ import scipy.sparse as sp
 from mudata import MuData
 from scanpy import logging as logg
 
+from ._validate import obs_column
+
 MISSING_BATCH = "nan"
 
 
@@ -77,9 +79,10 @@ def batch_labels(mdata: MuData, mod: str, batch_key: str | None) -> pd.Series | 
 
     Missing labels become :data:`MISSING_BATCH`.
     """
-    if batch_key is None or batch_key not in mdata[mod].obs:
+    column = None if batch_key is None else obs_column(mdata, mod, batch_key)
+    if column is None:
         return None
-    labels = label_strings(mdata[mod].obs[batch_key])
+    labels = label_strings(column)
     return None if (labels == MISSING_BATCH).all() else labels
 
 
@@ -211,7 +214,7 @@ def batch_blocks(
     mask1, mask2
         Boolean masks over each modality's cells: the cells to match.
     batch_key
-        Column of each modality's ``.obs`` with the batch. ``None`` puts all cells in one block.
+        Column of each modality's ``.obs`` (else of ``mdata.obs``) with the batch. ``None`` puts all cells in one block.
 
     Returns
     -------

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from mudata import MuData
 
@@ -41,8 +42,22 @@ def check_key_added(key_added: object, argument: str = "key_added") -> str:
     return key_added
 
 
+def obs_column(mdata: MuData, mod: str, key: str) -> pd.Series | None:
+    """Column ``key`` for the cells of modality ``mod``: its own ``.obs[key]``, else the MuData's ``mdata.obs[key]``.
+
+    muon users keep sample-level columns (batch, donor) in the MuData's own ``.obs``: its rows for the modality's cells
+    are read then (a cell missing from ``mdata.obs_names`` gets a missing value). None when neither has the column.
+    """
+    obs = mdata[mod].obs
+    if key in obs:
+        return obs[key]
+    if key in mdata.obs.columns and mdata.obs_names.is_unique:
+        return mdata.obs[key].reindex(obs.index)
+    return None
+
+
 def check_batch_key(mdata: MuData, mods: Sequence[str], batch_key: object) -> bool:
-    """Whether ``batch_key`` (a column name or None) is a column of some modality's ``.obs``.
+    """Whether ``batch_key`` (a column name or None) is a column of some modality's ``.obs`` (or of ``mdata.obs``).
 
     A column that no modality has is a misspelling, and raises a KeyError, unless it is the default
     :data:`DEFAULT_BATCH_KEY`: data without batches is common and works with the defaults.
@@ -51,12 +66,13 @@ def check_batch_key(mdata: MuData, mods: Sequence[str], batch_key: object) -> bo
         return False
     if not isinstance(batch_key, str):
         raise ValueError(f"batch_key must be a column name or None, got {batch_key!r}")
-    if any(batch_key in mdata[mod].obs for mod in mods):
+    if any(obs_column(mdata, mod, batch_key) is not None for mod in mods):
         return True
     if batch_key == DEFAULT_BATCH_KEY:
         return False
     raise KeyError(
-        f"batch_key={batch_key!r} is not a column of the .obs of any of {list(mods)}; pass an existing column, or "
+        f"batch_key={batch_key!r} is not a column of mdata.obs or of the .obs of any of {list(mods)}; pass an "
+        "existing column, or "
         "batch_key=None when there are no batches"
     )
 
@@ -81,6 +97,14 @@ def check_obs_names(mdata: MuData, mod: str, *, in_mudata: bool = True) -> None:
         raise ValueError(
             f"mdata['{mod}'].obs_names repeats names (e.g. {repeated}); a cell is identified by its name, so make them "
             f"unique (mdata['{mod}'].obs_names_make_unique(), then mdata.update())"
+        )
+    if in_mudata and not mdata.obs_names.is_unique:
+        # Another modality's repeated names repeat in the MuData's, where the plans and labels are indexed.
+        repeating = [other for other in mdata.mod if not mdata[other].obs_names.is_unique]
+        where = f"mdata['{repeating[0]}'].obs_names" if repeating else "mdata.obs_names"
+        raise ValueError(
+            f"{where} repeats names; a cell is identified by its name, so make them unique "
+            f"({where}_make_unique(), then mdata.update())"
         )
     if in_mudata and (mdata.obs_names.get_indexer(names) < 0).any():
         raise ValueError(

@@ -419,6 +419,79 @@ def test_save_load_round_trip(small, tmp_path):
         mm.model.CLUE.load(tmp_path / "clue", narrower)
 
 
+def test_load_onto_features_of_other_names_warns(small, tmp_path, monkeypatch):
+    from scanpy import logging as logg
+
+    model = train_model(small)
+    model.save(tmp_path / "clue")
+    query = small.copy()
+    query.mod["rna"].var_names = [f"other_{i}" for i in range(query["rna"].n_vars)]
+    warnings = []
+    monkeypatch.setattr(logg, "warning", lambda message, *args, **kwargs: warnings.append(message))
+    mm.model.CLUE.load(tmp_path / "clue", small)
+    assert warnings == []
+    loaded = mm.model.CLUE.load(tmp_path / "clue", query)
+    assert len(warnings) == 1 and "mdata['rna'] has other features than the model was trained on" in warnings[0]
+    np.testing.assert_array_equal(  # embedding reads the representation only
+        loaded.get_latent_representation(modality="rna"), model.get_latent_representation(modality="rna")
+    )
+
+
+def test_without_early_stopping_the_last_weights_are_kept(small, monkeypatch):
+    from lightning.pytorch.callbacks import Callback
+
+    from mumatch.model import _base
+
+    class LastEpoch(Callback):
+        def on_train_epoch_end(self, trainer, plan):
+            self.state = {name: value.detach().clone() for name, value in plan.module.state_dict().items()}
+
+    made = []
+    real_trainer = _base.lp.Trainer
+    monkeypatch.setattr(_base.lp, "Trainer", lambda **options: made.append(options) or real_trainer(**options))
+    for early_stopping in (False, True):
+        mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+        model = mm.model.CLUE(small, **TINY)
+        last = LastEpoch()
+        model.train(max_epochs=6, batch_size=64, early_stopping=early_stopping, callbacks=[last])
+        restoring = [c for c in made[-1]["callbacks"] if isinstance(c, _base.BestWeights) and c.restore]
+        assert len(restoring) == int(early_stopping)  # only early stopping restores the best epoch's weights
+        assert model.train_info["best_epoch"] is not None
+    # The run without early stopping ended on its last epoch's weights, whichever epoch validated best.
+    made.clear()
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    last = LastEpoch()
+    model.train(max_epochs=6, batch_size=64, lr=1e-2, early_stopping=False, callbacks=[last])
+    for name, value in model.module.state_dict().items():
+        torch.testing.assert_close(value, last.state[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("devices", "strategy", "expected"),
+    [("auto", None, 1), (1, None, 1), ([0], None, [0]), (2, None, 2), (2, "ddp_spawn", 2)],
+)
+def test_devices_auto_is_one_device_and_several_look_for_unused_parameters(devices, strategy, expected):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from mumatch.model._base import device_options
+
+    options = device_options(devices, {} if strategy is None else {"strategy": strategy})
+    assert options["devices"] == expected
+    # A CLUE model has parameters without a gradient (a Bernoulli modality's dispersion): plain DDP stops on them.
+    several = expected not in (1, [0])
+    assert ("strategy" in options) == (several and strategy is None)
+    if "strategy" in options:
+        assert isinstance(options["strategy"], DDPStrategy)
+        assert options["strategy"]._ddp_kwargs["find_unused_parameters"]
+
+
+def test_embedding_batch_size_is_checked(small):
+    model = train_model(small)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        model.get_latent_representation(modality="rna", batch_size=0)
+
+
 def test_load_onto_cells_without_batch_labels(small, tmp_path):
     model = train_model(small)
     model.save(tmp_path / "clue")

@@ -269,7 +269,7 @@ def test_modality_without_batch_column_is_left_uncorrected(small):
     assert small["adt"].uns[KEY]["harmony"] == {"applied": False, "reason": "no 'batch' column in its .obs"}
     assert "skipping Harmony for 'adt'" in small["adt"].uns[KEY]["notes"][0]
     before = snapshot(small)
-    with pytest.raises(KeyError, match="batch_key='donor' is not a column of the .obs of any of"):
+    with pytest.raises(KeyError, match="batch_key='donor' is not a column of mdata.obs or of the .obs of any of"):
         mm.pp.lsi_harmony(small, mods=["rna"], n_comps=10, batch_key="donor", key_added="X_donor")  # a misspelling
     assert_unchanged(before, small)
     query = small.copy()

@@ -312,6 +312,22 @@ def test_duplicate_or_stale_obs_names_are_refused(cite_embedded):
         mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared")
 
 
+def test_repeated_names_in_a_third_modality_are_named(cite_embedded):
+    # The MuData's own obs names repeat another modality's: plans and labels are indexed by them.
+    mdata = cite_embedded
+    extra = mdata["adt"][:3].copy()
+    extra.obs_names = [mdata["adt"].obs_names[0]] * 3
+    mdata = mudata.MuData({"rna": mdata["rna"], "adt": mdata["adt"], "protein2": extra})
+    before = snapshot(mdata)
+    for call in (
+        lambda: mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared"),
+        lambda: mm.tl.transfer_labels(mdata, label_key="cell_type", source_mod="rna", target_mod="adt"),
+    ):
+        with pytest.raises(ValueError, match=r"mdata\['protein2'\].obs_names repeats names"):
+            call()
+    assert_unchanged(before, mdata)
+
+
 def test_nullable_boolean_selection_and_numpy_scalars(cite_embedded):
     mdata = cite_embedded
     for mod, other in (("rna", "adt"), ("adt", "rna")):

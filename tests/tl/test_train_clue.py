@@ -51,8 +51,26 @@ def test_train_clue_errors_leave_mudata_unchanged(small):
         mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, lr=-1.0)
     with pytest.raises(ValueError, match="monitor must be 'loss' or 'matching'"):
         mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, monitor="foscttm")
+    with pytest.raises(KeyError, match="use_rep='X_missing'"):
+        mm.tl.train_clue(small, use_rep="X_missing")
+    first, second = list(small.mod)[:2]
+    with pytest.raises(KeyError, match=f"use_rep names no representation for '{second}'"):
+        mm.tl.train_clue(small, use_rep={first: "X_pca"})
+    with pytest.raises(TypeError, match="train_clue has no copy argument"):
+        mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, copy=True)
+    with pytest.raises(ValueError, match=r"model_kwargs sets \['random_state'\]; pass them to train_clue itself"):
+        mm.tl.train_clue(small, use_rep="X_pca", model_kwargs={**TINY, "random_state": 1})
     assert_unchanged(before, small)
     assert SETUP_KEY not in small.uns
+
+
+def test_numpy_integer_seeds_and_sizes_are_recorded_as_numbers(small):
+    # for seed in np.arange(3): ... is how seeds are looped over; the model records them for save/load as JSON.
+    model = mm.tl.train_clue(
+        small, use_rep="X_pca", model_kwargs={**TINY, "n_latent": np.int64(3)}, random_state=np.int64(2), **QUICK
+    )
+    assert model.init_params["random_state"] == 2 and type(model.init_params["random_state"]) is int
+    assert model.init_params["n_latent"] == 3 and small["rna"].obsm["X_clue"].shape[1] == 2 * 3
 
 
 def test_train_clue_ensemble_averages_cosine_similarities(small):

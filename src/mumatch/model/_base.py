@@ -54,6 +54,36 @@ LR_REDUCTION_FACTOR = 0.1
 VALIDATION_PREFIX = "validation_"  # every metric of the validation loop is logged under it
 
 
+def device_options(devices: int | str | Sequence[int], trainer_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The Trainer's ``devices`` (and ``strategy``) for a model's ``devices`` argument.
+
+    ``"auto"`` is one device, as in scvi-tools: Lightning's own ``"auto"`` takes every GPU of a node and runs DDP,
+    which the caller did not ask for. With several devices and no ``strategy``, DDP looks for parameters without a
+    gradient: a CLUE model always has some (a Bernoulli modality's unused dispersion; the discriminator when its
+    weight is 0; a modality's networks on a minibatch without its cells), and plain DDP stops on them.
+    """
+    if isinstance(devices, str) and devices == "auto":
+        return {"devices": 1}
+    listed = isinstance(devices, Sequence) and not isinstance(devices, str)
+    several = not (len(devices) == 1 if listed else devices in (1, "1"))
+    if several and "strategy" not in trainer_kwargs:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return {"devices": devices, "strategy": DDPStrategy(find_unused_parameters=True)}
+    return {"devices": devices}
+
+
+def plain_values(value: Any) -> Any:
+    """``value`` with numpy scalars (e.g. a seed from ``np.arange``) as Python ones, in nested dicts, lists, tuples."""
+    if isinstance(value, Mapping):
+        return {key: plain_values(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(plain_values(item) for item in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 @dataclass(frozen=True)
 class ModalityRegistration:
     """What a model reads from one modality.
@@ -221,10 +251,14 @@ class TrainingPlan(lp.LightningModule):
 
 
 class BestWeights(Callback):
-    """Keep a copy of the module's weights at the lowest value of ``monitor``; restore them when training ends."""
+    """Keep a copy of the module's weights at the lowest value of ``monitor``; restore them when training ends.
 
-    def __init__(self, monitor: str = "validation_loss"):
+    With ``restore=False`` only the best epoch and value are recorded (in the plan's ``fit_summary``).
+    """
+
+    def __init__(self, monitor: str = "validation_loss", restore: bool = True):
         self.monitor = monitor
+        self.restore = restore
         self.best_value = math.inf
         self.best_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -236,7 +270,8 @@ class BestWeights(Callback):
         value = float(trainer.callback_metrics[self.monitor])
         if value < self.best_value:
             self.best_value, self.best_epoch = value, trainer.current_epoch
-            self.best_state = copy.deepcopy(plan.module.state_dict())
+            if self.restore:
+                self.best_state = copy.deepcopy(plan.module.state_dict())
             plan.fit_summary.update(best_epoch=self.best_epoch, best_value=self.best_value)
 
     def on_train_end(self, trainer: lp.Trainer, plan: lp.LightningModule) -> None:  # noqa: D102
@@ -364,8 +399,9 @@ class MuDataModel:
         rep_key
             The ``.obsm`` key of each modality's input: one for all, or one per modality.
         batch_key
-            Column of each modality's ``.obs`` with the batch (may be missing in some modalities or cells). A column
-            that no modality has raises a KeyError, except the default ``"batch"`` (no batches, with a warning).
+            Column of each modality's ``.obs`` (else of ``mdata.obs``) with the batch (may be missing in some modalities
+            or cells). A column that no modality has raises a KeyError, except the default ``"batch"`` (no batches, with
+            a warning).
         check_pairs
             Warn about cells paired by name whose batch labels differ between modalities (not when loading a model,
             which trains on nothing).
@@ -391,7 +427,7 @@ class MuDataModel:
         for position, mod1 in enumerate(mods if check_pairs else []):
             for mod2 in mods[position + 1 :]:
                 warn_conflicting_batches(mdata, mod1, mod2, batch_key, "different cells would be trained on as pairs")
-        args = {"mods": mods, "rep_keys": rep_keys, "batch_key": batch_key, **extra}
+        args = plain_values({"mods": mods, "rep_keys": rep_keys, "batch_key": batch_key, **extra})
         json.dumps(args)  # fails early on a value that could not be saved with the model
         setups = dict(mdata.uns.get(SETUP_KEY, {}))
         setups[cls.__name__] = json.dumps(args)
@@ -406,6 +442,7 @@ class MuDataModel:
 
     def _init_params(self, **params: Any) -> None:
         """Record the hyperparameters ``__init__`` was called with (JSON-serialisable; saved with the model)."""
+        params = plain_values(params)
         json.dumps(params)
         self.init_params = params
 
@@ -434,17 +471,20 @@ class MuDataModel:
         progress_bar = bool(trainer_kwargs.pop("enable_progress_bar", progress_bar))
         history, best = History(), BestWeights(monitor)
         callbacks: list[Callback] = [history, EpochProgressBar()] if progress_bar else [history]
-        if validation_loader is not None:
+        if validation_loader is not None and early_stopping:
+            # Without early stopping the caller asked for max_epochs of training: the last weights are kept (as in
+            # scvi-tools), and the best epoch is only reported.
             callbacks.append(best)
-            if early_stopping:
-                callbacks.append(
-                    EarlyStopping(monitor, patience=patience, min_delta=min_delta, check_on_train_epoch_end=False)
-                )
+            callbacks.append(
+                EarlyStopping(monitor, patience=patience, min_delta=min_delta, check_on_train_epoch_end=False)
+            )
+        elif validation_loader is not None:
+            callbacks.append(BestWeights(monitor, restore=False))
         callbacks += list(trainer_kwargs.pop("callbacks", []))
         trainer_options = {
             "max_epochs": max_epochs,
             "accelerator": accelerator,
-            "devices": devices,
+            **device_options(devices, trainer_kwargs),
             "logger": False,
             "enable_checkpointing": False,
             "enable_model_summary": False,
@@ -581,6 +621,14 @@ class MuDataModel:
             else:
                 mdata.uns.pop(SETUP_KEY, None)
             raise
+        for saved in metadata["registrations"].values():
+            if tuple(map(str, mdata[saved["mod"]].var_names)) != tuple(saved["var_names"]):
+                # Embedding reads only the representation; the decoders (further training) assume these features.
+                logg.warning(
+                    f"mdata['{saved['mod']}'] has other features than the model was trained on; its representation "
+                    f"'{saved['rep_key']}' must come from the same projection (e.g. lsi_harmony_transform), and "
+                    "training this model further would fit its decoders to other features"
+                )
         model.module.eval()
         model.is_trained = metadata["is_trained"]
         model.train_info = metadata["train_info"]

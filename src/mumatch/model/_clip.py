@@ -232,9 +232,10 @@ class CLIP(MuDataModel):
         rep_key
             The ``.obsm`` key of each modality's input (one for both, or ``{mod: key}``).
         batch_key
-            Column of ``.obs`` with the batch of each cell, used to hold out batches for validation; a paired cell's
-            batch is read from ``mod1``, or from ``mod2`` where ``mod1`` has no label. A column that neither modality
-            has raises a KeyError, except the default ``"batch"`` (no batches, with a warning).
+            Column of ``.obs`` (each modality's, else ``mdata.obs``) with the batch of each cell, used to hold out
+            batches for validation; a paired cell's batch is read from ``mod1``, or from ``mod2`` where ``mod1`` has no
+            label. A column that neither modality has raises a KeyError, except the default ``"batch"`` (no batches,
+            with a warning).
         """
         check_mudata(mdata)
         check_mod(mdata, mod1, "mod1")
@@ -336,7 +337,8 @@ class CLIP(MuDataModel):
             minibatches per epoch (at least 256 cells, at most MatchCLOT's 16384, which it reaches from ~50k
             training cells).
         early_stopping
-            Stop when the validation loss has not improved for ``patience`` epochs.
+            Stop when the validation loss has not improved for ``patience`` epochs; the best weights are restored.
+            ``False``: train ``max_epochs`` epochs and keep the last weights.
         validation
             Which paired cells to hold out: ``"auto"`` (the first batch, as MatchCLOT does, when two or more
             batches have at least 20 paired cells and at most 60 % of them, and among those; else a seeded random
@@ -347,7 +349,8 @@ class CLIP(MuDataModel):
         patience
             Epochs without improvement before stopping (MatchCLOT waits 150).
         accelerator, devices
-            Passed to ``lightning.Trainer`` (``"auto"`` uses a GPU when there is one).
+            Passed to ``lightning.Trainer`` (``"auto"`` uses a GPU when there is one; ``devices="auto"`` is one
+            device, as in scvi-tools: pass ``devices=N`` for DDP on N devices).
         random_state
             Seed of the validation split, the minibatch order and dropout.
         progress_bar
@@ -439,6 +442,7 @@ class CLIP(MuDataModel):
         mods = self.setup_args["mods"]
         if modality not in mods:
             raise ValueError(f"modality={modality!r} is not one of the model's modalities {mods}")
+        check_int(batch_size, "batch_size")
         mdata = self._check_query(mdata)
         registration: ModalityRegistration = self.registrations[modality]
         values = torch.from_numpy(modality_inputs(mdata, registration))

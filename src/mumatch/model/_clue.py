@@ -153,7 +153,7 @@ class CLUE(MuDataModel):
         MuData set up with :meth:`setup_mudata`.
     config
         Which of the CLUE competition configurations supplies the defaults: ``"cite"``, ``"multiome"``, or
-        ``"auto"`` (multiome when a modality holds peaks, else cite).
+        ``"auto"`` (multiome when a modality holds peaks or has a Bernoulli likelihood, else cite).
     random_state
         Seed of the weight initialisation.
     **hyperparameters
@@ -197,9 +197,9 @@ class CLUE(MuDataModel):
         layer
             Layer with raw counts (``None``: ``.X``); every modality must have it.
         batch_key
-            Column of ``.obs`` with the batch, given to the decoders (cells without a label get none); ``None``
-            for no batch. A column that no modality has raises a KeyError, except the default ``"batch"`` (no
-            batches, with a warning).
+            Column of ``.obs`` (each modality's, else ``mdata.obs``) with the batch, given to the decoders (cells
+            without a label get none); ``None`` for no batch. A column that no modality has raises a KeyError, except
+            the default ``"batch"`` (no batches, with a warning).
         likelihood
             Count likelihood, ``"nb"`` or ``"bernoulli"`` (on binarised counts), for all modalities or per
             modality. Default: negative binomial for RNA and ADT, Bernoulli for peaks (an ATAC modality, recognised as
@@ -342,6 +342,8 @@ class CLUE(MuDataModel):
             Cells per minibatch.
         early_stopping
             Stop when the monitored metric has not improved for ``patience`` epochs; the best weights are restored.
+            ``False``: train ``max_epochs`` epochs and keep the last weights (``train_info["best_epoch"]`` still
+            reports the best).
         patience
             Epochs without improvement before stopping.
         reduce_lr_patience
@@ -367,7 +369,9 @@ class CLUE(MuDataModel):
         random_state
             Seed of the split, the minibatch order and the sampling noise.
         accelerator, devices, progress_bar, **trainer_kwargs
-            Passed to ``lightning.Trainer``.
+            Passed to ``lightning.Trainer`` (``"auto"`` uses a GPU when there is one; ``devices="auto"`` is one device,
+            as in scvi-tools: pass ``devices=N`` for DDP on N devices, which then looks for parameters without a
+            gradient unless a ``strategy`` is given, e.g. ``"ddp_spawn_find_unused_parameters_true"``).
         """
         check_int(batch_size, "batch_size", minimum=2)
         check_int(patience, "patience")
@@ -486,6 +490,7 @@ class CLUE(MuDataModel):
         """
         if not isinstance(normalize_subspaces, bool | np.bool_):
             raise ValueError(f"normalize_subspaces must be True or False, got {normalize_subspaces!r}")
+        check_int(batch_size, "batch_size")
         mdata = self._check_query(mdata)
         mods = self.setup_args["mods"]
         modality = modality or mods[0]

@@ -32,8 +32,9 @@ def confidence(
     """Violin plot of the per-cell match confidence in each group, one colour per modality.
 
     ``mumatch.tl.match_ot`` writes, for every matched cell, ``mdata[mod].obs[f"{key}_confidence"]`` (its largest
-    plan weight after normalising the cell's row or column to 1) and ``f"{key}_entropy"``. Groups of cells the matcher
-    is unsure about (low confidence, high entropy) are those whose partners are hard to tell apart.
+    weight in the full OT plan, before ``top_k`` or the mass threshold, after normalising the cell's row or column to
+    1) and ``f"{key}_entropy"``. Groups of cells the matcher is unsure about (low confidence, high entropy) are those
+    whose partners are hard to tell apart.
 
     Parameters
     ----------

@@ -192,10 +192,10 @@ def plan(
         The batch level of the ``mod1`` cells to show (a plan from ``match_ot`` only links cells of one block).
         Default: the first level among the matched cells.
     batch_key
-        Column of ``mdata[mod1].obs`` with the batch; ``None`` shows all matched cells as one block. Default
-        (``"recorded"``): the ``batch_key`` that ``mumatch.tl.match_ot`` recorded in ``mdata.uns[key]['params']``,
-        ``None`` when it matched every cell in one block (``batch_key=None``, or some cells without a batch label),
-        and ``"batch"`` for a plan without that record.
+        Column of ``mdata[mod1].obs`` (else of ``mdata.obs``) with the batch; ``None`` shows all matched cells as one
+        block. Default (``"recorded"``): the ``batch_key`` that ``mumatch.tl.match_ot`` recorded in
+        ``mdata.uns[key]['params']``, ``None`` when it matched every cell in one block (``batch_key=None``, or some
+        cells without a batch label), and ``"batch"`` for a plan without that record.
     truth
         Mark each cell's true partner from ``mdata.obsp[truth_key]`` (read for ``mod2`` → ``mod1`` as well, transposed):
         ``None`` marks them when the truth exists, ``True`` requires a true pair in the block shown, ``False`` never

@@ -12,7 +12,15 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._modality import assay_of
-from .._validate import check_batch_key, check_int, check_key_added, check_layer, check_mods, check_mudata
+from .._validate import (
+    check_batch_key,
+    check_int,
+    check_key_added,
+    check_layer,
+    check_mods,
+    check_mudata,
+    obs_column,
+)
 from ._harmony import harmony_batches, run_harmony
 from ._lsi import matmul, randomized_svd, standardize_rows
 from ._normalize import as_csr, check_count_values, clr, inverse_document_frequency, tfidf_log1p
@@ -170,6 +178,13 @@ def _project_adt(counts: sp.csr_matrix, fitted: Mapping) -> np.ndarray:
     return (values - np.asarray(fitted["mean"], dtype=np.float32)) @ np.asarray(fitted["components"], np.float32).T
 
 
+def _batch_obs(mdata: MuData, mod: str, batch_key: str | None) -> pd.DataFrame:
+    """The modality's ``.obs`` with the batch column, taken from ``mdata.obs`` when only the MuData has it."""
+    obs = mdata[mod].obs
+    column = None if batch_key is None or batch_key in obs else obs_column(mdata, mod, batch_key)
+    return obs if column is None else obs.assign(**{batch_key: column})
+
+
 def _harmonize(
     uncorrected: np.ndarray, obs: pd.DataFrame, harmony: bool, batch_key: str | None, random_state: int, mod: str
 ) -> tuple[np.ndarray, dict, list[str]]:
@@ -263,9 +278,9 @@ def lsi_harmony(
         least 2 for LSI (each cell's components are standardised). Clamped with a warning when the data have fewer
         cells or features.
     batch_key
-        Column of each modality's ``.obs`` with the batch; ``None`` skips Harmony. A modality without the column
-        is left uncorrected with a warning; a column that no modality has raises a KeyError, except the default
-        ``"batch"`` (data without batches).
+        Column of each modality's ``.obs`` (else of ``mdata.obs``) with the batch; ``None`` skips Harmony. A modality
+        without the column is left uncorrected with a warning; a column that no modality has raises a KeyError, except
+        the default ``"batch"`` (data without batches).
     layer
         Layer with the raw counts (``None``: ``.X``).
     use_highly_variable
@@ -326,7 +341,7 @@ def lsi_harmony(
             method = "lsi"
         uncorrected = np.ascontiguousarray(uncorrected, dtype=np.float32)
         corrected, harmony_info, harmony_notes = _harmonize(
-            uncorrected, mdata[mod].obs, harmony, batch_key, random_state, mod
+            uncorrected, _batch_obs(mdata, mod, batch_key), harmony, batch_key, random_state, mod
         )
         feature_names = mdata[mod].var_names if masks[mod] is None else mdata[mod].var_names[masks[mod]]
         uns = {
@@ -414,7 +429,7 @@ def lsi_harmony_transform(
     key
         The reference's ``key_added``.
     batch_key
-        Column of each query modality's ``.obs`` with the batch; ``None`` skips Harmony. As in
+        Column of each query modality's ``.obs`` (else of ``mdata.obs``) with the batch; ``None`` skips Harmony. As in
         :func:`lsi_harmony`, a column that no query modality has raises a KeyError, except the default ``"batch"``.
     layer
         Layer with the query's raw counts (``None``: ``.X``).
@@ -489,7 +504,7 @@ def lsi_harmony_transform(
             uncorrected = _project_adt(counts[mod], fitted)
         uncorrected = np.ascontiguousarray(uncorrected, dtype=np.float32)
         corrected, harmony_info, harmony_notes = _harmonize(
-            uncorrected, mdata[mod].obs, harmony, batch_key, random_state, mod
+            uncorrected, _batch_obs(mdata, mod, batch_key), harmony, batch_key, random_state, mod
         )
         params = {
             **dict(fitted["params"]),

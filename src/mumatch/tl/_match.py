@@ -198,9 +198,10 @@ def match_ot(
         ``"unpaired"``: the cells measured in one of the two modalities only (the test cells); ``"all"``; or the name
         of a boolean column present in both modalities' ``.obs``. It must select cells of both modalities.
     batch_key
-        Column of ``.obs`` with the batch; ``None`` matches all selected cells in one block (as does the default
-        ``"batch"`` when neither modality has it, with a warning; another column that neither has raises a
-        KeyError). A missing label, or the text ``"nan"`` that ``astype(str)`` makes of one, is no batch.
+        Column of ``.obs`` (each modality's, else ``mdata.obs``) with the batch; ``None`` matches all selected cells in
+        one block (as does the default ``"batch"`` when neither modality has it, with a warning; another column that
+        neither has raises a KeyError). A missing label, or the text ``"nan"`` that ``astype(str)`` makes of one, is no
+        batch.
     method
         ``"sinkhorn"`` (entropic OT), ``"exact"`` (one-to-one assignment, :func:`mumatch.ot.exact_matching`) or
         ``"knn"`` (mutual nearest neighbours, :func:`mumatch.ot.mutual_knn`).
@@ -243,8 +244,10 @@ def match_ot(
       of theirs);
     - ``mdata[mod].obs[f"{key_added}_confidence"]`` (largest weight of the cell's normalised row of the plan, or
       column for ``mod2``) and ``mdata[mod].obs[f"{key_added}_entropy"]`` (its entropy, nats), NaN for cells that
-      were not matched. Replacing a plan of another pair under the same ``key_added`` removes these columns from a
-      modality the new plan leaves out (they described the replaced plan).
+      were not matched. For ``method="ot"`` both describe the full OT plan before ``top_k`` or the mass threshold
+      kept part of each row (with a small ``top_k`` the stored row's largest weight is higher). Replacing a plan of
+      another pair under the same ``key_added`` removes these columns from a modality the new plan leaves out (they
+      described the replaced plan).
 
     Examples
     --------

@@ -25,6 +25,15 @@ def recorded_options(options: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def refuse_copy(train_kwargs: Mapping[str, Any], function: str) -> None:
+    """Raise a TypeError for ``copy=``, which the trainer would reject with a message about Lightning."""
+    if "copy" in train_kwargs:
+        raise TypeError(
+            f"{function} has no copy argument: it writes .obsm[key_added] in place and returns the model; pass "
+            "mdata.copy() to keep the original"
+        )
+
+
 # MatchCLOT holds out each of the competition's ~10 training batches in turn (one model each). An atlas of many donors
 # would train a model per donor: above this many batches to hold out, the batches are dealt into this many groups and
 # each model holds out one group (a k-fold split by batch), so that the ensemble's cost stays bounded.
@@ -115,8 +124,9 @@ def train_clip(
     use_rep
         Each modality's input representation in ``.obsm`` (one key, or ``{mod: key}``).
     batch_key
-        Column of ``.obs`` with the batch (held out for validation / per ensemble member). A column that neither
-        modality has raises a KeyError, except the default ``"batch"`` (no batches, with a warning).
+        Column of ``.obs`` (each modality's, else ``mdata.obs``) with the batch (held out for validation / per ensemble
+        member). A column that neither modality has raises a KeyError, except the default ``"batch"`` (no batches, with
+        a warning).
     ensemble
         ``"batch"``: one model per held-out training batch, at most 10 (see above); an integer ``n``: ``n`` models
         with seeds ``random_state + i``; ``None``: one model.
@@ -159,6 +169,7 @@ def train_clip(
         if mod not in rep_keys:
             raise KeyError(f"use_rep names no representation for '{mod}'; give {{'{mod}': key, ...}}")
         check_rep(mdata, mod, rep_keys[mod], "use_rep")
+    refuse_copy(train_kwargs, "train_clip")
     if "validation" in train_kwargs and ensemble is not None:
         raise ValueError("validation= is chosen per ensemble member; pass ensemble=None to set it yourself")
     members = _ensemble_members(mdata, mod1, mod2, ensemble, batch_key)

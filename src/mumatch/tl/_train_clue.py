@@ -13,9 +13,9 @@ from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
 from .._layout import warn_replaced_embedding, written_embeddings
-from .._validate import SETUP_KEY, check_int, check_key_added, check_mods, check_mudata
+from .._validate import SETUP_KEY, check_int, check_key_added, check_mods, check_mudata, check_rep
 from ..model._clue import CLUE
-from ._train import recorded_options
+from ._train import recorded_options, refuse_copy
 
 
 def train_clue(
@@ -51,8 +51,9 @@ def train_clue(
     layer
         Layer with raw counts (``None``: ``.X``).
     batch_key
-        Column of ``.obs`` with the batch, given to the decoders (``None``: no batch). A column that no modality
-        has raises a KeyError, except the default ``"batch"`` (no batches, with a warning).
+        Column of ``.obs`` (each modality's, else ``mdata.obs``) with the batch, given to the decoders (``None``: no
+        batch). A column that no modality has raises a KeyError, except the default ``"batch"`` (no batches, with a
+        warning).
     likelihood
         ``"nb"`` or ``"bernoulli"``, for all or per modality (default: NB for RNA/ADT, Bernoulli for peaks).
     config
@@ -93,8 +94,18 @@ def train_clue(
     """
     check_mudata(mdata)
     mods = check_mods(mdata, mods)
+    rep_keys = dict.fromkeys(mods, use_rep) if isinstance(use_rep, str) else dict(use_rep)
+    for mod in mods:
+        if mod not in rep_keys:
+            raise KeyError(f"use_rep names no representation for '{mod}'; give {{'{mod}': key, ...}}")
+        check_rep(mdata, mod, rep_keys[mod], "use_rep")
     check_key_added(key_added)
     check_int(random_state, "random_state", minimum=0)
+    refuse_copy(train_kwargs, "train_clue")
+    # These two are train_clue's own arguments: the model's copy of them would conflict.
+    taken = sorted({"config", "random_state"} & set(model_kwargs or {}))
+    if taken:
+        raise ValueError(f"model_kwargs sets {taken}; pass them to train_clue itself ({taken[0]}=...)")
     check_int(ensemble, "ensemble", allow_none=True)
     if not isinstance(normalize_subspaces, bool | np.bool_):
         raise ValueError(f"normalize_subspaces must be True or False, got {normalize_subspaces!r}")
