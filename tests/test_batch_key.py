@@ -65,3 +65,16 @@ def test_a_batch_column_of_the_mudata_itself_is_used(embedded):
     assert plan.nnz and (sample[plan.row] == sample[plan.col]).all()  # no weight across the MuData's batches
     mm.pp.lsi_harmony(embedded, batch_key="sample")
     assert embedded["rna"].uns["X_lsi_harmony"]["harmony"]["applied"]
+
+
+def test_a_mudata_batch_column_with_repeated_obs_names_is_refused_by_name(embedded):
+    for mod in ("rna", "atac"):
+        del embedded[mod].obs["batch"]
+    embedded.obs["sample"] = "s1"
+    names = embedded.obs_names.to_numpy().copy()
+    names[1] = names[0]
+    embedded.obs_names = names
+    before = snapshot(embedded)
+    with pytest.raises(ValueError, match=r"mdata.obs_names repeats names, so mdata.obs\['sample'\] cannot be read"):
+        mm.pp.lsi_harmony(embedded, batch_key="sample")
+    assert_unchanged(before, embedded)

@@ -34,6 +34,32 @@ def test_run_writes_prediction(data_root, tmp_path):
     assert prediction.shape == (279, 279) and sp.issparse(prediction.X)
 
 
+def test_demo_on_a_folder_without_ground_truth_writes_the_result(data_root, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "own"
+    shutil.copytree(data_root / "neurips2021_starter" / "cite", folder)
+    (folder / "test_sol.h5ad").unlink()
+    for name in ("full_rna.h5ad", "full_mod2.h5ad"):
+        (folder / name).unlink(missing_ok=True)
+    assert main(["demo", "--data", str(folder), "--out", str(tmp_path / "out")]) == 0
+    assert "no test_sol.h5ad: no scores" in capsys.readouterr().out
+    assert (tmp_path / "out" / "result.h5mu").exists() and not (tmp_path / "out" / "scores.csv").exists()
+
+
+def test_run_refuses_a_folder_as_out_and_a_missing_test_sol_before_any_work(data_root, tmp_path, monkeypatch):
+    from mumatch import cli
+
+    monkeypatch.setattr(cli.datasets, "read_neurips2021_files", lambda files: pytest.fail("read before checking"))
+    folder = data_root / "neurips2021_starter" / "multiome"
+    files = {part: str(folder / f"{part}.h5ad") for part in ("train_mod1", "train_mod2", "train_sol")}
+    files.update({part: str(folder / f"{part}.h5ad") for part in ("test_mod1", "test_mod2", "test_sol")})
+    with pytest.raises(SystemExit, match="is a folder; name the prediction file"):
+        cli.run(files, str(tmp_path))
+    with pytest.raises(SystemExit, match="--test-sol .* does not exist"):
+        cli.run({**files, "test_sol": str(folder / "test_sol.h5")}, str(tmp_path / "p.h5ad"))
+
+
 def test_demo_unknown_data(tmp_path):
     import pytest
 

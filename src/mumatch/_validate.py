@@ -51,9 +51,14 @@ def obs_column(mdata: MuData, mod: str, key: str) -> pd.Series | None:
     obs = mdata[mod].obs
     if key in obs:
         return obs[key]
-    if key in mdata.obs.columns and mdata.obs_names.is_unique:
-        return mdata.obs[key].reindex(obs.index)
-    return None
+    if key not in mdata.obs.columns:
+        return None
+    if not mdata.obs_names.is_unique:
+        raise ValueError(
+            f"mdata.obs_names repeats names, so mdata.obs['{key}'] cannot be read cell by cell for '{mod}'; make "
+            "the names unique (e.g. mdata.obs_names_make_unique()) or put the column in each modality's .obs"
+        )
+    return mdata.obs[key].reindex(obs.index)
 
 
 def check_batch_key(mdata: MuData, mods: Sequence[str], batch_key: object) -> bool:

@@ -65,12 +65,18 @@ def demo(data: str = "multiome", out: str = "mumatch_demo", seed: int = 0, embed
         f"mumatch demo on {data}: {mod1} {mdata[mod1].n_obs} cells, {mod2} {mdata[mod2].n_obs} cells, "
         f"{len(paired_names(mdata, mod1, mod2))} paired"
     )
-    result = run_pipeline(mdata, mod1, mod2, seed=seed, embedding=embedding)
-    table = score_table(mdata, result, mod1, mod2)
-    print(table.to_markdown(floatfmt=".4f"))
     out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SystemExit(f"--out {out!r} is a file; name a folder for result.h5mu and scores.csv")
+    result = run_pipeline(mdata, mod1, mod2, seed=seed, embedding=embedding)
     out_dir.mkdir(parents=True, exist_ok=True)
     mdata.write_h5mu(out_dir / "result.h5mu")
+    if "match_true" not in mdata.obsp:
+        # A folder of one's own test cells has no ground truth: the matching is the result, there is nothing to score.
+        print(f"wrote {out_dir / 'result.h5mu'} (no test_sol.h5ad: no scores; `mumatch run` writes a prediction)")
+        return 0
+    table = score_table(mdata, result, mod1, mod2)
+    print(table.to_markdown(floatfmt=".4f"))
     table.to_csv(out_dir / "scores.csv")
     print(f"wrote {out_dir / 'result.h5mu'} and {out_dir / 'scores.csv'}")
     return 0
@@ -83,6 +89,10 @@ def run(files: dict[str, str | None], out: str, seed: int = 0, embedding: str = 
     """
     # Fail before the pipeline's minutes, not after them.
     check_embedding(embedding)
+    if Path(out).is_dir():
+        raise SystemExit(f"--out {out!r} is a folder; name the prediction file to write, e.g. {out}/prediction.h5ad")
+    if files.get("test_sol") is not None and not Path(files["test_sol"]).exists():
+        raise SystemExit(f"--test-sol {files['test_sol']!r} does not exist; leave it out to skip scoring")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     mdata = datasets.read_neurips2021_files(files)
     mod1, mod2 = _modalities(mdata)

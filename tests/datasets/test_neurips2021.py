@@ -321,3 +321,18 @@ def test_repeated_cell_names_are_refused(data_root, tmp_path):
     test1.write_h5ad(folder / "test_mod1.h5ad")
     with pytest.raises(ValueError, match="test_mod1 names several cells alike"):
         mm.datasets.read_neurips2021(folder)
+
+
+def test_test_features_in_another_order_are_aligned_by_name(data_root, tmp_path):
+    folder = _copy_folder(data_root, tmp_path)
+    original = mm.datasets.read_neurips2021(folder)
+    test1 = ad.read_h5ad(folder / "test_mod1.h5ad")
+    test1[:, test1.var_names[::-1]].copy().write_h5ad(folder / "test_mod1.h5ad")
+    aligned = mm.datasets.read_neurips2021(folder)
+    mod1 = original.uns["neurips2021"]["mod1"]
+    assert aligned[mod1].var_names.equals(original[mod1].var_names)
+    assert (aligned[mod1].layers["counts"] != original[mod1].layers["counts"]).nnz == 0
+    test1 = ad.read_h5ad(folder / "test_mod1.h5ad")
+    test1[:, 1:].copy().write_h5ad(folder / "test_mod1.h5ad")  # a feature fewer: not the same modality's files
+    with pytest.raises(ValueError, match="train_mod1 and test_mod1 have different features"):
+        mm.datasets.read_neurips2021(folder)

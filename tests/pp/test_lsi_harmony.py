@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import mudata
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
@@ -186,6 +187,11 @@ def _set_layer(mdata, mod, values):
     mdata[mod].layers["counts"] = values
 
 
+def _set_flags(mdata, values, dtype=None):
+    flags = list(values) * (mdata["rna"].n_vars // 2)
+    mdata["rna"].var["highly_variable"] = pd.Series(flags, index=mdata["rna"].var_names, dtype=dtype)
+
+
 def _repeat_gene(mdata):
     names = list(mdata["rna"].var_names)
     names[1] = names[0]
@@ -203,6 +209,10 @@ def _repeat_gene(mdata):
         (None, {"n_comps": 0}, ValueError, "n_comps"),
         (None, {"n_comps": {"rna": 10, "other": 5}}, KeyError, "other"),
         (None, {"use_highly_variable": True}, KeyError, "highly_variable"),
+        # Flags read back from a file as text, or with a missing value: astype(bool) took them all as True.
+        (lambda m: _set_flags(m, ["True", "False"]), {}, ValueError, "must hold True/False"),
+        (lambda m: _set_flags(m, [True, np.nan]), {}, ValueError, "must hold True/False"),
+        (lambda m: _set_flags(m, [True, None], "boolean"), {}, ValueError, "must hold True/False"),
         (None, {"key_added": ""}, ValueError, "key_added"),
     ],
 )

@@ -103,7 +103,11 @@ def _modality(
 ) -> ad.AnnData:
     """One modality: training cells under their paired names, then test cells under prefixed names."""
     if not train.var_names.equals(test.var_names):
-        raise ValueError(f"{parts[0]} and {parts[1]} have different features; they must describe the same modality")
+        unique = train.var_names.is_unique and test.var_names.is_unique
+        if not (unique and set(train.var_names) == set(test.var_names)):
+            raise ValueError(f"{parts[0]} and {parts[1]} have different features; they must describe the same modality")
+        # The same features in another order (files one builds oneself): the test cells' columns follow training's.
+        test = test[:, train.var_names]
     counts = sp.vstack([_counts(train, parts[0]), _counts(test, parts[1])]).tocsr()
     obs = pd.DataFrame(
         {

@@ -75,7 +75,15 @@ def _feature_mask(mdata: MuData, mod: str, use_highly_variable: bool | None) -> 
             f"use_highly_variable=True but mdata['{mod}'].var has no 'highly_variable' column; run "
             "sc.pp.highly_variable_genes first or pass use_highly_variable=False"
         )
-    mask = var["highly_variable"].to_numpy().astype(bool)
+    flags = var["highly_variable"]
+    # Only true booleans: astype(bool) reads NaN and the text "False" (a column read back from a file) as True.
+    values = flags.astype(object).to_numpy()
+    if flags.isna().any() or not all(isinstance(value, bool | np.bool_) for value in values):
+        raise ValueError(
+            f"mdata['{mod}'].var['highly_variable'] must hold True/False for every feature (it has "
+            f"{flags.dtype} values such as {flags.iloc[0]!r}); fix the column or pass use_highly_variable=False"
+        )
+    mask = values.astype(bool)
     if not mask.any():
         raise ValueError(f"mdata['{mod}'].var['highly_variable'] selects no feature; pass use_highly_variable=False")
     return mask
