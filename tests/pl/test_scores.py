@@ -36,6 +36,19 @@ def test_scores_of_a_score_table_indexed_by_method(table, tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 2_000
 
 
+def test_scores_of_score_tables_concatenated_by_dataset(table, tmp_path):
+    # Two printed score tables (indexed by method) concatenated by data set: indexed by (dataset, method).
+    tables = {name: part.groupby("method")[["match score"]].mean() for name, part in table.groupby("dataset")}
+    combined = pd.concat(tables, names=["dataset"])
+    ax = mm.pl.scores(combined, show=False)
+    assert sorted(label.get_text() for label in ax.get_xticklabels()) == ["cite", "multiome"]
+    assert len([patch for patch in ax.patches if patch.get_height() > 0]) == 4
+    with pytest.raises(KeyError, match="name every index level"):
+        mm.pl.scores(pd.concat(tables), show=False)
+    with pytest.raises(KeyError, match="not a column nor an index level"):
+        mm.pl.scores(combined, method_key="tool", show=False)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [

@@ -19,9 +19,19 @@ LOWER_IS_BETTER = ("foscttm", "time", "seconds", "memory", "rss")
 
 
 def _long_table(table: pd.DataFrame, method_key: str) -> pd.DataFrame:
-    """The table with the methods as a column (a score table indexed by method is accepted as it is printed)."""
+    """The table with the methods as a column (a score table indexed by method is accepted as it is printed).
+
+    Named index levels become columns: ``pd.concat({"cite": t1, "multiome": t2}, names=["dataset"])`` of two score
+    tables is indexed by (dataset, method).
+    """
     if method_key in table.columns:
         return table.reset_index(drop=True)
+    if isinstance(table.index, pd.MultiIndex):
+        if method_key not in table.index.names:
+            raise KeyError(f"method_key={method_key!r} is not a column nor an index level: {list(table.index.names)}")
+        if any(name is None for name in table.index.names):
+            raise KeyError(f"name every index level of the table (its levels are {list(table.index.names)})")
+        return table.reset_index()
     if table.index.name == method_key or (table.index.name is None and not isinstance(table.index, pd.RangeIndex)):
         return table.rename_axis(method_key).reset_index()
     raise KeyError(f"method_key={method_key!r} is not a column nor the index name; columns: {list(table.columns)}")
