@@ -382,3 +382,17 @@ def test_harmony_reads_batch_labels_as_matching_does():
     # One batch or batch_key=None: skipped without a warning (nothing to correct, or asked for).
     assert harmony_batches(pd.DataFrame({"batch": ["a", "a"]}), "batch") == (None, "'batch' has a single level", False)
     assert not harmony_batches(obs, None).warn
+
+
+def test_counts_of_a_backed_mudata_are_read_from_disk(tmp_path):
+    # mudata.read_h5mu(backed=True) leaves a sparse .X on disk: it is read, and the embedding is the in-memory one's.
+    mdata = mm.datasets.simulate_paired(120, ("rna", "atac"), n_batches=2, n_genes=80, n_peaks=200, seed=2)
+    for adata in mdata.mod.values():
+        adata.X = adata.layers.pop("counts")
+    mdata.write_h5mu(tmp_path / "counts.h5mu")
+    backed = mudata.read_h5mu(tmp_path / "counts.h5mu", backed=True)
+    in_memory = mudata.read_h5mu(tmp_path / "counts.h5mu")
+    for data in (backed, in_memory):
+        mm.pp.lsi_harmony(data, layer=None, n_comps=8)
+    for mod in ("rna", "atac"):
+        np.testing.assert_array_equal(backed[mod].obsm[KEY], in_memory[mod].obsm[KEY])
