@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,23 @@ from scanpy import logging as logg
 from ._validate import obs_column
 
 MISSING_BATCH = "nan"
+
+
+def plain_values(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as plain Python values (lists), in nested dicts, lists and tuples.
+
+    For JSON (a model's parameters, e.g. a seed from ``np.arange``) and for comparing parameters read back from
+    ``.uns``, where h5py returns numpy values for what was written as Python ones.
+    """
+    if isinstance(value, Mapping):
+        return {key: plain_values(item) for key, item in value.items()}
+    if isinstance(value, np.ndarray):
+        return [plain_values(item) for item in value.tolist()]
+    if isinstance(value, list | tuple):
+        return [plain_values(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 @dataclass(frozen=True)

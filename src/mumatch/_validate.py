@@ -77,8 +77,7 @@ def check_batch_key(mdata: MuData, mods: Sequence[str], batch_key: object) -> bo
         return False
     raise KeyError(
         f"batch_key={batch_key!r} is not a column of mdata.obs or of the .obs of any of {list(mods)}; pass an "
-        "existing column, or "
-        "batch_key=None when there are no batches"
+        "existing column, or batch_key=None when there are no batches"
     )
 
 

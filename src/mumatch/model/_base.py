@@ -44,7 +44,7 @@ from mudata import MuData
 from scanpy import logging as logg
 from tqdm.auto import tqdm
 
-from .._layout import warn_conflicting_batches
+from .._layout import plain_values, warn_conflicting_batches
 from .._validate import SETUP_KEY, check_batch_key, check_mod, check_mudata, check_obs_names, check_rep
 
 WEIGHTS_FILE = "model.pt"
@@ -71,17 +71,6 @@ def device_options(devices: int | str | Sequence[int], trainer_kwargs: Mapping[s
 
         return {"devices": devices, "strategy": DDPStrategy(find_unused_parameters=True)}
     return {"devices": devices}
-
-
-def plain_values(value: Any) -> Any:
-    """``value`` with numpy scalars (e.g. a seed from ``np.arange``) as Python ones, in nested dicts, lists, tuples."""
-    if isinstance(value, Mapping):
-        return {key: plain_values(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(plain_values(item) for item in value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._layout import array_fingerprint, check_one_space, embedding_mods, label_name
+from .._layout import array_fingerprint, check_one_space, embedding_mods, label_name, plain_values
 from .._validate import check_int, check_mods, check_mudata, check_rep
 from ._utils import AUTO, CELL_TYPE, category_colors, check_save, finish, stored_colors
 
@@ -86,7 +86,7 @@ def _cache_mods(mdata: MuData, key_added: str) -> list[str] | None:
         return None
     written_rows = stored.get("rows")
     if not isinstance(written_rows, Mapping):  # a cache written before its rows were recorded
-        return [str(mod) for mod in _plain(params.get("mods", []))]
+        return [str(mod) for mod in plain_values(params.get("mods", []))]
 
     def ours(mod: str, written: object) -> bool:
         if mod not in mdata.mod or key_added not in mdata[mod].obsm:
@@ -115,22 +115,11 @@ def _cached(mdata: MuData, mods: list[str], key_added: str, params: dict[str, An
     stored = mdata.uns.get(key_added)
     if not isinstance(stored, dict) or "params" not in stored:
         return False
-    same_params = {name: _plain(value) for name, value in stored["params"].items()} == params
+    same_params = {name: plain_values(value) for name, value in stored["params"].items()} == params
     shapes_fit = all(
         key_added in mdata[mod].obsm and mdata[mod].obsm[key_added].shape == (mdata[mod].n_obs, 2) for mod in mods
     )
     return same_params and shapes_fit
-
-
-def _plain(value: Any) -> Any:
-    """Values read back from ``.uns`` (numpy arrays, numpy scalars) as the plain Python values they were written as."""
-    if isinstance(value, np.ndarray):
-        return [_plain(item) for item in value.tolist()]
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def joint_embedding(
