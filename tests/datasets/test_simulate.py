@@ -31,6 +31,18 @@ def test_layout_and_counts():
     assert all(a.removeprefix("rna:") == b.removeprefix("atac:") for a, b in zip(names1, names2, strict=True))
 
 
+def test_row_positions_do_not_reveal_the_partners():
+    # Rows sorted by group and aligned across modalities put each unpaired cell's partner at its own row: a matcher
+    # breaking ties by position would then look perfect on an embedding that carries nothing.
+    mdata = mm.datasets.simulate_paired(400, ("rna", "atac"), n_genes=50, n_peaks=80, seed=0)
+    for mod in mdata.mod:
+        mdata[mod].obsm["X_constant"] = np.ones((mdata[mod].n_obs, 4), dtype=np.float32)
+    mm.tl.match_ot(mdata, "rna", "atac", use_rep="X_constant", method="exact", key_added="ties")
+    assert mm.metrics.match_score(mdata, key="ties", mod1="rna", mod2="atac") < 0.1
+    rna_types = mdata["rna"].obs["cell_type"].to_numpy()
+    assert (rna_types[:-1] == rna_types[1:]).mean() < 0.5  # not sorted by cell type
+
+
 def test_shared_state_drives_both_modalities():
     mdata = mm.datasets.simulate_paired(600, ("rna", "adt"), n_genes=400, n_proteins=30, n_cell_types=4, seed=0)
     for mod in ("rna", "adt"):

@@ -184,6 +184,33 @@ def test_load_onto_other_rep_width_raises(small, tmp_path):
         model.get_latent_representation(other, "rna")
 
 
+def test_load_onto_renamed_modalities_names_the_training_ones(small, tmp_path):
+    model = make_model(small)
+    model.save(tmp_path / "clip")
+    renamed = MuData({"gex": small["rna"].copy(), "peaks": small["atac"].copy()})
+    before = snapshot(renamed)
+    with pytest.raises(KeyError, match=r"trained on modalities \['rna', 'atac'\]; mdata has no \['rna', 'atac'\]"):
+        mm.model.CLIP.load(tmp_path / "clip", renamed)
+    assert_unchanged(before, renamed)
+
+
+def test_load_keeps_a_batch_key_of_mdata_obs(small, tmp_path):
+    # muon users keep sample-level columns in mdata.obs only: the loaded model must still see the batches.
+    for mod in ("rna", "atac"):
+        small.mod[mod].obs = small[mod].obs.rename(columns={"batch": "sample"})
+    small.update()
+    samples = {}
+    for mod in ("rna", "atac"):
+        samples.update(small[mod].obs["sample"].astype(str).to_dict())
+        del small.mod[mod].obs["sample"]
+    small.obs["sample"] = small.obs_names.map(samples)
+    mm.model.CLIP.setup_mudata(small, mod1="rna", mod2="atac", rep_key="X_pca", batch_key="sample")
+    model = mm.model.CLIP(small, **TINY)
+    model.save(tmp_path / "clip")
+    mm.model.CLIP.load(tmp_path / "clip", small)
+    assert json.loads(small.uns["_mumatch_setup"]["CLIP"])["batch_key"] == "sample"
+
+
 def test_no_paired_cells_raises(small):
     atac = small["atac"].copy()
     atac.obs_names = [f"atac-only-{i}" for i in range(atac.n_obs)]

@@ -309,7 +309,7 @@ def test_learning_rate_drops_tenfold_on_plateaus_of_the_monitored_loss(small):
     loss = model.history["validation_generator"]["validation_generator"].to_numpy()  # what the schedule watches
     assert lr[0] == pytest.approx(1e-6)
     drops = np.flatnonzero(lr[1:] < lr[:-1])
-    np.testing.assert_array_equal(drops, [2, 4])  # on this seed
+    assert drops.size >= 1  # at least one plateau in eight epochs at this rate
     np.testing.assert_allclose(lr[drops + 1] / lr[drops], 0.1, rtol=1e-5)
     for epoch in drops:  # a drop follows two epochs (patience 1) that did not beat the best before them
         assert loss[epoch - 1 : epoch + 1].min() >= loss[: epoch - 1].min() * (1 - 1e-4)

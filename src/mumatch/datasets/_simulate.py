@@ -277,8 +277,10 @@ def simulate_paired(
             index=pd.Index([f"{prefix}_{i}" for i in range(n_features[mod])], dtype=str),
         )
         adata = ad.AnnData(X=counts, obs=obs, var=var)
-        if not measured[mod].all():
-            adata = adata[measured[mod]].copy()
+        # Rows in their own random order per modality: sorted by group and aligned across modalities, an unpaired
+        # cell's partner would sit at its own row, and any method breaking ties by position would look perfect.
+        shuffled = np.random.default_rng([seed, modalities.index(mod) + 1, 1]).permutation(n_cells)
+        adata = adata[shuffled[measured[mod][shuffled]]].copy()
         adata.layers["counts"] = adata.X.copy()  # normalising .X in place must leave the raw counts alone
         mods[mod] = adata
     mdata = MuData(mods)

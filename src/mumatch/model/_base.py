@@ -45,7 +45,15 @@ from scanpy import logging as logg
 from tqdm.auto import tqdm
 
 from .._layout import plain_values, warn_conflicting_batches
-from .._validate import SETUP_KEY, check_batch_key, check_mod, check_mudata, check_obs_names, check_rep
+from .._validate import (
+    SETUP_KEY,
+    check_batch_key,
+    check_mod,
+    check_mudata,
+    check_obs_names,
+    check_rep,
+    obs_column,
+)
 
 WEIGHTS_FILE = "model.pt"
 METADATA_FILE = "model.json"
@@ -581,11 +589,18 @@ class MuDataModel:
         metadata = json.loads((folder / METADATA_FILE).read_text())
         if metadata["class"] != cls.__name__:
             raise ValueError(f"{folder} holds a {metadata['class']} model; load it with mm.model.{metadata['class']}")
+        trained_on = [saved["mod"] for saved in metadata["registrations"].values()]
+        missing = [mod for mod in trained_on if mod not in mdata.mod]
+        if missing:
+            raise KeyError(
+                f"the model in {folder} was trained on modalities {trained_on}; mdata has no {missing} (its "
+                f"modalities: {list(mdata.mod)}): rename them to the training data's names"
+            )
         for saved in metadata["registrations"].values():
             modality_inputs(mdata, ModalityRegistration(**{**saved, "var_names": tuple(saved["var_names"])}))
         setup = dict(metadata["setup_args"])
         if setup.get("batch_key") is not None and all(
-            setup["batch_key"] not in mdata[mod].obs for mod in setup["mods"]
+            obs_column(mdata, mod, setup["batch_key"]) is None for mod in setup["mods"]
         ):
             # Embedding new cells needs no batch labels (decoders, which take them, are not used to embed).
             setup["batch_key"] = None
