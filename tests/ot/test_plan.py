@@ -338,3 +338,46 @@ def test_mutual_knn_certainty_is_that_of_the_returned_plan():
             expected_entropy = -np.where(p > 0, p * np.log(p), 0).sum(axis=1)
         np.testing.assert_allclose(entropy[filled], expected_entropy, rtol=1e-4, atol=1e-6)
         assert np.isnan(confidence[~filled]).all()
+
+
+def test_mutual_knn_matches_a_row_whose_nearest_column_is_not_mutual():
+    # Row 0's nearest column (0) prefers rows 1 and 2; its mutual link (column 1) is 36 cost units behind, far below
+    # exp(-Δ / ε) = 0 at ε = 1e-4 when weighed against the nearest column: the row was left empty.
+    x, y = np.array([[4.0], [0.0], [0.1]]), np.array([[0.0], [10.0]])
+    sparse = mm.ot.mutual_knn(x, y, n_neighbors=2, epsilon=1e-4, cost="sqeuclidean", device="cpu")
+    np.testing.assert_array_equal(sparse.plan.toarray(), [[0, 1], [1, 0], [1, 0]])
+    np.testing.assert_array_equal(sparse.row_confidence, [1, 1, 1])
+
+
+@pytest.mark.parametrize("rows", [slice(0, 10, 2), slice(None, None, -1), slice(3, 8), slice(5, 5)])
+def test_plan_tile_returns_the_rows_a_slice_selects(rows):
+    x, y, result = solved()
+    full = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost)
+    tile = mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost, rows=rows)
+    np.testing.assert_allclose(tile, full[rows], rtol=1e-12)
+    assert tile.shape == full[rows].shape
+
+
+def test_plan_tile_and_sparsify_plan_check_epsilon_and_rows():
+    x, y, result = solved()
+    for bad in (0.0, -0.01, np.nan, "0.01"):
+        with pytest.raises(ValueError, match="epsilon must be a finite number > 0"):
+            mm.ot.plan_tile(x, y, result.f, result.g, bad, result.cost)
+        with pytest.raises(ValueError, match="epsilon must be a finite number > 0"):
+            mm.ot.sparsify_plan(x, y, result.f, result.g, bad, result.cost, device="cpu")
+    with pytest.raises(ValueError, match="rows must be a slice"):
+        mm.ot.plan_tile(x, y, result.f, result.g, result.epsilon, result.cost, rows=[0, 1])
+    f = torch.tensor(result.f, requires_grad=True)  # potentials that require grad are read, not refused
+    assert mm.ot.plan_tile(x, y, f, result.g, result.epsilon, result.cost).shape == (40, 30)
+
+
+def test_sparse_plan_stats_sums_duplicates_and_refuses_negative_or_non_finite_weights():
+    duplicated = sp.csr_matrix((np.array([0.5, 0.5, 1.0]), np.array([0, 0, 1]), np.array([0, 2, 3])), shape=(2, 2))
+    stats = mm.ot.sparse_plan_stats(duplicated)
+    np.testing.assert_array_equal(stats.row_confidence, [1, 1])
+    np.testing.assert_array_equal(stats.row_entropy, [0, 0])
+    np.testing.assert_array_equal(duplicated.data, [0.5, 0.5, 1.0])  # the caller's matrix is left as it was
+    with pytest.raises(ValueError, match="negative weights"):
+        mm.ot.sparse_plan_stats(sp.csr_matrix([[2.0, -1.0], [0.5, 0.5]]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        mm.ot.sparse_plan_stats(sp.csr_matrix([[np.nan, 1.0], [0.5, 0.5]]))

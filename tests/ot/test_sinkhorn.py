@@ -704,3 +704,47 @@ def test_a_retry_that_fails_too_raises(monkeypatch):
     with pytest.raises(FloatingPointError, match="not finite"):
         mm.ot.sinkhorn(x, y, device="cpu", mode="tiled")
     assert modes == [True, False, False]
+
+
+def test_cuda_device_object_when_missing_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    x, y = clouds(10, 10, 3, 0)
+    with pytest.raises(ValueError, match="no CUDA device"):
+        mm.ot.sinkhorn(x, y, device=torch.device("cuda"))
+
+
+@pytest.mark.parametrize("scale", [1e-22, 1e20])
+def test_cosine_cost_ignores_the_scale_of_the_points(scale):
+    # A float32 norm of coordinates ~1e20 overflows (~1e-22: underflows): every point became a zero vector, the cost
+    # constant, and the solve "converged" on a uniform plan.
+    x, y = clouds(20, 20, 3, 0, noise=0.01)
+    reference = full_plan(x, y, mm.ot.sinkhorn(x, y, device="cpu"))
+    scaled = mm.ot.sinkhorn(x * scale, y * scale, device="cpu")
+    np.testing.assert_allclose(full_plan(x * scale, y * scale, scaled), reference, rtol=1e-3, atol=1e-6)
+    exact = mm.ot.exact_matching(x * 1e160, y * 1e160).plan.toarray()
+    np.testing.assert_array_equal(exact.argmax(1), reference.argmax(1))
+
+
+def test_views_with_negative_strides_and_marginals_that_require_grad():
+    x, y = clouds(15, 12, 4, 1)
+    reversed_x = x[::-1]
+    result = mm.ot.sinkhorn(reversed_x, np.flip(y, 1), device="cpu")
+    expected = mm.ot.sinkhorn(reversed_x.copy(), np.flip(y, 1).copy(), device="cpu")
+    np.testing.assert_array_equal(result.f, expected.f)
+    a = torch.full((15,), 1 / 15, dtype=torch.float64, requires_grad=True)
+    assert mm.ot.sinkhorn(x, y, a=a, device="cpu").converged
+
+
+def test_points_without_dimensions_are_refused():
+    with pytest.raises(ValueError, match="'x' has no dimensions"):
+        mm.ot.sinkhorn(np.zeros((5, 0)), np.zeros((4, 0)), cost="sqeuclidean")
+
+
+def test_small_tau_in_float32_reports_a_finite_error():
+    # (g - ε log b) / τ leaves float32's range at τ = 1e-7: the relaxed target overflowed and the error was NaN.
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 3)), rng.normal(size=(25, 3))
+    result = mm.ot.sinkhorn(x, y, cost="sqeuclidean", tau=1e-7, max_iter=50, device="cpu")
+    assert np.isfinite(result.marginal_error)
+    assert mm.ot.sinkhorn(x, y, cost="sqeuclidean", tau=1e-7, dtype="float64", device="cpu").converged

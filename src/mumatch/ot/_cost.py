@@ -153,9 +153,28 @@ class PointCloudCost:
         return params
 
 
+def float64_array(values: object) -> np.ndarray:
+    """``values`` as a float64 numpy array; torch tensors (on any device, requiring grad or not) are copied out."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+    return np.asarray(values, dtype=np.float64)
+
+
+def check_positive(value: float | None, argument: str, *, allow_none: bool = False) -> None:
+    """Raise a ValueError unless ``value`` is a finite number > 0 (or None, when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"{argument} must be a finite number > 0, got {value!r}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{argument} must be a finite number > 0, got {value!r}")
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` picks CUDA when available, else the CPU."""
     if isinstance(device, torch.device):
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was asked for but torch finds no CUDA device; pass 'auto' or 'cpu'")
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -180,11 +199,14 @@ def check_points(x: object, y: object) -> tuple[np.ndarray | torch.Tensor, np.nd
     checked = []
     for name, values in (("x", x), ("y", y)):
         if not isinstance(values, torch.Tensor):
-            values = np.asarray(values, dtype=np.float64)
+            # Contiguous: torch cannot share the memory of a numpy view with negative strides (x[::-1]).
+            values = np.ascontiguousarray(values, dtype=np.float64)
         if values.ndim != 2:
             raise ValueError(f"'{name}' must be a 2-d array (points × dimensions), got shape {tuple(values.shape)}")
         if values.shape[0] == 0:
             raise ValueError(f"'{name}' has no points")
+        if values.shape[1] == 0:
+            raise ValueError(f"'{name}' has no dimensions (shape {tuple(values.shape)}); pass an embedding")
         finite = torch.isfinite(values).all().item() if isinstance(values, torch.Tensor) else np.isfinite(values).all()
         if not finite:
             raise ValueError(f"'{name}' contains NaN or infinite values; clean or recompute the embedding")
@@ -309,14 +331,18 @@ def prepare_cost(
                     "embeddings the cost was computed on"
                 )
         x, y, frame = _centred_unit_scale(x.to(device=device), y.to(device=device), frame)
+    if cost == "cosine":
+        # Directions taken in float64 after dividing each point by its largest coordinate: the cosine does not see
+        # a point's scale, but a float32 norm of values ~1e19 overflows (and of ~1e-22 underflows) to a zero vector.
+        x = _unit_rows(x.to(device=device, dtype=torch.float64))
+        y = _unit_rows(y.to(device=device, dtype=torch.float64))
     x = x.to(device=device, dtype=dtype)
     y = y.to(device=device, dtype=dtype)
     zeros_x = torch.zeros(x.shape[0], dtype=dtype, device=device)
     zeros_y = torch.zeros(y.shape[0], dtype=dtype, device=device)
     if cost == "cosine":
-        # Zero vectors (e.g. cells with no counts) have no direction: they get cosine 0 with everything.
-        x = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-        y = y / y.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+        # The rows are unit vectors (_unit_rows); zero vectors (e.g. cells with no counts) have no direction and
+        # stay zero: they get cosine 0 with everything.
         geometry = PointCloudCost(x, y, cost, 0.0, 1.0, zeros_x, zeros_y)  # -C = <x, y> until rescaled
         if params is None:
             low, high, row_max = _tile_extremes(geometry, memory_budget, product_out)  # of the cosine similarity
@@ -347,6 +373,12 @@ def prepare_cost(
     geometry.offset = float(params["offset"])
     geometry.scale = float(params["scale"])
     return geometry
+
+
+def _unit_rows(points: torch.Tensor) -> torch.Tensor:
+    """Each row divided by its largest absolute coordinate, then by its norm (zero rows stay zero)."""
+    points = points / points.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(points.dtype).tiny)
+    return points / points.norm(dim=1, keepdim=True).clamp_min(torch.finfo(points.dtype).tiny)
 
 
 def _centred_unit_scale(

@@ -73,9 +73,11 @@ def mutual_knn(
     has_mutual = np.bincount(rows[mutual], minlength=n_rows) > 0
     fallback = ~has_mutual[rows] & (np.tile(np.arange(near_xy.shape[1]), n_rows) == 0)
     keep = mutual | fallback
-    # Relative to each row's nearest column, so that the weights cannot underflow.
-    weights = np.exp((neg_cost_xy - neg_cost_xy[:, :1]).ravel() / epsilon)
-    plan = sp.csr_matrix((weights[keep], (rows[keep], cols[keep])), shape=(n_rows, n_cols))
+    # Relative to each row's best kept column (every row keeps one), so that its weights cannot all underflow: the
+    # nearest column need not be a mutual neighbour, and a link far behind it has exp(-Δcost / epsilon) = 0.
+    best_kept = np.where(keep.reshape(neg_cost_xy.shape), neg_cost_xy, -np.inf).max(axis=1, keepdims=True)
+    weights = np.exp((neg_cost_xy - best_kept).ravel()[keep] / epsilon)
+    plan = sp.csr_matrix((weights, (rows[keep], cols[keep])), shape=(n_rows, n_cols))
     # Each row's weights are relative to its own nearest column: a column's certainty is read from the rows'
     # normalised weights (the plan that is returned), not from weights that no two rows share a scale for.
     row_sums = np.asarray(plan.sum(axis=1)).ravel()

@@ -14,6 +14,8 @@ from ._cost import (
     SHIFTED_SUM_RANGE,
     _buffer,
     check_points,
+    check_positive,
+    float64_array,
     prepare_cost,
     resolve_device,
     resolve_dtype,
@@ -72,13 +74,14 @@ class _RowRangePlan:
 def check_potentials(f: object, g: object, n_rows: int, n_cols: int) -> None:
     """Raise a ValueError unless ``f`` and ``g`` hold one finite potential per point of ``x`` and of ``y``."""
     for name, values, size in (("f", f, n_rows), ("g", g, n_cols)):
-        shape = tuple(np.shape(values))
+        values = float64_array(values)
+        shape = values.shape
         if shape != (size,):
             raise ValueError(
                 f"'{name}' must hold one potential per point ({size},), got shape {shape}; pass the potentials "
                 "solved on these embeddings"
             )
-        if not np.isfinite(np.asarray(values, dtype=np.float64)).all():
+        if not np.isfinite(values).all():
             raise ValueError(
                 f"'{name}' holds NaN or infinite potentials; pass the finite potentials a solve returned "
                 "(mumatch.ot.sinkhorn never returns others)"
@@ -115,12 +118,19 @@ def plan_tile(
     """
     x, y = check_points(x, y)
     check_potentials(f, g, x.shape[0], y.shape[0])
+    check_positive(epsilon, "epsilon")
+    if rows is not None and not isinstance(rows, slice):
+        raise ValueError(f"rows must be a slice (e.g. slice(0, 100)) or None, got {type(rows).__name__}")
+    selected = np.arange(x.shape[0])[rows if rows is not None else slice(None)]
+    if selected.size == 0:
+        return np.zeros((0, y.shape[0]))
     geometry = prepare_cost(x, y, cost["kind"], dtype=torch.float64, device=torch.device("cpu"), params=cost)
-    rows = rows if rows is not None else slice(0, geometry.shape[0])
-    start, stop, _ = rows.indices(geometry.shape[0])
+    # The rows between the first and last selected, then those the slice's step picks (in its order).
+    start, stop = int(selected.min()), int(selected.max()) + 1
+    f, g = torch.as_tensor(float64_array(f)), torch.as_tensor(float64_array(g))
     with torch.no_grad():
-        log_plan = _log_plan_tile(geometry, torch.as_tensor(f), torch.as_tensor(g), epsilon, start, stop, None)
-    return log_plan.exp().numpy()
+        log_plan = _log_plan_tile(geometry, f, g, epsilon, start, stop, None)
+    return log_plan.exp().numpy()[selected - start]
 
 
 def sparsify_plan(
@@ -163,6 +173,7 @@ def sparsify_plan(
     """
     x, y = check_points(x, y)
     check_potentials(f, g, x.shape[0], y.shape[0])
+    check_positive(epsilon, "epsilon")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
     if not 0 < mass <= 1:
@@ -175,8 +186,8 @@ def sparsify_plan(
     geometry = prepare_cost(x, y, cost["kind"], dtype=torch_dtype, device=torch_device, params=cost)
     n_rows, n_cols = geometry.shape
     k = min(top_k if top_k is not None else max_per_row, n_cols)
-    f_t = torch.as_tensor(np.asarray(f), dtype=torch_dtype, device=torch_device)
-    g_t = torch.as_tensor(np.asarray(g), dtype=torch_dtype, device=torch_device)
+    f_t = torch.as_tensor(float64_array(f), dtype=torch_dtype, device=torch_device)
+    g_t = torch.as_tensor(float64_array(g), dtype=torch_dtype, device=torch_device)
     itemsize = geometry.x.element_size()
     # Each worker holds its own strip and work arrays: the budget is shared between them.
     worker_budget = memory_budget // row_workers(torch_device)
@@ -298,7 +309,12 @@ def sparsify_plan(
 
 def sparse_plan_stats(plan: sp.spmatrix) -> SparsePlan:
     """Normalise the rows of a non-negative sparse plan and compute its certainty from the stored entries."""
-    plan = sp.csr_matrix(plan, dtype=np.float64)
+    plan = sp.csr_matrix(plan, dtype=np.float64, copy=True)
+    plan.sum_duplicates()  # a pair stored twice is one entry of the plan
+    if plan.nnz and not np.isfinite(plan.data).all():
+        raise ValueError("plan holds NaN or infinite weights; pass a plan of finite non-negative weights")
+    if plan.nnz and plan.data.min() < 0:
+        raise ValueError("plan holds negative weights; pass a plan of non-negative weights")
     row_sums = np.asarray(plan.sum(axis=1)).ravel()
     col_sums = np.asarray(plan.sum(axis=0)).ravel()
     row_confidence, row_entropy = _sparse_axis_stats(plan, row_sums)

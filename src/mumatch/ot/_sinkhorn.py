@@ -36,8 +36,10 @@ from ._cost import (
     PointCloudCost,
     _buffer,
     check_points,
+    check_positive,
     dense_block_rows,
     empty_array,
+    float64_array,
     prepare_cost,
     resolve_device,
     resolve_dtype,
@@ -254,10 +256,10 @@ def sinkhorn(
     True
     """
     x, y = check_points(x, y)
-    _check_positive(epsilon, "epsilon")
-    _check_positive(tol, "tol")
-    _check_positive(tau, "tau", allow_none=True)
-    _check_positive(epsilon_start, "epsilon_start", allow_none=True)
+    check_positive(epsilon, "epsilon")
+    check_positive(tol, "tol")
+    check_positive(tau, "tau", allow_none=True)
+    check_positive(epsilon_start, "epsilon_start", allow_none=True)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int | np.integer) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not isinstance(truncate, bool | np.bool_):
@@ -510,8 +512,13 @@ class _Solver:
         b = self.b.to(column_sums.dtype)
         if self.tau is None:
             return (column_sums - b).abs().sum().item()
-        target = b * torch.exp(-(g.to(column_sums.dtype) - epsilon * b.log()) / self.tau)
-        return ((column_sums - target).abs().sum() / target.sum().clamp_min(torch.finfo(target.dtype).tiny)).item()
+        # In float64 and relative to the largest target: with a small tau, (g - ε log b) / τ leaves float32's range
+        # and exp of it would make the error inf / inf = NaN.
+        log_target = self.log_b.double() - (g.double() - epsilon * self.log_b.double()) / self.tau
+        shift = log_target.max()
+        target = torch.exp(log_target - shift)
+        distance = (column_sums.double() * torch.exp(-shift) - target).abs().sum() / target.sum()
+        return distance.item()
 
     def exponent(self, epsilon: float) -> float:
         """The exponent of the scaling updates: 1 when balanced, ``tau / (tau + epsilon)`` when relaxed."""
@@ -1000,22 +1007,13 @@ def _run_stages(
     return f, g, n_iter, error, n_rebuilds, truncated_stages
 
 
-def _check_positive(value: float | None, argument: str, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ValueError(f"{argument} must be a finite number > 0, got {value!r}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{argument} must be a finite number > 0, got {value!r}")
-
-
 def _log_marginal(
     weights: np.ndarray | None, size: int, argument: str, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
     """The log of a marginal (uniform when None), checked to be positive and to sum to 1."""
     if weights is None:
         return torch.full((size,), -math.log(size), dtype=dtype, device=device)
-    values = np.asarray(weights, dtype=np.float64)
+    values = float64_array(weights)
     if values.shape != (size,):
         raise ValueError(f"'{argument}' must have one weight per point ({size}), got shape {values.shape}")
     if not np.isfinite(values).all() or (values <= 0).any():
