@@ -160,16 +160,6 @@ def float64_array(values: object) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def check_positive(value: float | None, argument: str, *, allow_none: bool = False) -> None:
-    """Raise a ValueError unless ``value`` is a finite number > 0 (or None, when allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ValueError(f"{argument} must be a finite number > 0, got {value!r}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{argument} must be a finite number > 0, got {value!r}")
-
-
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` picks CUDA when available, else the CPU."""
     if isinstance(device, torch.device):

@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .._validate import check_positive
 from ._cost import _buffer, check_points, prepare_cost, resolve_device, resolve_memory_budget, tile_rows
 from ._plan import SparsePlan, sparse_plan_stats
 
@@ -51,13 +52,7 @@ def mutual_knn(
     x, y = check_points(x, y)
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer) or n_neighbors < 1:
         raise ValueError(f"n_neighbors must be an integer >= 1, got {n_neighbors!r}")
-    if (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, int | float | np.integer | np.floating)
-        or not np.isfinite(epsilon)
-        or epsilon <= 0
-    ):
-        raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+    check_positive(epsilon, "epsilon")
     torch_device = resolve_device(device)
     memory_budget = resolve_memory_budget(memory_budget, torch_device)
     forward = prepare_cost(x, y, cost, dtype=torch.float32, device=torch_device, memory_budget=memory_budget)

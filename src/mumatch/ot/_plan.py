@@ -9,12 +9,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .._validate import check_positive
 from ._cost import (
     LOG2E,
     SHIFTED_SUM_RANGE,
     _buffer,
     check_points,
-    check_positive,
     float64_array,
     prepare_cost,
     resolve_device,

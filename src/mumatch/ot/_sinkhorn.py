@@ -30,13 +30,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from .._validate import check_positive
 from ._cost import (
     LOG2E,
     SHIFTED_SUM_RANGE,
     PointCloudCost,
     _buffer,
     check_points,
-    check_positive,
     dense_block_rows,
     empty_array,
     float64_array,
