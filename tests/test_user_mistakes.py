@@ -140,3 +140,25 @@ def test_batch_labels_of_different_types_but_the_same_names_are_no_conflict(simu
     assert not [message for message in messages if "paired by obs name" in message]
     mm.model.CLIP.setup_mudata(simulated, "rna", "atac", rep_key="X_shared")
     assert [message for message in messages if "paired by obs name" in message]
+
+
+def test_copy_of_a_backed_mudata_is_refused_before_any_work(matched, tmp_path):
+    # mudata copies a backed object only to a new file, which these functions cannot be given.
+    import mudata
+
+    path = tmp_path / "backed.h5mu"
+    matched.write(path)
+    backed = mudata.read_h5mu(path, backed=True)
+    calls = {
+        "lsi_harmony": lambda copy: mm.pp.lsi_harmony(backed, ["rna"], copy=copy),
+        "match_ot": lambda copy: mm.tl.match_ot(backed, "rna", "atac", use_rep="X_shared", copy=copy),
+        "transfer_labels": lambda copy: mm.tl.transfer_labels(
+            backed, label_key="cell_type", source_mod="rna", target_mod="atac", copy=copy
+        ),
+    }
+    for call in calls.values():
+        with pytest.raises(ValueError, match=r"copy=True cannot copy a MuData read with backed=True.*to_memory"):
+            call(True)
+        with pytest.raises(ValueError, match="copy must be True or False"):
+            call("yes")
+    assert "X_lsi_harmony" not in backed["rna"].obsm

@@ -30,6 +30,17 @@ def check_mudata(mdata: object, argument: str = "mdata") -> MuData:
     return mdata
 
 
+def check_copy(mdata: MuData, copy: object) -> None:
+    """Raise unless ``copy`` is a bool that mudata can honour (a backed MuData is copied only to a new file)."""
+    if not isinstance(copy, bool | np.bool_):
+        raise ValueError(f"copy must be True or False, got {copy!r}")
+    if copy and mdata.isbacked:
+        raise ValueError(
+            "copy=True cannot copy a MuData read with backed=True (mudata copies it only to a new file): load it "
+            "with mdata = mdata.to_memory() first, or leave copy=False to write into this object"
+        )
+
+
 def check_key_added(key_added: object, argument: str = "key_added") -> str:
     """Raise unless ``key_added`` can name an output: a non-empty string without '/', not the models' setup key."""
     if not isinstance(key_added, str) or not key_added:

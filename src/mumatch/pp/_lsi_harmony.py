@@ -14,6 +14,7 @@ from scanpy import logging as logg
 from .._modality import assay_of
 from .._validate import (
     check_batch_key,
+    check_copy,
     check_int,
     check_key_added,
     check_layer,
@@ -321,6 +322,7 @@ def lsi_harmony(
     (500, 256)
     """
     names = _check_common(mdata, mods, key_added, batch_key, random_state)
+    check_copy(mdata, copy)
     # A modality of no recognised assay holds counts of some features: the RNA recipe (TF-IDF LSI) suits them.
     assays = {mod: assay_of(mod, mdata[mod].var) for mod in names}
     kinds = {mod: assay or "rna" for mod, assay in assays.items()}
@@ -469,6 +471,7 @@ def lsi_harmony_transform(
     """
     key_added = key if key_added is None else key_added
     names = _check_common(mdata, mods, key_added, batch_key, random_state)
+    check_copy(mdata, copy)
     check_mudata(reference, "reference")
     fits, replaced = {}, []
     for mod in names:

@@ -24,6 +24,7 @@ from .._layout import (
 )
 from .._validate import (
     check_batch_key,
+    check_copy,
     check_int,
     check_key_added,
     check_mod,
@@ -259,6 +260,7 @@ def match_ot(
     >>> mm.metrics.match_score(mdata, key="match")  # doctest: +SKIP
     """
     check_mudata(mdata)
+    check_copy(mdata, copy)
     check_mod(mdata, mod1, "mod1")
     check_mod(mdata, mod2, "mod2")
     if mod1 == mod2:

@@ -11,7 +11,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._layout import MISSING_BATCH, known_labels, obs_positions, oriented_plan, recorded_plan_mods
-from .._validate import check_key_added, check_mod, check_mudata, check_obs_key, check_obs_names
+from .._validate import check_copy, check_key_added, check_mod, check_mudata, check_obs_key, check_obs_names
 
 
 def transfer_labels(
@@ -64,6 +64,7 @@ def transfer_labels(
     >>> mm.tl.transfer_labels(mdata, label_key="cell_type", source_mod="rna", target_mod="adt")  # doctest: +SKIP
     """
     check_mudata(mdata)
+    check_copy(mdata, copy)
     check_mod(mdata, source_mod, "source_mod")
     check_mod(mdata, target_mod, "target_mod")
     if source_mod == target_mod:
