@@ -213,3 +213,74 @@ def test_mudata_with_stale_obs_names_raises(multiome, metric):
     multiome.mod["rna"].obs_names = names
     with pytest.raises(ValueError, match=r"mdata\.update\(\)"):
         metric(multiome, key="perfect")
+
+
+@pytest.mark.parametrize("argument", ["x", "y"])
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_foscttm_rejects_non_finite_embeddings(argument, bad_value):
+    # A NaN distance ties with nothing, not even itself: the score came out negative instead of raising.
+    rng = np.random.default_rng(0)
+    embeddings = {"x": rng.normal(size=(6, 3)), "y": rng.normal(size=(6, 3))}
+    embeddings[argument][2, 1] = bad_value
+    originals = {name: values.copy() for name, values in embeddings.items()}
+    with pytest.raises(ValueError, match=f"'{argument}' contains NaN or infinite values"):
+        foscttm(embeddings["x"], embeddings["y"])
+    for name, values in embeddings.items():
+        np.testing.assert_array_equal(values, originals[name])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize(
+    "metric",
+    [match_score, lambda prediction, truth: top_k_accuracy(prediction, truth, direction="forward")],
+    ids=["match_score", "top_k_accuracy"],
+)
+def test_empty_prediction_raises(metric, sparse):
+    prediction = sp.csr_matrix((0, 3)) if sparse else np.zeros((0, 3))
+    with pytest.raises(ValueError, match="'prediction' has no rows"):
+        metric(prediction, np.array([], dtype=np.int64))
+
+
+def test_foscttm_of_empty_embeddings_raises():
+    with pytest.raises(ValueError, match="have no rows"):
+        foscttm(np.zeros((0, 3)), np.zeros((0, 3)))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_truth_matrix_of_another_shape_raises(sparse):
+    # Every pair of this 5 × 10 truth falls in the prediction's 6 columns: it used to be scored as if it fitted.
+    truth = np.zeros((5, 10))
+    truth[np.arange(5), np.arange(5)] = 1.0
+    truth = sp.csr_matrix(truth) if sparse else truth
+    with pytest.raises(ValueError, match=r"'truth' has shape \(5, 10\) but the prediction has shape \(5, 6\)"):
+        match_score(np.ones((5, 6)), truth)
+    with pytest.raises(ValueError, match=r"\(5, 10\).*\(5, 6\)"):
+        top_k_accuracy(np.ones((5, 6)), truth, direction="forward")
+
+
+def test_stored_zeros_in_a_sparse_truth_are_no_pairs():
+    # Row 0 pairs with column 0 and stores an explicit zero at column 1: the zero is no second partner.
+    truth = sp.csr_matrix((np.array([1.0, 0.0, 1.0]), (np.array([0, 0, 1]), np.array([0, 1, 1]))), shape=(2, 2))
+    assert truth.nnz == 3
+    prediction = np.array([[0.75, 0.25], [0.0, 1.0]])
+    assert match_score(prediction, truth) == pytest.approx(0.875)
+    assert top_k_accuracy(prediction, truth, direction="mean") == 1.0
+    # The caller's matrix keeps its stored zero.
+    assert truth.nnz == 3 and truth.data.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_stored_zeros_in_the_mudata_truth_are_no_pairs(multiome):
+    # A stored zero between two cells without a true partner added a row (scored 0 by the perfect plan) to the scoring.
+    truth = multiome.obsp["match_true"].tocoo()
+    multiome.obsp["perfect"] = truth.tocsr()
+    positions = {mod: multiome.obs_names.get_indexer(multiome[mod].obs_names) for mod in ("rna", "atac")}
+    rna = np.setdiff1d(positions["rna"], truth.row)[0]
+    atac = np.setdiff1d(positions["atac"], truth.col)[0]
+    with_zero = sp.csr_matrix(
+        (np.append(truth.data, 0.0), (np.append(truth.row, rna), np.append(truth.col, atac))), shape=truth.shape
+    )
+    assert with_zero.nnz == truth.nnz + 1
+    multiome.obsp["match_true"] = with_zero
+    assert match_score(multiome, key="perfect") == 1.0
+    assert top_k_accuracy(multiome, key="perfect") == 1.0
+    assert multiome.obsp["match_true"].nnz == truth.nnz + 1

@@ -48,3 +48,11 @@ def test_series_are_compared_by_cell_and_floats_as_integers():
 def test_the_text_nan_is_left_out_as_a_missing_label():
     assert label_transfer_accuracy(pd.Series(["a", "nan", "b"]), ["a", "b", "c"]) == 0.5
     assert label_transfer_accuracy(["a", "b", "b"], pd.Series(["a", "nan", "c"])) == 0.5
+
+
+@pytest.mark.parametrize("argument", ["predicted", "truth"])
+def test_two_dimensional_labels_raise(argument):
+    labels = {"predicted": np.array(["a", "b", "a", "b"]), "truth": np.array(["a", "b", "a", "a"])}
+    labels[argument] = labels[argument].reshape(2, 2)
+    with pytest.raises(ValueError, match=f"'{argument}' labels must be one-dimensional.*shape \\(2, 2\\)"):
+        label_transfer_accuracy(labels["predicted"], labels["truth"])

@@ -330,3 +330,33 @@ def test_ddp_spawn_on_two_cpu_processes(small):
     z2 = model.get_latent_representation(small, "atac")[positions[1]]
     assert model.is_trained
     assert mm.metrics.foscttm(z1, z2) < 0.3
+
+
+def test_a_query_embedded_with_another_fit_of_the_projection_is_pointed_out(tmp_path, monkeypatch):
+    # lsi_harmony run again on new cells gives a representation of the same width in another basis: embedding it
+    # with the model is meaningless, and only the recorded fit tells it apart.
+    from mumatch.model import _base
+
+    reference = mm.datasets.simulate_paired(200, ("rna", "atac"), n_genes=80, n_peaks=120, seed=4)
+    mm.pp.lsi_harmony(reference, n_comps=8, harmony=False)
+    mm.model.CLIP.setup_mudata(reference, mod1="rna", mod2="atac", rep_key="X_lsi_harmony")
+    model = mm.model.CLIP(reference, **TINY)
+    model.save(tmp_path / "clip")
+    warned = []
+    monkeypatch.setattr(_base.logg, "warning", lambda message, *args, **kwargs: warned.append(message))
+
+    refitted = mm.datasets.simulate_paired(150, ("rna", "atac"), n_genes=80, n_peaks=120, seed=5)
+    mm.pp.lsi_harmony(refitted, n_comps=8, harmony=False)
+    mm.model.CLIP.load(tmp_path / "clip", refitted)
+    assert any("another fit of the projection" in message for message in warned)
+    warned.clear()
+    model.get_latent_representation(refitted, "rna")
+    assert any("lsi_harmony_transform" in message for message in warned)
+
+    projected = mm.datasets.simulate_paired(150, ("rna", "atac"), n_genes=80, n_peaks=120, seed=5)
+    mm.pp.lsi_harmony_transform(projected, reference, harmony=False)
+    warned.clear()
+    loaded = mm.model.CLIP.load(tmp_path / "clip", projected)
+    loaded.get_latent_representation(projected, "atac")
+    model.get_latent_representation(projected, "rna")
+    assert not any("another fit" in message for message in warned)

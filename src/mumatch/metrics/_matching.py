@@ -29,13 +29,20 @@ def _truth_columns(truth: Matrix | np.ndarray, n_rows: int) -> np.ndarray:
             raise ValueError("'truth' as an index array must hold whole column numbers (no NaN or fractions)")
         columns = truth_array.astype(np.int64)
     else:
-        matrix = sp.csr_matrix(truth)
+        matrix = _without_stored_zeros(truth)
         if np.any(np.diff(matrix.indptr) != 1):
             raise ValueError("'truth' must have exactly one non-zero entry per row (a pairing)")
         columns = matrix.indices.astype(np.int64)
     if columns.size != n_rows:
         raise ValueError(f"'truth' pairs {columns.size} rows but the prediction has {n_rows}")
     return columns
+
+
+def _without_stored_zeros(matrix: Matrix | np.ndarray) -> sp.csr_matrix:
+    """``matrix`` as CSR without explicitly stored zeros, on a copy: a stored zero pairs no cells."""
+    matrix = sp.csr_matrix(matrix, copy=True)
+    matrix.eliminate_zeros()
+    return matrix
 
 
 def _check_prediction(prediction: Matrix) -> sp.csr_matrix | np.ndarray:
@@ -47,6 +54,11 @@ def _check_prediction(prediction: Matrix) -> sp.csr_matrix | np.ndarray:
         if prediction.ndim != 2:
             raise ValueError(f"'prediction' must be a 2-d matrix, got shape {prediction.shape}")
         values = prediction
+    # An empty prediction has no score (the mean over no rows is NaN): refuse it rather than return one.
+    if prediction.shape[0] == 0:
+        raise ValueError(f"'prediction' has no rows (shape {prediction.shape}); pass at least one cell to score")
+    if prediction.shape[1] == 0:
+        raise ValueError(f"'prediction' has no columns (shape {prediction.shape}); pass at least one candidate cell")
     if not np.isfinite(values).all():
         raise ValueError("'prediction' contains NaN or infinite values")
     return prediction
@@ -77,11 +89,12 @@ def _from_mudata(
         raise KeyError(f"truth_key={truth_key!r} not found in mdata.obsp (it has {list(mdata.obsp)})")
     index1 = np.arange(mdata[mod1].n_obs)
     index2 = np.arange(mdata[mod2].n_obs)
-    truth = extract_block(mdata, mdata.obsp[truth_key], mod1, mod2, index1, index2)
+    truth = _without_stored_zeros(extract_block(mdata, mdata.obsp[truth_key], mod1, mod2, index1, index2))
     if truth.nnz == 0:
         # A truth stored the other way round (the readers put the first modality's cells along its rows), read for
         # the modalities in reverse order.
-        truth = extract_block(mdata, sp.csr_matrix(mdata.obsp[truth_key]).T, mod1, mod2, index1, index2)
+        transposed = sp.csr_matrix(mdata.obsp[truth_key]).T
+        truth = _without_stored_zeros(extract_block(mdata, transposed, mod1, mod2, index1, index2))
     rows = np.flatnonzero(truth.getnnz(axis=1))
     cols = np.flatnonzero(truth.getnnz(axis=0))
     if rows.size == 0:
@@ -153,6 +166,18 @@ def _resolve(prediction, truth, key, truth_key, mod1, mod2) -> tuple[sp.csr_matr
     if truth is None:
         raise ValueError("'truth' is required when 'prediction' is a matrix")
     prediction = _check_prediction(prediction)
+    truth_shape = truth.shape if sp.issparse(truth) else np.shape(truth)
+    if len(truth_shape) not in (1, 2):
+        raise ValueError(
+            f"'truth' must be an index array (1-d) or a matrix (2-d), got shape {truth_shape}; pass the true column "
+            "of each row, or a matrix of the prediction's shape with one non-zero per row"
+        )
+    if len(truth_shape) == 2 and truth_shape != prediction.shape:
+        # Without this, a wider truth whose pairs happen to fall in the prediction's columns would be scored.
+        raise ValueError(
+            f"'truth' has shape {truth_shape} but the prediction has shape {prediction.shape}; pass a truth matrix "
+            "of the prediction's shape, or the true column of each row as an index array"
+        )
     columns = _truth_columns(truth, prediction.shape[0])
     if columns.size and (columns.min() < 0 or columns.max() >= prediction.shape[1]):
         raise ValueError(f"'truth' refers to columns outside the prediction's {prediction.shape[1]} columns")
@@ -329,6 +354,12 @@ def foscttm(
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.ndim != 2 or x.shape != y.shape:
         raise ValueError(f"x and y must be aligned 2-d embeddings of the same shape, got {x.shape} and {y.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"'x' and 'y' have no rows (shape {x.shape}); pass at least one cell to score")
+    for argument, values in (("x", x), ("y", y)):
+        # A NaN distance ties with nothing, not even itself, and would make the tie count negative.
+        if not np.isfinite(values).all():
+            raise ValueError(f"'{argument}' contains NaN or infinite values; pass finite embeddings")
     n_cells = x.shape[0]
     closer_x = np.empty(n_cells)
     closer_y = np.empty(n_cells)

@@ -58,8 +58,14 @@ def label_transfer_accuracy(
                 "obs names, or as arrays in the same order"
             )
         truth = truth.reindex(predicted.index)
-    predicted = pd.Series(np.asarray(predicted, dtype=object))
-    truth = pd.Series(np.asarray(truth, dtype=object))
+    predicted, truth = np.asarray(predicted, dtype=object), np.asarray(truth, dtype=object)
+    for argument, labels in (("predicted", predicted), ("truth", truth)):
+        if labels.ndim > 1:
+            raise ValueError(
+                f"'{argument}' labels must be one-dimensional (one label per cell), got shape {labels.shape}; "
+                "pass a 1-d array, list or Series"
+            )
+    predicted, truth = pd.Series(predicted), pd.Series(truth)
     if predicted.size != truth.size:
         raise ValueError(f"{predicted.size} predicted labels but {truth.size} true labels")
     known = known_labels(predicted) & known_labels(truth)

@@ -31,7 +31,7 @@ import json
 import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -95,12 +95,35 @@ class ModalityRegistration:
         Width of that representation.
     var_names
         The modality's feature names (checked when a saved model is loaded onto other data).
+    fit_id
+        Identity of the fitted projection that made the representation (``params['fit_id']`` that
+        :func:`mumatch.pp.lsi_harmony` records in ``.uns[rep_key]``), None for a representation without one.
     """
 
     mod: str
     rep_key: str
     n_input: int
     var_names: tuple[str, ...]
+    fit_id: str | None = None
+
+
+def representation_fit(mdata: MuData, mod: str, rep_key: str) -> str | None:
+    """The ``fit_id`` recorded beside ``.obsm[rep_key]`` of modality ``mod`` (None when there is none)."""
+    recorded = mdata[mod].uns.get(rep_key)
+    params = recorded.get("params") if isinstance(recorded, Mapping) else None
+    fit_id = params.get("fit_id") if isinstance(params, Mapping) else None
+    return str(fit_id) if fit_id is not None else None
+
+
+def warn_other_fit(mdata: MuData, registration: ModalityRegistration) -> None:
+    """Warn when ``mdata``'s representation comes from another fitted projection than the model's training data."""
+    fit_id = representation_fit(mdata, registration.mod, registration.rep_key)
+    if registration.fit_id is not None and fit_id is not None and fit_id != registration.fit_id:
+        logg.warning(
+            f"mdata['{registration.mod}'].obsm['{registration.rep_key}'] comes from another fit of the projection "
+            "than the model's training data (same width, another basis: its embedding would be meaningless); "
+            "embed new cells with mm.pp.lsi_harmony_transform(mdata, reference) on the training data's fit"
+        )
 
 
 def modality_inputs(mdata: MuData, registration: ModalityRegistration, argument: str = "mdata") -> np.ndarray:
@@ -363,6 +386,7 @@ class MuDataModel:
                 rep_key=self.setup_args["rep_keys"][mod],
                 n_input=int(mdata[mod].obsm[self.setup_args["rep_keys"][mod]].shape[1]),
                 var_names=tuple(map(str, mdata[mod].var_names)),
+                fit_id=representation_fit(mdata, mod, self.setup_args["rep_keys"][mod]),
             )
             for mod in self.setup_args["mods"]
         }
@@ -528,6 +552,8 @@ class MuDataModel:
             return self.mdata
         check_mudata(mdata)
         for registration in self.registrations.values():
+            if registration.mod in mdata.mod:
+                warn_other_fit(mdata, registration)
             if registration.mod in mdata.mod and tuple(map(str, mdata[registration.mod].var_names)) != (
                 registration.var_names
             ):
@@ -626,12 +652,16 @@ class MuDataModel:
                 mdata.uns.pop(SETUP_KEY, None)
             raise
         for saved in metadata["registrations"].values():
+            # The training data's fit stays the model's reference for later queries.
+            registration = model.registrations[saved["mod"]]
+            model.registrations[saved["mod"]] = replace(registration, fit_id=saved.get("fit_id"))
+            warn_other_fit(mdata, model.registrations[saved["mod"]])
             if tuple(map(str, mdata[saved["mod"]].var_names)) != tuple(saved["var_names"]):
                 # Embedding reads only the representation; the decoders (further training) assume these features.
                 logg.warning(
                     f"mdata['{saved['mod']}'] has other features than the model was trained on; its representation "
                     f"'{saved['rep_key']}' must come from the same projection (e.g. lsi_harmony_transform), and "
-                    "training this model further would fit its decoders to other features"
+                    "training this model further would fit it to other features"
                 )
         model.module.eval()
         model.is_trained = metadata["is_trained"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -220,6 +221,20 @@ def _check_common(mdata: object, mods, key_added: str, batch_key: str | None, ra
     return names
 
 
+def fit_fingerprint(fitted: Mapping[str, object], feature_names: Sequence[str]) -> str:
+    """A short hash of a fitted projection and its features: its identity, carried by the embeddings made with it.
+
+    A model records it for its input, so that a query embedded with another fit (``lsi_harmony`` run again on new
+    cells: the same width, another basis) is pointed out instead of silently embedded.
+    """
+    digest = hashlib.sha1()
+    for name in sorted(fitted):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(fitted[name]).tobytes())
+    digest.update("\0".join(map(str, feature_names)).encode())
+    return digest.hexdigest()[:16]
+
+
 def _write(
     mdata: MuData, results: dict[str, Embedding], key_added: str, copy: bool, start, action: str
 ) -> MuData | None:
@@ -364,6 +379,7 @@ def lsi_harmony(
                 "use_highly_variable": masks[mod] is not None,
                 "harmony": bool(harmony),
                 "random_state": int(random_state),
+                "fit_id": fit_fingerprint(fitted, feature_names),
             },
             "harmony": harmony_info,
             "feature_names": np.asarray(feature_names, dtype=str),
