@@ -603,3 +603,24 @@ def test_repeated_obs_names_raise_at_setup(small):
     with pytest.raises(ValueError, match="repeats names"):
         mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
     assert "_mumatch_setup" not in small.uns
+
+
+def test_encoders_read_the_leading_n_input_comps_components(small, tmp_path):
+    add_pca(small, key="X_wide", n_comps=30)
+    mm.model.CLUE.setup_mudata(small, rep_key="X_wide")
+    model = mm.model.CLUE(small, n_input_comps=10, **TINY)
+    assert [trunk.fc_layers[0][0].in_features for trunk in model.module.trunks] == [10, 10]
+    model.train(**QUICK)
+    before = model.get_latent_representation(small, "rna")
+    changed = small.copy()
+    changed["rna"].obsm["X_wide"][:, 10:] += 100.0  # columns the encoders do not read
+    np.testing.assert_array_equal(model.get_latent_representation(changed, "rna"), before)
+    model.save(tmp_path / "clue")
+    loaded = mm.model.CLUE.load(tmp_path / "clue", small)
+    np.testing.assert_array_equal(loaded.get_latent_representation(small, "rna"), before)
+    # The default reads 100 components (all 30 here); None reads all of any width.
+    assert mm.model.CLUE(small, **TINY).n_input_used == {"rna": 30, "atac": 30}
+    assert mm.model.CLUE(small, n_input_comps=None, **TINY).n_input_used == {"rna": 30, "atac": 30}
+    for bad in (0, 2.5, "10"):
+        with pytest.raises(ValueError, match="n_input_comps must be an integer >= 1"):
+            mm.model.CLUE(small, n_input_comps=bad, **TINY)

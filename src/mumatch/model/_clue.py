@@ -33,6 +33,7 @@ from ._base import MuDataModel, ShuffledBatches, TrainingPlan, modality_inputs
 # discriminator (du) layers, dropout, and loss weights. Their lam_data/lam_align/lam_cross/lam_cos are our
 # lam_self/lam_adversarial/lam_cross/lam_mse (MSE to the cell's mean embedding stands in for their cosine term).
 CITE_CONFIG: dict[str, Any] = {
+    "n_input_comps": 100,
     "n_latent": 20,
     "n_hidden": 512,
     "n_layers": 2,
@@ -48,6 +49,7 @@ CITE_CONFIG: dict[str, Any] = {
     "lam_mse": 1.0,
 }
 MULTIOME_CONFIG: dict[str, Any] = {
+    "n_input_comps": 100,
     "n_latent": 50,
     "n_hidden": 512,
     "n_layers": 2,
@@ -63,6 +65,10 @@ MULTIOME_CONFIG: dict[str, Any] = {
     "lam_mse": 0.02,
 }
 CONFIGS = {"cite": CITE_CONFIG, "multiome": MULTIOME_CONFIG}
+# n_input_comps: the encoders read each representation's leading 100 components, as the CLUE entry's encoders read a
+# 100-component PCA/LSI. The wider defaults of lsi_harmony (192 RNA, 256 ATAC, chosen for CLIP) let the encoders
+# overfit the few hundred paired cells of the starters: match score 0.0076 -> 0.0100 on multiome (6 seeds) and
+# 0.060 -> 0.072 on cite (docs/benchmarks.md, nineteenth session).
 # Optimiser and minibatch defaults of scglue's trainers (Adam, learning rate 2e-3, 128 cells per minibatch).
 DEFAULT_LR = 2e-3
 DEFAULT_BATCH_SIZE = 128
@@ -159,7 +165,9 @@ class CLUE(MuDataModel):
     **hyperparameters
         Overrides of the configuration: ``n_latent``, ``n_hidden``, ``n_layers``, ``n_hidden_decoder``,
         ``n_layers_decoder``, ``n_hidden_discriminator``, ``n_layers_discriminator``, ``dropout``, ``lam_self``,
-        ``lam_cross``, ``lam_mse``, ``lam_kl``, ``lam_adversarial`` (see :class:`~mumatch.module._clue.CLUEModule`).
+        ``lam_cross``, ``lam_mse``, ``lam_kl``, ``lam_adversarial`` (see :class:`~mumatch.module._clue.CLUEModule`),
+        and ``n_input_comps``: how many leading components of each modality's representation the encoders read
+        (100, as the CLUE entry's 100-component PCA/LSI; ``None``: all of them).
 
     Examples
     --------
@@ -274,6 +282,13 @@ class CLUE(MuDataModel):
         widths = ("n_latent", "n_hidden", "n_layers", "n_hidden_decoder", "n_layers_decoder")
         for name in (*widths, "n_hidden_discriminator", "n_layers_discriminator"):
             check_int(params[name], name)
+        n_input_comps = params.pop("n_input_comps")
+        check_int(n_input_comps, "n_input_comps", allow_none=True)
+        # The leading columns of each representation that the encoders read (all of a narrower one).
+        self.n_input_used = {
+            mod: registration.n_input if n_input_comps is None else min(n_input_comps, registration.n_input)
+            for mod, registration in self.registrations.items()
+        }
         for name in ("lam_self", "lam_cross", "lam_mse", "lam_kl", "lam_adversarial"):
             if not is_number(params[name]) or not np.isfinite(params[name]) or params[name] < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {params[name]!r}")
@@ -283,7 +298,7 @@ class CLUE(MuDataModel):
         with torch.random.fork_rng():
             torch.manual_seed(random_state)
             self.module = CLUEModule(
-                [self.registrations[mod].n_input for mod in mods],
+                [self.n_input_used[mod] for mod in mods],
                 n_features,
                 [setup["likelihoods"][mod] for mod in mods],
                 len(setup["batch_levels"]),
@@ -292,12 +307,16 @@ class CLUE(MuDataModel):
         self._init_params(config=config, random_state=random_state, **hyperparameters)
 
     # ----- data ---------------------------------------------------------------------------------------------------
+    def _inputs(self, mdata: MuData, mod: str) -> np.ndarray:
+        """The columns of modality ``mod``'s representation that the encoders read (see ``n_input_comps``)."""
+        return np.ascontiguousarray(modality_inputs(mdata, self.registrations[mod])[:, : self.n_input_used[mod]])
+
     def _cell_table(self, mdata: MuData) -> CellTable:
         """Every cell of the registered modalities of ``mdata``, with its inputs, counts and batch."""
         mods = self.setup_args["mods"]
         names = pd.Index(pd.unique(np.concatenate([mdata[mod].obs_names.to_numpy() for mod in mods])))
         positions = np.stack([mdata[mod].obs_names.get_indexer(names) for mod in mods], axis=1)
-        reps = [modality_inputs(mdata, self.registrations[mod]) for mod in mods]
+        reps = [self._inputs(mdata, mod) for mod in mods]
         counts = [sp.csr_matrix(check_layer(mdata, mod, self.setup_args["layer"]), dtype=np.float32) for mod in mods]
         levels = {level: code for code, level in enumerate(self.setup_args["batch_levels"])}
         batch_codes = np.full(positions.shape, -1, dtype=np.int64)
@@ -496,7 +515,7 @@ class CLUE(MuDataModel):
         modality = modality or mods[0]
         if modality not in mods:
             raise KeyError(f"modality={modality!r} is not one of the model's modalities {mods}")
-        inputs = torch.as_tensor(modality_inputs(mdata, self.registrations[modality]))
+        inputs = torch.as_tensor(self._inputs(mdata, modality))
         self.module.eval()
         index = mods.index(modality)
         pieces = [
