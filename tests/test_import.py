@@ -37,3 +37,17 @@ def test_tool_functions_resolve_and_unknown_ones_raise():
     assert [name for name in dir(mm.tl) if not name.startswith("__")] == sorted(mm.tl.__all__)
     with pytest.raises(AttributeError, match="no attribute 'train_nothing'"):
         mm.tl.train_nothing  # noqa: B018
+
+
+def test_solvers_alone_do_not_import_the_anndata_stack():
+    # mm.ot works on plain arrays; the OT benchmark loads it without the package's AnnData imports and measures its
+    # memory so (importing mudata through a shared check cost ~70 MB of its peak).
+    code = (
+        "import sys, types, importlib, importlib.util; "
+        "stub = types.ModuleType('mumatch'); "
+        "stub.__path__ = list(importlib.util.find_spec('mumatch').submodule_search_locations); "
+        "sys.modules['mumatch'] = stub; importlib.import_module('mumatch.ot'); "
+        "print(sorted({'mudata', 'anndata', 'pandas', 'scanpy'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -13,6 +13,11 @@ import pandas as pd
 import scipy.sparse as sp
 from mudata import MuData
 
+# The plain checks live in _checks (numpy only, for mumatch.ot); importers of _validate find them here too.
+from ._checks import check_int as check_int
+from ._checks import check_positive as check_positive
+from ._checks import is_number as is_number
+
 # Where the models record their setup in ``mdata.uns`` (see mumatch.model); no output may be written under it.
 SETUP_KEY = "_mumatch_setup"
 # The function that writes each default embedding, named when an embedding is missing.
@@ -203,24 +208,3 @@ def check_obs_key(mdata: MuData, mod: str, key: str, argument: str, *, allow_non
             listed += f" and {len(columns) - LISTED_COLUMNS} more"
         fix = f"pass one of its columns{f' or {argument}=None' if allow_none else ''}"
         raise KeyError(f"{argument}={key!r} not found in mdata['{mod}'].obs (it has {listed or 'no column'}); {fix}")
-
-
-def is_number(value: object) -> bool:
-    """Whether ``value`` is a real number (Python or numpy), booleans excluded."""
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
-
-
-def check_positive(value: float, argument: str, *, allow_none: bool = False) -> None:
-    """Raise unless ``value`` is a finite number > 0."""
-    if value is None and allow_none:
-        return
-    if not is_number(value) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{argument} must be a finite number > 0, got {value!r}")
-
-
-def check_int(value: int, argument: str, *, minimum: int = 1, allow_none: bool = False) -> None:
-    """Raise unless ``value`` is an integer ≥ ``minimum``."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{argument} must be an integer >= {minimum}, got {value!r}")

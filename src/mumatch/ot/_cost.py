@@ -367,8 +367,11 @@ def prepare_cost(
 
 def _unit_rows(points: torch.Tensor) -> torch.Tensor:
     """Each row divided by its largest absolute coordinate, then by its norm (zero rows stay zero)."""
-    points = points / points.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(points.dtype).tiny)
-    return points / points.norm(dim=1, keepdim=True).clamp_min(torch.finfo(points.dtype).tiny)
+    tiny = torch.finfo(points.dtype).tiny
+    # Two reductions instead of abs(): no temporary as large as the points (the caller's, which stay unchanged).
+    largest = torch.maximum(points.amax(dim=1, keepdim=True), -points.amin(dim=1, keepdim=True))
+    points = points / largest.clamp_min(tiny)
+    return points.div_(points.norm(dim=1, keepdim=True).clamp_min(tiny))
 
 
 def _centred_unit_scale(

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .._validate import check_positive
+from .._checks import check_positive
 from ._cost import _buffer, check_points, prepare_cost, resolve_device, resolve_memory_budget, tile_rows
 from ._plan import SparsePlan, sparse_plan_stats
 

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .._validate import check_positive
+from .._checks import check_positive
 from ._cost import (
     LOG2E,
     SHIFTED_SUM_RANGE,

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .._validate import check_positive
+from .._checks import check_positive
 from ._cost import (
     LOG2E,
     SHIFTED_SUM_RANGE,
