@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import mudata
 import numpy as np
 import pytest
@@ -618,9 +620,43 @@ def test_encoders_read_the_leading_n_input_comps_components(small, tmp_path):
     model.save(tmp_path / "clue")
     loaded = mm.model.CLUE.load(tmp_path / "clue", small)
     np.testing.assert_array_equal(loaded.get_latent_representation(small, "rna"), before)
-    # The default reads 100 components (all 30 here); None reads all of any width.
+    # The default reads 100 components (all 30 here); None reads all of any width; a mapping one per modality.
     assert mm.model.CLUE(small, **TINY).n_input_used == {"rna": 30, "atac": 30}
     assert mm.model.CLUE(small, n_input_comps=None, **TINY).n_input_used == {"rna": 30, "atac": 30}
+    assert mm.model.CLUE(small, n_input_comps={"atac": 5}, **TINY).n_input_used == {"rna": 30, "atac": 5}
     for bad in (0, 2.5, "10"):
         with pytest.raises(ValueError, match="n_input_comps must be an integer >= 1"):
             mm.model.CLUE(small, n_input_comps=bad, **TINY)
+    with pytest.raises(KeyError, match=r"n_input_comps names modalities \['adt'\]"):
+        mm.model.CLUE(small, n_input_comps={"adt": 5}, **TINY)
+
+
+def test_a_saved_model_keeps_its_input_widths_and_older_saves_read_every_column(small, tmp_path):
+    rng = np.random.default_rng(0)
+    for mod in ("rna", "atac"):
+        small[mod].obsm["X_wide"] = rng.normal(size=(small[mod].n_obs, 120)).astype(np.float32)
+    mm.model.CLUE.setup_mudata(small, rep_key="X_wide")
+    model = mm.model.CLUE(small, n_input_comps=None, **TINY)
+    model.is_trained = True  # its random weights are enough to compare embeddings
+    assert model.init_params["n_input_comps"] == {"rna": 120, "atac": 120}  # recorded as read, not as asked
+    model.save(tmp_path / "clue")
+    expected = model.get_latent_representation(small, "atac")
+    loaded = mm.model.CLUE.load(tmp_path / "clue", small)
+    np.testing.assert_array_equal(loaded.get_latent_representation(small, "atac"), expected)
+    # A model saved before n_input_comps existed has no such parameter: it read every column.
+    metadata_file = tmp_path / "clue" / "model.json"
+    metadata = json.loads(metadata_file.read_text())
+    del metadata["init_params"]["n_input_comps"]
+    metadata_file.write_text(json.dumps(metadata))
+    loaded = mm.model.CLUE.load(tmp_path / "clue", small)
+    np.testing.assert_array_equal(loaded.get_latent_representation(small, "atac"), expected)
+
+
+def test_clr_values_of_every_protein_are_read_whole(small):
+    # lsi_harmony's default ADT representation holds one CLR column per protein, in .var order: no ranking to cut.
+    rng = np.random.default_rng(1)
+    for mod in ("rna", "atac"):
+        small[mod].obsm["X_wide"] = rng.normal(size=(small[mod].n_obs, 120)).astype(np.float32)
+    small["atac"].uns["X_wide"] = {"params": {"method": "clr"}}
+    mm.model.CLUE.setup_mudata(small, rep_key="X_wide")
+    assert mm.model.CLUE(small, **TINY).n_input_used == {"rna": 100, "atac": 120}

@@ -276,11 +276,14 @@ def simulate_paired(
             {"feature_types": FEATURE_TYPES[mod]},
             index=pd.Index([f"{prefix}_{i}" for i in range(n_features[mod])], dtype=str),
         )
-        adata = ad.AnnData(X=counts, obs=obs, var=var)
         # Rows in their own random order per modality: sorted by group and aligned across modalities, an unpaired
         # cell's partner would sit at its own row, and any method breaking ties by position would look perfect.
+        # Reordered before the AnnData exists, so that no more than two copies of the counts are ever alive.
         shuffled = np.random.default_rng([seed, modalities.index(mod) + 1, 1]).permutation(n_cells)
-        adata = adata[shuffled[measured[mod][shuffled]]].copy()
+        rows = shuffled[measured[mod][shuffled]]
+        counts, obs = counts[rows], obs.iloc[rows]
+        adata = ad.AnnData(X=counts, obs=obs, var=var)
+        del counts
         adata.layers["counts"] = adata.X.copy()  # normalising .X in place must leave the raw counts alone
         mods[mod] = adata
     mdata = MuData(mods)

@@ -107,11 +107,16 @@ class ModalityRegistration:
     fit_id: str | None = None
 
 
-def representation_fit(mdata: MuData, mod: str, rep_key: str) -> str | None:
-    """The ``fit_id`` recorded beside ``.obsm[rep_key]`` of modality ``mod`` (None when there is none)."""
+def representation_params(mdata: MuData, mod: str, rep_key: str) -> Mapping[str, Any]:
+    """The parameters recorded beside ``.obsm[rep_key]`` of modality ``mod`` (``lsi_harmony``'s; empty if none)."""
     recorded = mdata[mod].uns.get(rep_key)
     params = recorded.get("params") if isinstance(recorded, Mapping) else None
-    fit_id = params.get("fit_id") if isinstance(params, Mapping) else None
+    return params if isinstance(params, Mapping) else {}
+
+
+def representation_fit(mdata: MuData, mod: str, rep_key: str) -> str | None:
+    """The ``fit_id`` recorded beside ``.obsm[rep_key]`` of modality ``mod`` (None when there is none)."""
+    fit_id = representation_params(mdata, mod, rep_key).get("fit_id")
     return str(fit_id) if fit_id is not None else None
 
 
@@ -461,6 +466,11 @@ class MuDataModel:
             raise ValueError(f"mdata is not set up for {cls.__name__}; call mm.model.{cls.__name__}.setup_mudata first")
         return json.loads(setups[cls.__name__])
 
+    @classmethod
+    def _saved_init_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The ``__init__`` arguments of a saved model (subclasses fill in what older saves did not record)."""
+        return params
+
     def _init_params(self, **params: Any) -> None:
         """Record the hyperparameters ``__init__`` was called with (JSON-serialisable; saved with the model)."""
         params = plain_values(params)
@@ -635,7 +645,7 @@ class MuDataModel:
         try:
             # A loaded model embeds cells and trains on nothing: the pairs of the new data are not its concern.
             cls._register(mdata, setup.pop("mods"), setup.pop("rep_keys"), check_pairs=False, **setup)
-            model = cls(mdata, **metadata["init_params"])
+            model = cls(mdata, **cls._saved_init_params(metadata["init_params"]))
             try:
                 model.module.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
             except RuntimeError as error:

@@ -26,7 +26,7 @@ from .._modality import assay_of
 from .._validate import check_counts, check_int, check_layer, check_mods, check_mudata, check_positive, is_number
 from ..module._clue import CLUEModule
 from ..nn._likelihoods import LIKELIHOODS
-from ._base import MuDataModel, ShuffledBatches, TrainingPlan, modality_inputs
+from ._base import MuDataModel, ShuffledBatches, TrainingPlan, modality_inputs, representation_params
 
 # The CLUE team's configurations for the NeurIPS 2021 matching task (published with their submission and used by
 # scglue's SCCLUEModel; see /work/shared/PEERS.md): latent width per modality, encoder (x2u), decoder (u2x) and
@@ -167,7 +167,9 @@ class CLUE(MuDataModel):
         ``n_layers_decoder``, ``n_hidden_discriminator``, ``n_layers_discriminator``, ``dropout``, ``lam_self``,
         ``lam_cross``, ``lam_mse``, ``lam_kl``, ``lam_adversarial`` (see :class:`~mumatch.module._clue.CLUEModule`),
         and ``n_input_comps``: how many leading components of each modality's representation the encoders read
-        (100, as the CLUE entry's 100-component PCA/LSI; ``None``: all of them).
+        (100, as the CLUE entry's 100-component PCA/LSI; ``None``: all of them; a mapping gives one per modality).
+        A single number leaves whole the representations that are not ranked components
+        (``lsi_harmony``'s CLR values of every protein).
 
     Examples
     --------
@@ -282,13 +284,7 @@ class CLUE(MuDataModel):
         widths = ("n_latent", "n_hidden", "n_layers", "n_hidden_decoder", "n_layers_decoder")
         for name in (*widths, "n_hidden_discriminator", "n_layers_discriminator"):
             check_int(params[name], name)
-        n_input_comps = params.pop("n_input_comps")
-        check_int(n_input_comps, "n_input_comps", allow_none=True)
-        # The leading columns of each representation that the encoders read (all of a narrower one).
-        self.n_input_used = {
-            mod: registration.n_input if n_input_comps is None else min(n_input_comps, registration.n_input)
-            for mod, registration in self.registrations.items()
-        }
+        self.n_input_used = self._input_widths(mdata, params.pop("n_input_comps"))
         for name in ("lam_self", "lam_cross", "lam_mse", "lam_kl", "lam_adversarial"):
             if not is_number(params[name]) or not np.isfinite(params[name]) or params[name] < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {params[name]!r}")
@@ -304,7 +300,42 @@ class CLUE(MuDataModel):
                 len(setup["batch_levels"]),
                 **params,
             )
+        # The widths read, per modality: a saved model rebuilds the same encoders whatever the default becomes.
+        hyperparameters = {**hyperparameters, "n_input_comps": dict(self.n_input_used)}
         self._init_params(config=config, random_state=random_state, **hyperparameters)
+
+    def _input_widths(self, mdata: MuData, n_input_comps: object) -> dict[str, int]:
+        """How many leading columns of each modality's representation the encoders read (see ``n_input_comps``)."""
+        mods = self.setup_args["mods"]
+        if isinstance(n_input_comps, Mapping):
+            unknown = [mod for mod in n_input_comps if mod not in mods]
+            if unknown:
+                raise KeyError(f"n_input_comps names modalities {unknown} that are not embedded; use names from {mods}")
+            requested = {mod: n_input_comps.get(mod) for mod in mods}
+        else:
+            # One number applies to ranked components (LSI, PCA), not to lsi_harmony's CLR values of every protein
+            # (method "clr"), whose columns are proteins in the order of .var: a cut would drop the last ones.
+            requested = {
+                mod: None
+                if representation_params(mdata, mod, self.registrations[mod].rep_key).get("method") == "clr"
+                else n_input_comps
+                for mod in mods
+            }
+        for mod, value in requested.items():
+            check_int(
+                value,
+                f"n_input_comps for '{mod}'" if isinstance(n_input_comps, Mapping) else "n_input_comps",
+                allow_none=True,
+            )
+        return {
+            mod: self.registrations[mod].n_input if value is None else min(value, self.registrations[mod].n_input)
+            for mod, value in requested.items()
+        }
+
+    @classmethod
+    def _saved_init_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        # Models saved before n_input_comps existed read every column of their representations.
+        return {"n_input_comps": None, **params}
 
     # ----- data ---------------------------------------------------------------------------------------------------
     def _inputs(self, mdata: MuData, mod: str) -> np.ndarray:

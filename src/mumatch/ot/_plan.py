@@ -121,16 +121,20 @@ def plan_tile(
     check_positive(epsilon, "epsilon")
     if rows is not None and not isinstance(rows, slice):
         raise ValueError(f"rows must be a slice (e.g. slice(0, 100)) or None, got {type(rows).__name__}")
-    selected = np.arange(x.shape[0])[rows if rows is not None else slice(None)]
-    if selected.size == 0:
+    rows = rows if rows is not None else slice(None)
+    start, stop, step = rows.indices(x.shape[0])
+    f, g = float64_array(f), float64_array(g)
+    if step != 1:
+        # Only the rows the slice picks: the stored cost's constants rebuild it exactly for any subset of points.
+        selected = np.arange(x.shape[0])[rows]
+        x, f = x[selected], f[selected]
+        start, stop = 0, selected.size
+    if stop <= start:
         return np.zeros((0, y.shape[0]))
     geometry = prepare_cost(x, y, cost["kind"], dtype=torch.float64, device=torch.device("cpu"), params=cost)
-    # The rows between the first and last selected, then those the slice's step picks (in its order).
-    start, stop = int(selected.min()), int(selected.max()) + 1
-    f, g = torch.as_tensor(float64_array(f)), torch.as_tensor(float64_array(g))
     with torch.no_grad():
-        log_plan = _log_plan_tile(geometry, f, g, epsilon, start, stop, None)
-    return log_plan.exp().numpy()[selected - start]
+        log_plan = _log_plan_tile(geometry, torch.as_tensor(f), torch.as_tensor(g), epsilon, start, stop, None)
+    return log_plan.exp_().numpy()
 
 
 def sparsify_plan(
