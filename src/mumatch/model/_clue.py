@@ -67,8 +67,8 @@ MULTIOME_CONFIG: dict[str, Any] = {
 CONFIGS = {"cite": CITE_CONFIG, "multiome": MULTIOME_CONFIG}
 # n_input_comps: the encoders read each representation's leading 100 components, as the CLUE entry's encoders read a
 # 100-component PCA/LSI. The wider defaults of lsi_harmony (192 RNA, 256 ATAC, chosen for CLIP) let the encoders
-# overfit the few hundred paired cells of the starters: match score 0.0076 -> 0.0100 on multiome (6 seeds) and
-# 0.060 -> 0.072 on cite (docs/benchmarks.md, nineteenth session).
+# overfit the few hundred paired cells of the starters: one model 0.0076 -> 0.0100 on multiome (6 seeds), 0.060 ->
+# 0.070 on cite, neutral on pbmc10k_cite (docs/benchmarks.md, nineteenth session). CLR protein values stay whole.
 # Optimiser and minibatch defaults of scglue's trainers (Adam, learning rate 2e-3, 128 cells per minibatch).
 DEFAULT_LR = 2e-3
 DEFAULT_BATCH_SIZE = 128
