@@ -191,6 +191,38 @@ def test_joint_embedding_uses_stored_category_colors(matched, fast_umap):
     assert "cell_type_colors" not in matched["atac"].uns  # only the temporary AnnData was coloured
 
 
+def test_joint_embedding_colours_by_a_mudata_level_column(matched, fast_umap):
+    import pandas as pd
+    from matplotlib.colors import to_hex
+
+    # A label kept only in mdata.obs (as after mu.pp.intersect_obs or a user's own annotation), for the RNA cells.
+    rna_names = matched["rna"].obs_names
+    labels = pd.Series(np.where(np.arange(rna_names.size) % 2 == 0, "even", "odd"), index=rna_names)
+    matched.obs["parity"] = pd.Categorical(labels.reindex(matched.obs_names))
+    matched.uns["parity_colors"] = np.array(["#ff0000", "#0000ff"])
+    ax = mm.pl.joint_embedding(matched, "X_shared", color="parity", show=False)
+    drawn = {to_hex(color) for color in ax.collections[0].get_facecolors()}
+    assert {"#ff0000", "#0000ff"} <= drawn  # the MuData's colours, read by obs name for both modalities
+    from mumatch.pl._embedding import _obs_column
+
+    stacked = _obs_column(matched, ["rna", "atac"], "parity")
+    assert list(stacked[: rna_names.size]) == list(labels)
+    atac = matched["atac"].obs_names
+    shared = atac.isin(rna_names)
+    assert list(stacked[rna_names.size :][shared]) == list(labels.reindex(atac[shared]))
+    assert stacked[rna_names.size :][~shared].isna().all()  # ATAC-only cells have no RNA label
+
+
+def test_joint_embedding_prefers_a_modality_column_to_the_mudata_one(matched, fast_umap):
+    import pandas as pd
+
+    from mumatch.pl._embedding import _obs_column
+
+    matched.obs["cell_type"] = pd.Categorical(["global"] * matched.n_obs)
+    stacked = _obs_column(matched, ["rna", "atac"], "cell_type")
+    assert "global" not in set(stacked.dropna())
+
+
 def test_joint_embedding_save_follows_scanpy(matched, fast_umap, figdir):
     mm.pl.joint_embedding(matched, "X_shared", color="cell_type", save="_demo.png", show=False)
     assert (figdir / "joint_embedding_demo.png").stat().st_size > 2_000

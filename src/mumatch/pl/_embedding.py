@@ -35,19 +35,39 @@ def _stack(mdata: MuData, mods: list[str], basis: str) -> np.ndarray:
     return np.concatenate(blocks).astype(np.float32)
 
 
+def _cell_column(mdata: MuData, mod: str, key: str) -> pd.Series | None:
+    """Column ``key`` for the cells of ``mod``: the modality's own ``.obs[key]``, else the MuData's ``.obs[key]``.
+
+    A label kept at the MuData level (e.g. ``mdata.obs["cell_type"]``, or muon's ``"rna:cell_type"`` after
+    ``mdata.update()``) is read for the modality's cells by obs name; None when neither has it (or the MuData's obs
+    names repeat, so that a name does not say which row).
+    """
+    obs = mdata[mod].obs
+    if key in obs:
+        return obs[key]
+    if key in mdata.obs and mdata.obs.index.is_unique:
+        return mdata.obs[key].reindex(obs.index)
+    return None
+
+
+def _has_column(mdata: MuData, mods: list[str], key: str) -> bool:
+    """Whether any of ``mods`` has column ``key`` (its own or the MuData's, see :func:`_cell_column`)."""
+    return any(_cell_column(mdata, mod, key) is not None for mod in mods)
+
+
 def _obs_column(mdata: MuData, mods: list[str], key: str) -> pd.Series:
     """One obs column over the stacked cells; cells of a modality without it get NaN."""
-    parts = []
-    for mod in mods:
-        obs = mdata[mod].obs
-        parts.append(obs[key].reset_index(drop=True) if key in obs else pd.Series(np.nan, index=range(obs.shape[0])))
+    columns = {mod: _cell_column(mdata, mod, key) for mod in mods}
+    parts = [
+        column.reset_index(drop=True) if column is not None else pd.Series(np.nan, index=range(mdata[mod].n_obs))
+        for mod, column in columns.items()
+    ]
     values = pd.concat(parts, ignore_index=True)
-    if any(key in mdata[mod].obs and not pd.api.types.is_numeric_dtype(mdata[mod].obs[key]) for mod in mods):
+    if any(column is not None and not pd.api.types.is_numeric_dtype(column) for column in columns.values()):
         labels = values.astype(object).where(values.notna(), None)
         present = list(dict.fromkeys(label_name(label) for label in labels.dropna()))
         ordered = []
-        for mod in mods:
-            column = mdata[mod].obs.get(key)
+        for column in columns.values():
             if column is not None and isinstance(column.dtype, pd.CategoricalDtype):
                 names = [label_name(category) for category in column.cat.categories]
                 ordered += [name for name in names if name in present and name not in ordered]
@@ -59,14 +79,17 @@ def _obs_column(mdata: MuData, mods: list[str], key: str) -> pd.Series:
 
 
 def _colors(mdata: MuData, mods: list[str], key: str, categories: list[str]) -> list[str] | None:
-    """Colours of the stacked categories from the modalities' ``.uns[f"{key}_colors"]`` (the first modality's first).
+    """Colours of the stacked categories from ``.uns[f"{key}_colors"]`` (the first modality's first).
 
-    None when no modality stores any, so that scanpy picks its palette as for any AnnData.
+    A modality's own column takes its colours from the modality's ``.uns``, a MuData-level column from
+    ``mdata.uns``. None when none is stored, so that scanpy picks its palette as for any AnnData.
     """
     known: dict[str, str] = {}
     for mod in reversed(mods):
-        if key in mdata[mod].obs:
-            known.update(stored_colors(mdata[mod].obs[key], mdata[mod].uns.get(f"{key}_colors")))
+        column = _cell_column(mdata, mod, key)
+        if column is not None:
+            uns = mdata[mod].uns if key in mdata[mod].obs else mdata.uns
+            known.update(stored_colors(column, uns.get(f"{key}_colors")))
     if not any(category in known for category in categories):
         return None
     return list(category_colors(categories, known).values())
@@ -149,7 +172,8 @@ def joint_embedding(
     and the cached ``rows``); a later call with the same parameters and the same embedding reuses it. A
     ``key_added`` already holding something else (e.g. a modality's own ``X_umap``) is left as it is, with a warning,
     and the UMAP is not cached.
-    Categories are coloured as ``.uns[f"{key}_colors"]`` of the modalities says, when it is set.
+    Categories are coloured as ``.uns[f"{key}_colors"]`` of the modalities (or of the MuData, for its own columns)
+    says, when it is set.
 
     Parameters
     ----------
@@ -162,8 +186,9 @@ def joint_embedding(
         ``mdata.uns[basis]``, that training's modalities: another may hold an earlier model's space under the name).
     color
         What to colour by, one panel each: ``"modality"`` or columns of the modalities' ``.obs`` (categorical or
-        numeric, e.g. ``"cell_type"``, ``"split"``, ``"match_confidence"``); cells of a modality without the column are
-        grey. ``"auto"`` (default): ``["modality", "cell_type"]`` when a shown modality has ``"cell_type"``, else
+        numeric, e.g. ``"cell_type"``, ``"split"``, ``"match_confidence"``), or of ``mdata.obs`` for a modality without
+        its own (read by obs name); cells of a modality with neither are grey. ``"auto"`` (default):
+        ``["modality", "cell_type"]`` when a shown modality (or ``mdata.obs``) has ``"cell_type"``, else
         ``"modality"``.
     n_neighbors, min_dist, random_state
         Passed to :func:`scanpy.pp.neighbors` and :func:`scanpy.tl.umap`.
@@ -208,11 +233,14 @@ def joint_embedding(
     mods = check_mods(mdata, mods)
     check_one_space(mdata, mods, basis, "basis")
     if color == AUTO:
-        color = [MODALITY, CELL_TYPE] if any(CELL_TYPE in mdata[mod].obs for mod in mods) else MODALITY
+        color = [MODALITY, CELL_TYPE] if _has_column(mdata, mods, CELL_TYPE) else MODALITY
     colors = [color] if isinstance(color, str) else list(color or [])
     for key in colors:
-        if key != MODALITY and not any(key in mdata[mod].obs for mod in mods):
-            raise KeyError(f"color={key!r} is not a column of .obs in any of {mods}; use '{MODALITY}' or an obs column")
+        if key != MODALITY and not _has_column(mdata, mods, key):
+            raise KeyError(
+                f"color={key!r} is not a column of .obs in any of {mods} nor of mdata.obs; use '{MODALITY}' or an obs "
+                "column"
+            )
     if ax is not None and len(colors) > 1:
         raise ValueError(f"ax= draws one panel but color= asks for {len(colors)}; pass one colour or ax=None")
     check_int(n_neighbors, "n_neighbors", minimum=2)
