@@ -165,16 +165,26 @@ def check_rep(mdata: MuData, mod: str, rep: str, argument: str = "use_rep") -> n
 
 
 def check_layer(mdata: MuData, mod: str, layer: str | None, argument: str = "layer") -> np.ndarray | sp.spmatrix:
-    """Return the matrix of ``layer`` (``.X`` when None) of modality ``mod``."""
+    """Return the matrix of ``layer`` (``.X`` when None) of modality ``mod``, in memory.
+
+    A MuData read with ``backed=True`` keeps ``.X`` on disk (anndata's sparse dataset, or an h5py dataset when dense):
+    it is read, so that every caller gets a numpy array or a scipy sparse matrix.
+    """
     adata = mdata[mod]
     if layer is None:
-        return adata.X
-    if layer not in adata.layers:
+        matrix = adata.X
+    elif layer not in adata.layers:
         raise KeyError(
             f"{argument}={layer!r} not found in mdata['{mod}'].layers (it has {list(adata.layers)}); "
             f"pass {argument}=None to use .X"
         )
-    return adata.layers[layer]
+    else:
+        matrix = adata.layers[layer]
+    if matrix is None or sp.issparse(matrix) or isinstance(matrix, np.ndarray):
+        return matrix
+    if hasattr(matrix, "to_memory"):
+        return matrix.to_memory()
+    return np.asarray(matrix)
 
 
 def check_counts(

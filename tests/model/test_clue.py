@@ -380,6 +380,15 @@ def test_latent_representation_rejects_a_non_boolean_normalize_subspaces(small):
         model.get_latent_representation(modality="rna", normalize_subspaces="no")
 
 
+def test_latent_representation_of_a_mudata_without_the_modality_names_it(small):
+    # The default modality is the first registered one: a query holding only the other says which one it lacks.
+    model = train_model(small)
+    query = mudata.MuData({"atac": small["atac"].copy()})
+    assert model.get_latent_representation(query, "atac").shape[0] == query["atac"].n_obs
+    with pytest.raises(KeyError, match=r"mdata has no modality 'rna' \(it has \['atac'\]\)"):
+        model.get_latent_representation(query)
+
+
 def test_train_rejects_unknown_monitor(small):
     mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
     model = mm.model.CLUE(small, **TINY)

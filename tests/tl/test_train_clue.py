@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import mudata
 import numpy as np
 import pytest
 import torch
@@ -145,3 +146,35 @@ def test_match_ot_ensemble_of_two_embeddings(small):
     row_sums = np.asarray(small.obsp["plan"][rows].sum(axis=1)).ravel()
     np.testing.assert_allclose(row_sums, 1.0, rtol=1e-3)
     assert list(small.uns["plan"]["params"]["use_rep"]["rna"]) == ["clue_a", "clue_b"]
+
+
+def test_counts_in_the_backed_x_of_a_read_mudata_are_read_from_disk(small, tmp_path):
+    # mudata.read_h5mu(backed=True) leaves .X on disk; lsi_harmony reads it, and so must CLUE's count decoders.
+    for adata in small.mod.values():
+        del adata.layers["counts"]
+    small.write_h5mu(tmp_path / "counts.h5mu")
+    backed = mudata.read_h5mu(tmp_path / "counts.h5mu", backed=True)
+    in_memory = mudata.read_h5mu(tmp_path / "counts.h5mu")
+    for data in (backed, in_memory):
+        mm.tl.train_clue(data, use_rep="X_pca", layer=None, model_kwargs=TINY, **QUICK)
+    for mod in ("rna", "adt"):
+        np.testing.assert_array_equal(backed[mod].obsm["X_clue"], in_memory[mod].obsm["X_clue"])
+
+
+def test_numpy_numbers_as_training_options_train_and_are_recorded(small):
+    # for max_epochs in np.arange(...): Lightning asserts a Python int, and .uns records the options as numbers.
+    mm.tl.train_clue(
+        small, use_rep="X_pca", model_kwargs=TINY, max_epochs=np.int64(2), lr=np.float32(1e-3), batch_size=64
+    )
+    params = small.uns["X_clue"]["params"]
+    assert small.uns["X_clue"]["train_info"]["epochs"] == 2
+    assert params["max_epochs"] == 2 and params["lr"] == pytest.approx(1e-3)
+
+
+def test_key_added_naming_the_input_representation_is_refused(small):
+    # Writing the embedding over use_rep would leave the returned model unable to embed its own training cells.
+    before = snapshot(small)
+    with pytest.raises(ValueError, match=r"key_added='X_pca' is the input representation \(use_rep\)"):
+        mm.tl.train_clue(small, use_rep="X_pca", key_added="X_pca", model_kwargs=TINY, **QUICK)
+    assert_unchanged(before, small)
+    np.testing.assert_array_equal(small["rna"].obsm["X_pca"].shape, (small["rna"].n_obs, 8))

@@ -137,7 +137,12 @@ def modality_inputs(mdata: MuData, registration: ModalityRegistration, argument:
     Raises a KeyError when the modality or its representation is missing and a ValueError when the width differs from
     the one the model was built for.
     """
-    check_mod(mdata, registration.mod, argument)
+    if registration.mod not in mdata.mod:
+        raise KeyError(
+            f"{argument} has no modality '{registration.mod}' (it has {list(mdata.mod)}); the model embeds the cells "
+            f"of '{registration.mod}' from .obsm['{registration.rep_key}']: pass a MuData with that modality, or "
+            "choose another modality="
+        )
     values = check_rep(mdata, registration.mod, registration.rep_key, "rep_key")
     if values.shape[1] != registration.n_input:
         raise ValueError(
@@ -513,7 +518,7 @@ class MuDataModel:
             callbacks.append(BestWeights(monitor, restore=False))
         callbacks += list(trainer_kwargs.pop("callbacks", []))
         trainer_options = {
-            "max_epochs": max_epochs,
+            "max_epochs": int(max_epochs),  # Lightning asserts a Python int: a numpy integer (np.arange) would fail
             "accelerator": accelerator,
             **device_options(devices, trainer_kwargs),
             "logger": False,

@@ -19,9 +19,10 @@ from ..model import CLIP
 def recorded_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The scalar training options as ``.uns`` can hold them: None (e.g. "off") as the string ``"none"``."""
     return {
-        name: "none" if value is None else value
+        # Numpy scalars (np.int64(3), np.float32(1e-3)) are options too, recorded as the numbers they are.
+        name: "none" if value is None else value.item() if isinstance(value, np.generic) else value
         for name, value in options.items()
-        if value is None or isinstance(value, int | float | str | bool)
+        if value is None or isinstance(value, int | float | str | bool | np.integer | np.floating | np.bool_)
     }
 
 

@@ -100,6 +100,13 @@ def train_clue(
             raise KeyError(f"use_rep names no representation for '{mod}'; give {{'{mod}': key, ...}}")
         check_rep(mdata, mod, rep_keys[mod], "use_rep")
     check_key_added(key_added)
+    inputs = sorted(mod for mod in mods if rep_keys[mod] == key_added)
+    if inputs:
+        # The embedding would replace the model's own input: the returned model could no longer embed these cells.
+        raise ValueError(
+            f"key_added={key_added!r} is the input representation (use_rep) of {inputs}; writing the embedding there "
+            "would replace it, choose another key_added (e.g. 'X_clue')"
+        )
     check_int(random_state, "random_state", minimum=0)
     refuse_copy(train_kwargs, "train_clue")
     # These two are train_clue's own arguments: the model's copy of them would conflict.
