@@ -79,6 +79,9 @@ def test_bad_inputs_leave_data_unchanged(three_batches):
     for bad in ({"random_state": -1}, {"random_state": 1.5}, {"key_added": 5}, {"key_added": ""}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             mm.tl.train_clip(three_batches, "rna", "atac", use_rep="X_pca", **bad, **FAST)
+    # The embedding written over a modality's input would leave the returned models unable to embed its cells.
+    with pytest.raises(ValueError, match=r"key_added='X_pca' is the input representation \(use_rep\) of \['atac'"):
+        mm.tl.train_clip(three_batches, "rna", "atac", use_rep="X_pca", key_added="X_pca", **FAST)
     assert_unchanged(before, three_batches)
 
 

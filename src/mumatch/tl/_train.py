@@ -35,6 +35,20 @@ def refuse_copy(train_kwargs: Mapping[str, Any], function: str) -> None:
         )
 
 
+def refuse_input_key(key_added: str, rep_keys: Mapping[str, str], default: str) -> None:
+    """Raise a ValueError when ``key_added`` names a modality's input representation (``use_rep``).
+
+    The embedding would replace the model's own input there: the returned model could no longer embed those cells,
+    and a later training would read the embedding as its input.
+    """
+    inputs = sorted(mod for mod, rep in rep_keys.items() if rep == key_added)
+    if inputs:
+        raise ValueError(
+            f"key_added={key_added!r} is the input representation (use_rep) of {inputs}; writing the embedding there "
+            f"would replace it, choose another key_added (e.g. {default!r})"
+        )
+
+
 # MatchCLOT holds out each of the competition's ~10 training batches in turn (one model each). An atlas of many donors
 # would train a model per donor: above this many batches to hold out, the batches are dealt into this many groups and
 # each model holds out one group (a k-fold split by batch), so that the ensemble's cost stays bounded.
@@ -170,6 +184,7 @@ def train_clip(
         if mod not in rep_keys:
             raise KeyError(f"use_rep names no representation for '{mod}'; give {{'{mod}': key, ...}}")
         check_rep(mdata, mod, rep_keys[mod], "use_rep")
+    refuse_input_key(key_added, rep_keys, "X_clip")
     refuse_copy(train_kwargs, "train_clip")
     if "validation" in train_kwargs and ensemble is not None:
         raise ValueError("validation= is chosen per ensemble member; pass ensemble=None to set it yourself")

@@ -15,7 +15,7 @@ from .._ensemble import concatenate_members
 from .._layout import warn_replaced_embedding, written_embeddings
 from .._validate import SETUP_KEY, check_int, check_key_added, check_mods, check_mudata, check_rep
 from ..model._clue import CLUE
-from ._train import recorded_options, refuse_copy
+from ._train import recorded_options, refuse_copy, refuse_input_key
 
 
 def train_clue(
@@ -100,13 +100,7 @@ def train_clue(
             raise KeyError(f"use_rep names no representation for '{mod}'; give {{'{mod}': key, ...}}")
         check_rep(mdata, mod, rep_keys[mod], "use_rep")
     check_key_added(key_added)
-    inputs = sorted(mod for mod in mods if rep_keys[mod] == key_added)
-    if inputs:
-        # The embedding would replace the model's own input: the returned model could no longer embed these cells.
-        raise ValueError(
-            f"key_added={key_added!r} is the input representation (use_rep) of {inputs}; writing the embedding there "
-            "would replace it, choose another key_added (e.g. 'X_clue')"
-        )
+    refuse_input_key(key_added, {mod: rep_keys[mod] for mod in mods}, "X_clue")
     check_int(random_state, "random_state", minimum=0)
     refuse_copy(train_kwargs, "train_clue")
     # These two are train_clue's own arguments: the model's copy of them would conflict.
