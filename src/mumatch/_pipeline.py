@@ -29,9 +29,9 @@ CLIP_KEY = "match_clip"
 CLUE_KEY = "match_clue"
 COMBINED_KEY = "match_clip_clue"
 # What the pipeline can match on (``mumatch run --embedding``): CLIP, CLUE, or both with their cosine similarities
-# averaged. Measured (docs/benchmarks.md, mean of 3 seeds): cite starter CLIP 0.059, CLUE 0.071, both 0.075;
-# multiome starter 0.0052, 0.0057, 0.0067 (near chance, 0.0036); pbmc10k_cite 0.0110, 0.0109, 0.0118. CLUE trains
-# 5-15× longer than CLIP, so CLIP stays the default.
+# averaged. Measured (docs/benchmarks.md, nineteenth session, mean of 3 seeds): cite starter CLIP 0.059, CLUE 0.094,
+# both 0.097; multiome starter 0.0052, 0.0129, 0.0080 (chance: 0.0036); pbmc10k_cite 0.0111, 0.0096, 0.0115. CLUE
+# trains 5-15× longer than CLIP, so CLIP stays the default.
 EMBEDDINGS = ("clip", "clue", "clip+clue")
 COMBINED_REP = "X_clip_clue"
 # With a single training batch there is no batch to hold out per model (MatchCLOT's ensemble); the pipeline then
@@ -153,7 +153,7 @@ def stages(
         tl.train_clip(mdata, mod1, mod2, **options)
 
     def train_clue(mdata: MuData, result: PipelineResult) -> None:
-        # A seed ensemble sized as CLIP's (train_clue has no per-batch ensemble): cite starter 0.051 → 0.070 with 5.
+        # A seed ensemble sized as CLIP's (train_clue has no per-batch ensemble): cite starter 0.070 → 0.094 with 5.
         ensemble = seed_ensemble_size(paired_positions(mdata, mod1, mod2)[0].size)
         options = {"ensemble": ensemble, "random_state": seed, "progress_bar": False, **TRAIN_OPTIONS}
         tl.train_clue(mdata, [mod1, mod2], **options)

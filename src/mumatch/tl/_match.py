@@ -245,7 +245,7 @@ def match_ot(
       of theirs);
     - ``mdata[mod].obs[f"{key_added}_confidence"]`` (largest weight of the cell's normalised row of the plan, or
       column for ``mod2``) and ``mdata[mod].obs[f"{key_added}_entropy"]`` (its entropy, nats), NaN for cells that
-      were not matched. For ``method="ot"`` both describe the full OT plan before ``top_k`` or the mass threshold
+      were not matched. For ``method="sinkhorn"`` both describe the full OT plan before ``top_k`` or the mass threshold
       kept part of each row (with a small ``top_k`` the stored row's largest weight is higher). Replacing a plan of
       another pair under the same ``key_added`` removes these columns from a modality the new plan leaves out (they
       described the replaced plan).
