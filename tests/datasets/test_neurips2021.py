@@ -159,6 +159,23 @@ def _copy_folder(data_root, tmp_path, task="cite"):
     return folder
 
 
+def test_prediction_of_a_one_modality_mudata_names_the_missing_argument(multiome, tmp_path):
+    # One modality and no recorded task: there is no default mod2, which the error must say (not an IndexError).
+    one = md.MuData({"rna": multiome["rna"].copy()})
+    one.obsp["match"] = sp.identity(one.n_obs, format="csr", dtype=np.float32)
+    with pytest.raises(KeyError, match="mod2=None"):
+        mm.datasets.prediction_matrix(one, "match")
+    with pytest.raises(KeyError, match="mod2=None"):
+        mm.datasets.write_prediction(one, "match", tmp_path / "p.h5ad", mod1="rna")
+    assert not (tmp_path / "p.h5ad").exists()
+
+
+def test_read_files_refuses_a_folder_for_the_mapping(data_root):
+    # A folder given to the function that reads the files one by one: say which reader takes a folder.
+    with pytest.raises(ValueError, match="read_neurips2021"):
+        mm.datasets.read_neurips2021_files(str(data_root / "neurips2021_starter" / "cite"))
+
+
 def test_missing_file(data_root, tmp_path):
     folder = _copy_folder(data_root, tmp_path)
     (folder / "train_sol.h5ad").unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import anndata as ad
@@ -205,6 +206,11 @@ def read_neurips2021_files(files: dict[str, str | os.PathLike], *, cell_types: b
     cell_types
         Attach ``obs['cell_type']`` from ``full_rna`` when present.
     """
+    if not isinstance(files, Mapping):
+        raise ValueError(
+            f"files must map part names (e.g. 'train_mod1') to paths, got {type(files).__name__} {files!r}; to read "
+            "a folder or a file prefix, use mm.datasets.read_neurips2021(path)"
+        )
     files = {part: Path(value) for part, value in files.items() if value is not None}
     missing = [f"{part}: {files.get(part)}" for part in PARTS if part not in files or not files[part].exists()]
     if missing:
@@ -262,13 +268,22 @@ def read_neurips2021_files(files: dict[str, str | os.PathLike], *, cell_types: b
     return mdata
 
 
+def _task_mods(mdata: MuData, mod1: str | None, mod2: str | None) -> tuple[str, str]:
+    """The two modalities: given, else those recorded by :func:`read_neurips2021`, else the first two; checked."""
+    reader = mdata.uns.get("neurips2021", {})
+    names = list(mdata.mod)
+    # A MuData with fewer than two modalities has no default: check_mod names the argument to pass.
+    mod1 = mod1 or reader.get("mod1") or (names[0] if names else None)
+    mod2 = mod2 or reader.get("mod2") or (names[1] if len(names) > 1 else None)
+    check_mod(mdata, mod1, "mod1")
+    check_mod(mdata, mod2, "mod2")
+    return mod1, mod2
+
+
 def prediction_matrix(mdata: MuData, key: str, mod1: str | None = None, mod2: str | None = None) -> sp.csr_matrix:
     """The plan ``mdata.obsp[key]`` restricted to test mod1 × test mod2 cells, in the files' order."""
     check_mudata(mdata)
-    mod1 = mod1 or mdata.uns.get("neurips2021", {}).get("mod1", list(mdata.mod)[0])
-    mod2 = mod2 or mdata.uns.get("neurips2021", {}).get("mod2", list(mdata.mod)[1])
-    check_mod(mdata, mod1, "mod1")
-    check_mod(mdata, mod2, "mod2")
+    mod1, mod2 = _task_mods(mdata, mod1, mod2)
     if key not in mdata.obsp:
         raise KeyError(f"key={key!r} not found in mdata.obsp (it has {list(mdata.obsp)}); run mm.tl.match_ot first")
     if mod1 == mod2:
@@ -324,8 +339,7 @@ def write_prediction(
         The two modalities (default: those recorded by :func:`read_neurips2021`).
     """
     matrix = _keep_top(prediction_matrix(mdata, key, mod1, mod2), MAX_PREDICTIONS_PER_ROW)
-    mod1 = mod1 or mdata.uns.get("neurips2021", {}).get("mod1", list(mdata.mod)[0])
-    mod2 = mod2 or mdata.uns.get("neurips2021", {}).get("mod2", list(mdata.mod)[1])
+    mod1, mod2 = _task_mods(mdata, mod1, mod2)
     for mod in (mod1, mod2):
         if "original_name" not in mdata[mod].obs:
             raise KeyError(
