@@ -78,3 +78,22 @@ def test_a_mudata_batch_column_with_repeated_obs_names_is_refused_by_name(embedd
     with pytest.raises(ValueError, match=r"mdata.obs_names repeats names, so mdata.obs\['sample'\] cannot be read"):
         mm.pp.lsi_harmony(embedded, batch_key="sample")
     assert_unchanged(before, embedded)
+
+
+def test_conflicting_batches_read_from_the_mudata_obs_are_pointed_out_without_crashing(embedded, monkeypatch):
+    # 'atac' keeps its own batch column, 'rna' reads the MuData's; a paired cell labelled differently in the two is
+    # warned about, naming both labels, rather than failing on the column 'rna' does not have.
+    from scanpy import logging as logg
+
+    messages = []
+    monkeypatch.setattr(logg, "warning", lambda message, *args, **kwargs: messages.append(message))
+    rna = embedded["rna"].obs.pop("batch")
+    embedded.obs["batch"] = None
+    embedded.obs.loc[rna.index, "batch"] = rna.astype(str).to_numpy()
+    paired = embedded["rna"].obs_names[embedded["rna"].obs_names.isin(embedded["atac"].obs_names)][0]
+    embedded.obs.loc[paired, "batch"] = "elsewhere"
+    mm.tl.match_ot(embedded, "rna", "atac", use_rep="X_shared")
+    pointed = [message for message in messages if "paired by obs name" in message]
+    assert len(pointed) == 1
+    expected = str(embedded["atac"].obs.loc[paired, "batch"])
+    assert f"e.g. '{paired}': 'elsewhere' in 'rna', '{expected}' in 'atac'" in pointed[0]

@@ -163,7 +163,10 @@ def warn_conflicting_batches(mdata: MuData, mod1: str, mod2: str, batch_key: str
     names = conflicting_batches(mdata, mod1, mod2, batch_key)
     if len(names):
         example = names[0]
-        first, second = (label_name(mdata[mod].obs.at[example, batch_key]) for mod in (mod1, mod2))
+        # Read as the conflict was found: a modality without its own column reads the MuData's (mdata.obs).
+        first, second = (
+            batch_labels(mdata, mod, batch_key).iloc[mdata[mod].obs_names.get_loc(example)] for mod in (mod1, mod2)
+        )
         logg.warning(
             f"cells paired by obs name between '{mod1}' and '{mod2}' carry different '{batch_key}' labels in the two "
             f"({len(names)} cells, e.g. '{example}': '{first}' in '{mod1}', '{second}' in '{mod2}'): if barcodes "
