@@ -351,13 +351,34 @@ def warn_replaced_embedding(mdata: MuData, mods: list[str], key: str) -> None:
         logg.warning(f"replacing .obsm['{key}'] of {replaced}")
 
 
-def check_one_space(mdata: MuData, mods: list[str], key: str, argument: str) -> None:
-    """Raise when ``.obsm[key]`` of ``mods`` cannot all come from the last training under ``key``.
+def representation_params(mdata: MuData, mod: str, rep_key: str) -> Mapping[str, Any]:
+    """The parameters recorded beside ``.obsm[rep_key]`` of modality ``mod`` (``lsi_harmony``'s; empty if none)."""
+    recorded = mdata[mod].uns.get(rep_key)
+    params = recorded.get("params") if isinstance(recorded, Mapping) else None
+    return params if isinstance(params, Mapping) else {}
 
-    Training another pair of modalities under the same key replaces the embeddings of that pair only: a third
-    modality keeps the earlier model's, of the same width but in another space, and comparing them gives a random
-    match without any error.
+
+def representation_fit(mdata: MuData, mod: str, rep_key: str) -> str | None:
+    """The ``fit_id`` recorded beside ``.obsm[rep_key]`` of modality ``mod`` (None when there is none)."""
+    fit_id = representation_params(mdata, mod, rep_key).get("fit_id")
+    return str(fit_id) if fit_id is not None else None
+
+
+def check_one_space(mdata: MuData, mods: list[str], key: str, argument: str) -> None:
+    """Raise when ``.obsm[key]`` of ``mods`` are not one space.
+
+    Two ways they can fail to be, with no error from the arithmetic: training another pair of modalities under the
+    same key replaces the embeddings of that pair only, so a third modality keeps the earlier model's, of the same
+    width but in another space; and a per-modality representation (``lsi_harmony``'s), each modality's own
+    projection, can have equal widths in two modalities. Either way, comparing them gives a random match.
     """
+    fits = {mod: representation_fit(mdata, mod, key) for mod in mods if key in mdata[mod].obsm}
+    if len(fits) > 1 and None not in fits.values() and len(set(fits.values())) > 1:
+        raise ValueError(
+            f"{argument}={key!r} holds each modality's own projection (lsi_harmony fits {sorted(fits)} separately): "
+            "their components are not one space, and comparing them matches at random; train a shared embedding "
+            "(mm.tl.train_clip or mm.tl.train_clue) and pass its key, e.g. 'X_clip'"
+        )
     trained = embedding_mods(mdata, key)
     # A modality without the key is the caller's KeyError to raise, not a stale space.
     stale = [mod for mod in mods if trained is not None and mod not in trained and key in mdata[mod].obsm]

@@ -438,3 +438,23 @@ def test_blocks_of_very_different_sizes_suggest_tau(simulated):
     mdata["rna"].obs["chosen"] = np.arange(mdata["rna"].n_obs) < 60  # 60 × 200: not flagged
     mm.tl.match_ot(mdata, "rna", "atac", use_rep="X_shared", cells="chosen", batch_key=None)
     assert not any("times as many cells" in note for note in mdata.uns["match"].get("notes", []))
+
+
+def test_per_modality_projections_of_equal_width_are_not_one_space(simulated):
+    # lsi_harmony embeds each modality in its own basis: at equal widths nothing in the arithmetic fails, and RNA's
+    # and ATAC's components compared as one space match at random.
+    mm.pp.lsi_harmony(simulated, n_comps=12, harmony=False)
+    before = snapshot(simulated)
+    message = r"use_rep='X_lsi_harmony' holds each modality's own projection"
+    with pytest.raises(ValueError, match=message):
+        mm.tl.match_ot(simulated, "rna", "atac", use_rep="X_lsi_harmony")
+    with pytest.raises(ValueError, match=message):
+        mm.tl.match_ot(simulated, "rna", "atac", use_rep=["X_lsi_harmony"])
+    with pytest.raises(ValueError, match="basis='X_lsi_harmony' holds each modality's own projection"):
+        mm.pl.joint_embedding(simulated, "X_lsi_harmony", show=False)
+    assert_unchanged(before, simulated)
+    # Projections of one fit (lsi_harmony_transform carries the fit's identity) are one space.
+    fit = simulated["rna"].uns["X_lsi_harmony"]["params"]["fit_id"]
+    simulated["atac"].uns["X_lsi_harmony"]["params"]["fit_id"] = fit
+    mm.tl.match_ot(simulated, "rna", "atac", use_rep="X_lsi_harmony")
+    assert "match" in simulated.obsp

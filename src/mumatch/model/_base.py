@@ -44,7 +44,7 @@ from mudata import MuData
 from scanpy import logging as logg
 from tqdm.auto import tqdm
 
-from .._layout import plain_values, warn_conflicting_batches
+from .._layout import plain_values, representation_fit, warn_conflicting_batches
 from .._validate import (
     SETUP_KEY,
     check_batch_key,
@@ -105,19 +105,6 @@ class ModalityRegistration:
     n_input: int
     var_names: tuple[str, ...]
     fit_id: str | None = None
-
-
-def representation_params(mdata: MuData, mod: str, rep_key: str) -> Mapping[str, Any]:
-    """The parameters recorded beside ``.obsm[rep_key]`` of modality ``mod`` (``lsi_harmony``'s; empty if none)."""
-    recorded = mdata[mod].uns.get(rep_key)
-    params = recorded.get("params") if isinstance(recorded, Mapping) else None
-    return params if isinstance(params, Mapping) else {}
-
-
-def representation_fit(mdata: MuData, mod: str, rep_key: str) -> str | None:
-    """The ``fit_id`` recorded beside ``.obsm[rep_key]`` of modality ``mod`` (None when there is none)."""
-    fit_id = representation_params(mdata, mod, rep_key).get("fit_id")
-    return str(fit_id) if fit_id is not None else None
 
 
 def warn_other_fit(mdata: MuData, registration: ModalityRegistration) -> None:

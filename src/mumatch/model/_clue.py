@@ -21,12 +21,12 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._ensemble import concatenate_members
-from .._layout import MISSING_BATCH, batch_labels
+from .._layout import MISSING_BATCH, batch_labels, representation_params
 from .._modality import assay_of
 from .._validate import check_counts, check_int, check_layer, check_mods, check_mudata, check_positive, is_number
 from ..module._clue import CLUEModule
 from ..nn._likelihoods import LIKELIHOODS
-from ._base import MuDataModel, ShuffledBatches, TrainingPlan, modality_inputs, representation_params
+from ._base import MuDataModel, ShuffledBatches, TrainingPlan, modality_inputs
 
 # The CLUE team's configurations for the NeurIPS 2021 matching task (published with their submission and used by
 # scglue's SCCLUEModel; see /work/shared/PEERS.md): latent width per modality, encoder (x2u), decoder (u2x) and
