@@ -372,14 +372,20 @@ def check_one_space(mdata: MuData, mods: list[str], key: str, argument: str) -> 
     width but in another space; and a per-modality representation (``lsi_harmony``'s), each modality's own
     projection, can have equal widths in two modalities. Either way, comparing them gives a random match.
     """
-    fits = {mod: representation_fit(mdata, mod, key) for mod in mods if key in mdata[mod].obsm}
+    trained = embedding_mods(mdata, key)
+    # A modality whose .obsm[key] the recorded training wrote (its fingerprint still matches) holds that training's
+    # shared embedding: an lsi_harmony record left in its .uns[key] from before describes a replaced projection.
+    fits = {
+        mod: representation_fit(mdata, mod, key)
+        for mod in mods
+        if key in mdata[mod].obsm and (trained is None or mod not in trained)
+    }
     if len(fits) > 1 and None not in fits.values() and len(set(fits.values())) > 1:
         raise ValueError(
             f"{argument}={key!r} holds each modality's own projection (lsi_harmony fits {sorted(fits)} separately): "
             "their components are not one space, and comparing them matches at random; train a shared embedding "
             "(mm.tl.train_clip or mm.tl.train_clue) and pass its key, e.g. 'X_clip'"
         )
-    trained = embedding_mods(mdata, key)
     # A modality without the key is the caller's KeyError to raise, not a stale space.
     stale = [mod for mod in mods if trained is not None and mod not in trained and key in mdata[mod].obsm]
     if stale:

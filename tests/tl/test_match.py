@@ -458,3 +458,20 @@ def test_per_modality_projections_of_equal_width_are_not_one_space(simulated):
     simulated["atac"].uns["X_lsi_harmony"]["params"]["fit_id"] = fit
     mm.tl.match_ot(simulated, "rna", "atac", use_rep="X_lsi_harmony")
     assert "match" in simulated.obsp
+
+
+def test_a_trained_embedding_over_an_earlier_lsi_harmony_key_is_one_space(simulated):
+    # lsi_harmony's per-modality record left in .uns[key] describes the projection a training replaced: the training's
+    # own record (mdata.uns[key]['embedded'], fingerprints still matching) says the .obsm[key] are one space.
+    mm.pp.lsi_harmony(simulated, n_comps=12, harmony=False, key_added="X_emb")
+    mm.pp.lsi_harmony(simulated, n_comps={"rna": 12, "atac": 16}, harmony=False, key_added="X_lsi")
+    mm.tl.train_clip(
+        simulated, "rna", "atac", use_rep="X_lsi", key_added="X_emb", ensemble=None, max_epochs=2, progress_bar=False
+    )
+    assert simulated["rna"].uns["X_emb"]["params"]["fit_id"] != simulated["atac"].uns["X_emb"]["params"]["fit_id"]
+    mm.tl.match_ot(simulated, "rna", "atac", use_rep="X_emb")
+    assert "match" in simulated.obsp
+    # Changed since the training (by hand), the embeddings are again each modality's own: refused.
+    simulated["atac"].obsm["X_emb"] = simulated["atac"].obsm["X_emb"] * 2
+    with pytest.raises(ValueError, match="holds each modality's own projection"):
+        mm.tl.match_ot(simulated, "rna", "atac", use_rep="X_emb", key_added="again")
