@@ -346,3 +346,24 @@ def test_default_groups_follow_the_data(matched, fast_umap):
         mm.pl.confidence(matched, groupby="cell_type", show=False)
     with pytest.raises(KeyError, match="color='cell_type' is not a column"):
         mm.pl.joint_embedding(matched, "X_shared", color=["modality", "cell_type"], show=False)
+
+
+def test_joint_embedding_says_why_a_mudata_column_cannot_colour_repeated_names():
+    # Barcodes repeated within a modality make mdata.obs_names repeat: a column there exists but cannot be read by
+    # name, which the error must say (not that mdata.obs lacks it).
+    import anndata as ad
+    import mudata as md
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rna = ad.AnnData(np.zeros((40, 3), dtype=np.float32))
+    rna.obs_names = [f"c{i % 20}" for i in range(40)]
+    atac = ad.AnnData(np.zeros((30, 3), dtype=np.float32))
+    atac.obs_names = [f"a{i}" for i in range(30)]
+    for adata in (rna, atac):
+        adata.obsm["X_shared"] = rng.normal(size=(adata.n_obs, 4)).astype(np.float32)
+    mdata = md.MuData({"rna": rna, "atac": atac})
+    assert not mdata.obs_names.is_unique
+    mdata.obs["sample"] = pd.Categorical(np.where(np.arange(mdata.n_obs) % 2, "s1", "s2"))
+    with pytest.raises(ValueError, match=r"color='sample' is a column of mdata.obs only.*obs_names_make_unique"):
+        mm.pl.joint_embedding(mdata, "X_shared", color="sample", show=False)

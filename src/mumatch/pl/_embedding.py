@@ -16,7 +16,7 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._layout import array_fingerprint, check_one_space, embedding_mods, label_name, plain_values
-from .._validate import check_int, check_mods, check_mudata, check_rep
+from .._validate import check_int, check_mods, check_mudata, check_rep, obs_column
 from ._utils import AUTO, CELL_TYPE, category_colors, check_save, finish, stored_colors
 
 MODALITY = "modality"
@@ -42,12 +42,9 @@ def _cell_column(mdata: MuData, mod: str, key: str) -> pd.Series | None:
     ``mdata.update()``) is read for the modality's cells by obs name; None when neither has it (or the MuData's obs
     names repeat, so that a name does not say which row).
     """
-    obs = mdata[mod].obs
-    if key in obs:
-        return obs[key]
-    if key in mdata.obs and mdata.obs.index.is_unique:
-        return mdata.obs[key].reindex(obs.index)
-    return None
+    if key not in mdata[mod].obs and not mdata.obs_names.is_unique:
+        return None  # obs_column would raise; joint_embedding says so for a colour that only mdata.obs has
+    return obs_column(mdata, mod, key)
 
 
 def _has_column(mdata: MuData, mods: list[str], key: str) -> bool:
@@ -237,6 +234,12 @@ def joint_embedding(
     colors = [color] if isinstance(color, str) else list(color or [])
     for key in colors:
         if key != MODALITY and not _has_column(mdata, mods, key):
+            if key in mdata.obs.columns:  # there, but unreadable by obs name (see _cell_column)
+                raise ValueError(
+                    f"color={key!r} is a column of mdata.obs only, and mdata.obs_names repeats names, so it cannot be "
+                    "read cell by cell; make the names unique (e.g. mdata.obs_names_make_unique()) or put the column "
+                    "in each modality's .obs"
+                )
             raise KeyError(
                 f"color={key!r} is not a column of .obs in any of {mods} nor of mdata.obs; use '{MODALITY}' or an obs "
                 "column"
