@@ -188,3 +188,10 @@ def test_many_batches_are_held_out_in_ten_balanced_groups():
     assert batch_groups({"a": 5, "b": 4, "c": 3}, 10) == [["a"], ["b"], ["c"]]
     assert batch_groups({"a": 9, "b": 5, "c": 3, "d": 1}, 2) == [["a"], ["b", "c", "d"]]
     assert batch_groups({"a": 9, "b": 5, "c": 4, "d": 1}, 2) == [["a", "d"], ["b", "c"]]  # ties: the earlier group
+
+
+def test_key_added_may_name_the_input_of_a_modality_not_trained(three_batches):
+    # One use_rep dict for every modality, a pair trained at a time: only the trained pair's inputs are replaced.
+    use_rep = {"rna": "X_pca", "atac": "X_pca", "adt": "X_joint"}
+    mm.tl.train_clip(three_batches, "rna", "atac", use_rep=use_rep, key_added="X_joint", ensemble=None, **FAST)
+    assert "X_joint" in three_batches["rna"].obsm

@@ -184,7 +184,7 @@ def train_clip(
         if mod not in rep_keys:
             raise KeyError(f"use_rep names no representation for '{mod}'; give {{'{mod}': key, ...}}")
         check_rep(mdata, mod, rep_keys[mod], "use_rep")
-    refuse_input_key(key_added, rep_keys, "X_clip")
+    refuse_input_key(key_added, {mod: rep_keys[mod] for mod in (mod1, mod2)}, "X_clip")
     refuse_copy(train_kwargs, "train_clip")
     if "validation" in train_kwargs and ensemble is not None:
         raise ValueError("validation= is chosen per ensemble member; pass ensemble=None to set it yourself")
