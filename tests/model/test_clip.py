@@ -360,3 +360,12 @@ def test_a_query_embedded_with_another_fit_of_the_projection_is_pointed_out(tmp_
     loaded.get_latent_representation(projected, "atac")
     model.get_latent_representation(projected, "rna")
     assert not any("another fit" in message for message in warned)
+
+
+def test_representation_without_columns_is_refused(small):
+    # A zero-width input gives every cell the same embedding (the encoders see only their biases): nothing to train.
+    small["rna"].obsm["X_empty"] = np.zeros((small["rna"].n_obs, 0), dtype=np.float32)
+    before = snapshot(small)
+    with pytest.raises(ValueError, match=r"X_empty.*no columns"):
+        mm.model.CLIP.setup_mudata(small, mod1="rna", mod2="atac", rep_key={"rna": "X_empty", "atac": "X_pca"})
+    assert_unchanged(before, small)

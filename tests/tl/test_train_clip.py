@@ -195,3 +195,26 @@ def test_key_added_may_name_the_input_of_a_modality_not_trained(three_batches):
     use_rep = {"rna": "X_pca", "atac": "X_pca", "adt": "X_joint"}
     mm.tl.train_clip(three_batches, "rna", "atac", use_rep=use_rep, key_added="X_joint", ensemble=None, **FAST)
     assert "X_joint" in three_batches["rna"].obsm
+
+
+@pytest.mark.parametrize(
+    ("model_kwargs", "message"),
+    [
+        ({"random_state": 3}, r"model_kwargs.*random_state.*train_clip\(random_state="),
+        ({"lr": 0.1}, r"model_kwargs.*'lr'"),
+    ],
+)
+def test_model_kwargs_that_are_not_model_arguments_are_refused(three_batches, model_kwargs, message):
+    before = snapshot(three_batches)
+    with pytest.raises(ValueError, match=message):
+        mm.tl.train_clip(three_batches, use_rep="X_pca", model_kwargs={**TINY, **model_kwargs}, **FAST)
+    assert_unchanged(before, three_batches)
+
+
+def test_representation_without_columns_is_refused_by_train_clip(three_batches):
+    for mod in ("rna", "atac"):
+        three_batches[mod].obsm["X_empty"] = np.zeros((three_batches[mod].n_obs, 0), dtype=np.float32)
+    before = snapshot(three_batches)
+    with pytest.raises(ValueError, match=r"X_empty.*no columns"):
+        mm.tl.train_clip(three_batches, use_rep="X_empty", model_kwargs=TINY, **FAST)
+    assert_unchanged(before, three_batches)

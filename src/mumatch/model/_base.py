@@ -438,7 +438,12 @@ class MuDataModel:
         if missing:
             raise KeyError(f"rep_key names no representation for {missing}; give one per modality")
         for mod in mods:
-            check_rep(mdata, mod, rep_keys[mod], "rep_key")
+            if check_rep(mdata, mod, rep_keys[mod], "rep_key").shape[1] == 0:
+                # The encoders would see only their biases: every cell the same embedding, a loss that cannot move.
+                raise ValueError(
+                    f"mdata['{mod}'].obsm['{rep_keys[mod]}'] has no columns; give rep_key a representation with at "
+                    "least one (e.g. X_lsi_harmony from mm.pp.lsi_harmony)"
+                )
         if batch_key is not None and not check_batch_key(mdata, mods, batch_key):
             logg.warning(f"no modality of {mods} has a {batch_key!r} column: training without batches")
             batch_key = None

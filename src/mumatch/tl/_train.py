@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -32,6 +33,30 @@ def refuse_copy(train_kwargs: Mapping[str, Any], function: str) -> None:
         raise TypeError(
             f"{function} has no copy argument: it writes .obsm[key_added] in place and returns the model; pass "
             "mdata.copy() to keep the original"
+        )
+
+
+def check_model_kwargs(model_kwargs: Mapping[str, Any] | None, model_cls: type, function: str) -> None:
+    """Raise a ValueError for a ``model_kwargs`` entry that is no argument of the model (clearer than a TypeError).
+
+    ``random_state`` is the function's own (each member's seed derives from it); a training option (``lr``,
+    ``max_epochs``, ...) goes to the function's keyword arguments instead.
+    """
+    if model_kwargs is None:
+        return
+    if not isinstance(model_kwargs, Mapping):
+        raise ValueError(f"model_kwargs must be a mapping of {model_cls.__name__} arguments, got {model_kwargs!r}")
+    if "random_state" in model_kwargs:
+        raise ValueError(
+            f"model_kwargs sets random_state, which {function} chooses per model (random_state + member); pass "
+            f"{function}(random_state=...) instead"
+        )
+    accepted = [name for name in inspect.signature(model_cls.__init__).parameters if name not in ("self", "mdata")]
+    unknown = sorted(name for name in model_kwargs if name not in accepted)
+    if unknown:
+        raise ValueError(
+            f"model_kwargs has {unknown}, no argument of {model_cls.__name__} (it takes {accepted}); pass training "
+            f"options such as lr or max_epochs to {function} itself"
         )
 
 
@@ -188,6 +213,7 @@ def train_clip(
     refuse_copy(train_kwargs, "train_clip")
     if "validation" in train_kwargs and ensemble is not None:
         raise ValueError("validation= is chosen per ensemble member; pass ensemble=None to set it yourself")
+    check_model_kwargs(model_kwargs, CLIP, "train_clip")
     members = _ensemble_members(mdata, mod1, mod2, ensemble, batch_key)
     start = logg.info(f"training {len(members)} CLIP model(s) on '{mod1}' and '{mod2}'")
 
