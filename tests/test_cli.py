@@ -196,3 +196,46 @@ def test_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"mumatch {mumatch.__version__}"
+
+
+def test_an_unwritable_out_is_refused_in_one_line_before_any_work(data_root, tmp_path, monkeypatch, capsys):
+    # A path whose folder cannot be made (here: below a file) was found only after the pipeline (demo) or failed with
+    # a traceback (run: mkdir's FileExistsError); a folder one cannot write in failed after the pipeline in both.
+    from mumatch import cli
+
+    monkeypatch.setattr(cli, "run_pipeline", lambda *args, **kwargs: pytest.fail("pipeline run before checking --out"))
+    monkeypatch.setattr(cli.datasets, "read_neurips2021_files", lambda files: pytest.fail("read before checking"))
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(SystemExit, match="--out .*: cannot write in .*; name a writable place"):
+        main(["demo", "--data", "cite", "--out", str(tmp_path / "a_file" / "demo")])
+    folder = data_root / "neurips2021_starter" / "cite"
+    args = ["run", "--out", str(tmp_path / "a_file" / "prediction.h5ad")]
+    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2"):
+        args += [f"--{part.replace('_', '-')}", str(folder / f"{part}.h5ad")]
+    with pytest.raises(SystemExit, match="--out .*: cannot write in .*; name a writable place"):
+        main(args)
+
+
+@pytest.mark.parametrize("seed", ["-1", "2147483648", "4294967296", "1.5"])
+def test_a_seed_out_of_range_is_refused_by_the_parser(seed, tmp_path, monkeypatch, capsys):
+    # Seeds from 2**31 on crashed Harmony with a TypeError traceback once the data was read; -1 failed only then.
+    from mumatch import cli
+
+    monkeypatch.setattr(cli, "run_pipeline", lambda *args, **kwargs: pytest.fail("pipeline run with a bad seed"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--data", "cite", "--out", str(tmp_path), f"--seed={seed}"])
+    assert exit_info.value.code == 2
+    assert "argument --seed" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_h5ad_is_named_in_one_line(data_root, tmp_path, capsys):
+    folder = data_root / "neurips2021_starter" / "cite"
+    (tmp_path / "test_mod2.h5ad").write_text("barcode,CD3\n")
+    args = ["run", "--out", str(tmp_path / "p.h5ad")]
+    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2"):
+        source = tmp_path if part == "test_mod2" else folder
+        args += [f"--{part.replace('_', '-')}", str(source / f"{part}.h5ad")]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("mumatch run: error: test_mod2: ") and "not a readable .h5ad file" in error
+    assert "Traceback" not in error and not (tmp_path / "p.h5ad").exists()

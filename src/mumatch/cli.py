@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import logging
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ EMBEDDING_HELP = (
 
 
 SEED_HELP = "random seed of the models' initialisation and validation split (default 0)"
+# Harmony (in lsi_harmony) takes its seed as a C int: larger seeds crashed it with a TypeError after the data was read.
+MAX_SEED = 2**31 - 1
 COMPETITION_FILES = {
     "train_mod1": "training cells, first modality (e.g. RNA counts)",
     "train_mod2": "training cells, second modality (e.g. ATAC or ADT counts)",
@@ -48,6 +51,29 @@ def _load_demo_data(data: str, seed: int) -> MuData:
     return datasets.read_neurips2021(path)
 
 
+def _seed(text: str) -> int:
+    """``--seed``: a whole number from 0 to ``MAX_SEED`` (argparse reports anything else with the usage)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; a seed is a whole number from 0 to {MAX_SEED}")
+    return value
+
+
+def _check_writable(folder: Path, option: str, out: str) -> None:
+    """Create ``folder`` and check that a file can be written in it: fail before the pipeline's minutes, in one line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        reason = error.strerror or error
+        message = f"{option} {out!r}: cannot write in {str(folder)!r} ({reason}); name a writable place"
+        raise SystemExit(message) from None
+
+
 def _modalities(mdata: MuData) -> tuple[str, str]:
     recorded = mdata.uns.get("neurips2021", {})
     if recorded:
@@ -68,6 +94,7 @@ def demo(data: str = "multiome", out: str = "mumatch_demo", seed: int = 0, embed
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise SystemExit(f"--out {out!r} is a file; name a folder for result.h5mu and scores.csv")
+    _check_writable(out_dir, "--out", out)
     result = run_pipeline(mdata, mod1, mod2, seed=seed, embedding=embedding)
     out_dir.mkdir(parents=True, exist_ok=True)
     mdata.write_h5mu(out_dir / "result.h5mu")
@@ -93,7 +120,7 @@ def run(files: dict[str, str | None], out: str, seed: int = 0, embedding: str = 
         raise SystemExit(f"--out {out!r} is a folder; name the prediction file to write, e.g. {out}/prediction.h5ad")
     if files.get("test_sol") is not None and not Path(files["test_sol"]).exists():
         raise SystemExit(f"--test-sol {files['test_sol']!r} does not exist; leave it out to skip scoring")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(Path(out).parent, "--out", out)
     mdata = datasets.read_neurips2021_files(files)
     mod1, mod2 = _modalities(mdata)
     result = run_pipeline(mdata, mod1, mod2, seed=seed, embedding=embedding)
@@ -123,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default="multiome", help=f"one of {list(DEMO_DATA)} or a competition folder/prefix"
     )
     demo_parser.add_argument("--out", default="mumatch_demo", help="folder for result.h5mu and scores")
-    demo_parser.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    demo_parser.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
     demo_parser.add_argument("--embedding", choices=EMBEDDINGS, default="clip", help=EMBEDDING_HELP)
 
     run_parser = commands.add_parser("run", help="match the test cells of competition files; write a prediction")
@@ -131,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         run_parser.add_argument(f"--{part.replace('_', '-')}", required=True, dest=part, metavar="H5AD", help=what)
     run_parser.add_argument("--test-sol", dest="test_sol", metavar="H5AD", help="optional ground truth: prints scores")
     run_parser.add_argument("--out", required=True, help="prediction .h5ad to write")
-    run_parser.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    run_parser.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
     run_parser.add_argument("--embedding", choices=EMBEDDINGS, default="clip", help=EMBEDDING_HELP)
     return parser
 

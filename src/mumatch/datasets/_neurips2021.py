@@ -28,6 +28,16 @@ def _part_path(path: Path, part: str) -> Path:
     return Path(f"{path}{part}.h5ad")
 
 
+def _read(path: Path, part: str) -> ad.AnnData:
+    """Read one competition file; a file that is not .h5ad is reported by its part and path (h5py names neither)."""
+    try:
+        return ad.read_h5ad(path)
+    except OSError as error:
+        if isinstance(error, FileNotFoundError | IsADirectoryError):
+            raise
+        raise ValueError(f"{part}: {str(path)!r} is not a readable .h5ad file ({error}); check the path") from error
+
+
 def _modality_name(adata: ad.AnnData, part: str) -> str:
     if "feature_types" not in adata.var:
         raise ValueError(f"{part}: var['feature_types'] is missing; cannot tell which modality it holds")
@@ -217,9 +227,7 @@ def read_neurips2021_files(files: dict[str, str | os.PathLike], *, cell_types: b
         raise FileNotFoundError(f"missing competition files ({', '.join(missing)}); check the path or prefix")
     path = files["train_mod1"].parent
     start = logg.info(f"reading {path}")
-    train1, train2, test1, test2 = (
-        ad.read_h5ad(files[p]) for p in ("train_mod1", "train_mod2", "test_mod1", "test_mod2")
-    )
+    train1, train2, test1, test2 = (_read(files[p], p) for p in ("train_mod1", "train_mod2", "test_mod1", "test_mod2"))
     parts = ("train_mod1", "train_mod2", "test_mod1", "test_mod2")
     for part, adata in zip(parts, (train1, train2, test1, test2), strict=True):
         if not adata.obs_names.is_unique:
@@ -236,7 +244,7 @@ def read_neurips2021_files(files: dict[str, str | os.PathLike], *, cell_types: b
         )
     if test1.n_obs != test2.n_obs:
         logg.warning(f"test_mod1 has {test1.n_obs} cells and test_mod2 {test2.n_obs}: the test cells are not 1:1")
-    train_pairing = _pairing(ad.read_h5ad(files["train_sol"]), train1.obs_names, train2.obs_names, "train_sol")
+    train_pairing = _pairing(_read(files["train_sol"], "train_sol"), train1.obs_names, train2.obs_names, "train_sol")
     train2 = train2[train_pairing].copy()
     # A paired training cell has one batch: the mod1 file's, else the mod2 file's (in the pairing's order).
     train_batch = None
@@ -252,7 +260,7 @@ def read_neurips2021_files(files: dict[str, str | os.PathLike], *, cell_types: b
     test_pairing = None
     solution_path = files.get("test_sol")
     if solution_path is not None and solution_path.exists():
-        test_pairing = _pairing(ad.read_h5ad(solution_path), test1.obs_names, test2.obs_names, "test_sol")
+        test_pairing = _pairing(_read(solution_path, "test_sol"), test1.obs_names, test2.obs_names, "test_sol")
         rows = mdata.obs_names.get_indexer(f"{mod1}:" + test1.obs_names)
         cols = mdata.obs_names.get_indexer(f"{mod2}:" + test2.obs_names[test_pairing])
         mdata.obsp["match_true"] = sp.csr_matrix(
