@@ -239,3 +239,23 @@ def test_a_file_that_is_not_h5ad_is_named_in_one_line(data_root, tmp_path, capsy
     error = capsys.readouterr().err
     assert error.startswith("mumatch run: error: test_mod2: ") and "not a readable .h5ad file" in error
     assert "Traceback" not in error and not (tmp_path / "p.h5ad").exists()
+
+
+def test_test_files_with_no_batch_in_common_are_refused_before_training(data_root, tmp_path, monkeypatch, capsys):
+    # test_mod2 labelled with another batch than test_mod1: match_ot found nothing to match only after training, and
+    # its message told the command line's user to "pass batch_key=None", which no option of `mumatch run` does.
+    import mumatch
+
+    monkeypatch.setattr(mumatch.tl, "train_clip", lambda *args, **kwargs: pytest.fail("trained before checking"))
+    folder = data_root / "neurips2021_starter" / "cite"
+    test_mod2 = ad.read_h5ad(folder / "test_mod2.h5ad")
+    test_mod2.obs["batch"] = "s1d3"
+    test_mod2.write_h5ad(tmp_path / "test_mod2.h5ad")
+    args = ["run", "--out", str(tmp_path / "p.h5ad")]
+    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2"):
+        source = tmp_path if part == "test_mod2" else folder
+        args += [f"--{part.replace('_', '-')}", str(source / f"{part}.h5ad")]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "no batch in common" in error and "['s1d2']" in error and "['s1d3']" in error
+    assert not (tmp_path / "p.h5ad").exists()

@@ -100,6 +100,28 @@ def fill_unpaired_batches(mdata: MuData, mod1: str, mod2: str, batch_key: str = 
     return notes
 
 
+def check_unpaired_batches(mdata: MuData, mod1: str, mod2: str, batch_key: str = "batch") -> None:
+    """Refuse unpaired cells of the two modalities labelled with disjoint batches, before any training.
+
+    match_ot, which matches inside each batch, would find nothing to match, but only after the models' minutes.
+    """
+    levels = []
+    for mod, other in ((mod1, mod2), (mod2, mod1)):
+        labels = batch_labels(mdata, mod, batch_key)
+        if labels is None:
+            return
+        unpaired = labels[unpaired_mask(mdata, mod, other)]
+        if unpaired.empty or (unpaired == MISSING_BATCH).any():
+            return
+        levels.append(set(unpaired))
+    if not levels[0] & levels[1]:
+        raise ValueError(
+            f"the unpaired (test) cells of '{mod1}' come from batches {sorted(levels[0])} and those of '{mod2}' from "
+            f"{sorted(levels[1])}: no batch in common, so no cell can be matched; name the same batches in "
+            f"obs['{batch_key}'] of both test files, or remove the column from the one whose labels are wrong"
+        )
+
+
 def seed_ensemble_size(n_paired: int) -> int:
     """Models of the seed ensemble for ``n_paired`` paired cells (see ``SEED_ENSEMBLE_CELLS``)."""
     return int(min(N_SEED_MODELS, max(1, round(SEED_ENSEMBLE_CELLS / max(n_paired, 1)))))
@@ -145,6 +167,7 @@ def stages(
 
     def preprocess(mdata: MuData, result: PipelineResult) -> None:
         fill_unpaired_batches(mdata, mod1, mod2)
+        check_unpaired_batches(mdata, mod1, mod2)
         pp.lsi_harmony(mdata, [mod1, mod2], random_state=seed)
 
     def train_clip(mdata: MuData, result: PipelineResult) -> None:
