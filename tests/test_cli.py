@@ -11,6 +11,17 @@ import scipy.sparse as sp
 
 from mumatch.cli import main
 
+COMPETITION_PARTS = ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2")
+
+
+def run_args(folder, out, *extra, replaced=None, parts=COMPETITION_PARTS) -> list[str]:
+    """``mumatch run`` arguments for the competition files of ``folder``; ``replaced`` maps a part to another file."""
+    args = ["run", "--out", str(out), *extra]
+    for part in parts:
+        path = (replaced or {}).get(part, folder / f"{part}.h5ad")
+        args += [f"--{part.replace('_', '-')}", str(path)]
+    return args
+
 
 def test_demo_prints_scores(tmp_path, capsys):
     assert main(["demo", "--data", "cite", "--out", str(tmp_path)]) == 0
@@ -26,9 +37,8 @@ def test_demo_prints_scores(tmp_path, capsys):
 
 def test_run_writes_prediction(data_root, tmp_path):
     folder = data_root / "neurips2021_starter" / "multiome"
-    args = ["run", "--out", str(tmp_path / "new" / "prediction.h5ad")]  # a folder that does not exist yet
-    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2", "test_sol"):
-        args += [f"--{part.replace('_', '-')}", str(folder / f"{part}.h5ad")]
+    # The prediction goes into a folder that does not exist yet.
+    args = run_args(folder, tmp_path / "new" / "prediction.h5ad", parts=(*COMPETITION_PARTS, "test_sol"))
     assert main(args) == 0
     prediction = ad.read_h5ad(tmp_path / "new" / "prediction.h5ad")
     assert prediction.shape == (279, 279) and sp.issparse(prediction.X)
@@ -135,9 +145,7 @@ def test_demo_on_clip_and_clue_writes_all_three_plans(tmp_path, capsys):
 
 def test_run_on_clue_writes_its_plan(data_root, tmp_path, capsys):
     folder = data_root / "neurips2021_starter" / "cite"
-    args = ["run", "--out", str(tmp_path / "prediction.h5ad"), "--embedding", "clue"]
-    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2"):
-        args += [f"--{part.replace('_', '-')}", str(folder / f"{part}.h5ad")]
+    args = run_args(folder, tmp_path / "prediction.h5ad", "--embedding", "clue")
     assert main(args) == 0
     assert "(match_clue)" in capsys.readouterr().out
     assert ad.read_h5ad(tmp_path / "prediction.h5ad").shape == (289, 289)
@@ -176,9 +184,7 @@ def test_lightning_imported_during_a_command_stays_quiet():
 
 
 def test_input_errors_are_one_line_and_exit_2(tmp_path, capsys):
-    args = ["run", "--out", str(tmp_path / "p.h5ad")]
-    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2"):
-        args += [f"--{part.replace('_', '-')}", str(tmp_path / f"{part}.h5ad")]
+    args = run_args(tmp_path, tmp_path / "p.h5ad")
     assert main(args) == 2
     error = capsys.readouterr().err
     assert error.startswith("mumatch run: error: missing competition files") and "Traceback" not in error
@@ -209,9 +215,7 @@ def test_an_unwritable_out_is_refused_in_one_line_before_any_work(data_root, tmp
     with pytest.raises(SystemExit, match="--out .*: cannot write in .*; name a writable place"):
         main(["demo", "--data", "cite", "--out", str(tmp_path / "a_file" / "demo")])
     folder = data_root / "neurips2021_starter" / "cite"
-    args = ["run", "--out", str(tmp_path / "a_file" / "prediction.h5ad")]
-    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2"):
-        args += [f"--{part.replace('_', '-')}", str(folder / f"{part}.h5ad")]
+    args = run_args(folder, tmp_path / "a_file" / "prediction.h5ad")
     with pytest.raises(SystemExit, match="--out .*: cannot write in .*; name a writable place"):
         main(args)
 
@@ -231,10 +235,7 @@ def test_a_seed_out_of_range_is_refused_by_the_parser(seed, tmp_path, monkeypatc
 def test_a_file_that_is_not_h5ad_is_named_in_one_line(data_root, tmp_path, capsys):
     folder = data_root / "neurips2021_starter" / "cite"
     (tmp_path / "test_mod2.h5ad").write_text("barcode,CD3\n")
-    args = ["run", "--out", str(tmp_path / "p.h5ad")]
-    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2"):
-        source = tmp_path if part == "test_mod2" else folder
-        args += [f"--{part.replace('_', '-')}", str(source / f"{part}.h5ad")]
+    args = run_args(folder, tmp_path / "p.h5ad", replaced={"test_mod2": tmp_path / "test_mod2.h5ad"})
     assert main(args) == 2
     error = capsys.readouterr().err
     assert error.startswith("mumatch run: error: test_mod2: ") and "not a readable .h5ad file" in error
@@ -251,10 +252,7 @@ def test_test_files_with_no_batch_in_common_are_refused_before_training(data_roo
     test_mod2 = ad.read_h5ad(folder / "test_mod2.h5ad")
     test_mod2.obs["batch"] = "s1d3"
     test_mod2.write_h5ad(tmp_path / "test_mod2.h5ad")
-    args = ["run", "--out", str(tmp_path / "p.h5ad")]
-    for part in ("train_mod1", "train_mod2", "train_sol", "test_mod1", "test_mod2"):
-        source = tmp_path if part == "test_mod2" else folder
-        args += [f"--{part.replace('_', '-')}", str(source / f"{part}.h5ad")]
+    args = run_args(folder, tmp_path / "p.h5ad", replaced={"test_mod2": tmp_path / "test_mod2.h5ad"})
     assert main(args) == 2
     error = capsys.readouterr().err
     assert "no batch in common" in error and "['s1d2']" in error and "['s1d3']" in error
