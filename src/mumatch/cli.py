@@ -96,7 +96,6 @@ def demo(data: str = "multiome", out: str = "mumatch_demo", seed: int = 0, embed
         raise SystemExit(f"--out {out!r} is a file; name a folder for result.h5mu and scores.csv")
     _check_writable(out_dir, "--out", out)
     result = run_pipeline(mdata, mod1, mod2, seed=seed, embedding=embedding)
-    out_dir.mkdir(parents=True, exist_ok=True)
     mdata.write_h5mu(out_dir / "result.h5mu")
     if "match_true" not in mdata.obsp:
         # A folder of one's own test cells has no ground truth: the matching is the result, there is nothing to score.

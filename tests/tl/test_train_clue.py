@@ -59,7 +59,7 @@ def test_train_clue_errors_leave_mudata_unchanged(small):
         mm.tl.train_clue(small, use_rep={first: "X_pca"})
     with pytest.raises(TypeError, match="train_clue has no copy argument"):
         mm.tl.train_clue(small, use_rep="X_pca", model_kwargs=TINY, copy=True)
-    with pytest.raises(ValueError, match=r"model_kwargs sets \['random_state'\]; pass them to train_clue itself"):
+    with pytest.raises(ValueError, match=r"model_kwargs sets \[.random_state.\], which train_clue sets itself"):
         mm.tl.train_clue(small, use_rep="X_pca", model_kwargs={**TINY, "random_state": 1})
     assert_unchanged(before, small)
     assert SETUP_KEY not in small.uns

@@ -19,9 +19,6 @@ def as_csr(matrix: np.ndarray | sp.spmatrix) -> sp.csr_matrix:
     A CSR matrix may store one entry in several pieces; the transforms act on stored values (``log1p`` of each piece
     is not ``log1p`` of their sum), so such a matrix is summed into a copy: the caller's matrix is not touched.
     """
-    if not sp.issparse(matrix) and hasattr(matrix, "to_memory"):
-        # A MuData read with backed=True holds a sparse .X on disk (anndata's sparse dataset): read it.
-        matrix = matrix.to_memory()
     if sp.issparse(matrix):
         matrix = matrix if sp.isspmatrix_csr(matrix) else sp.csr_matrix(matrix)
         if not matrix.has_canonical_format:

@@ -36,22 +36,28 @@ def refuse_copy(train_kwargs: Mapping[str, Any], function: str) -> None:
         )
 
 
-def check_model_kwargs(model_kwargs: Mapping[str, Any] | None, model_cls: type, function: str) -> None:
-    """Raise a ValueError for a ``model_kwargs`` entry that is no argument of the model (clearer than a TypeError).
+def check_model_kwargs(
+    model_kwargs: Mapping[str, Any] | None, model_cls: type, function: str, own: tuple[str, ...] = ("random_state",)
+) -> None:
+    """Raise a ValueError for a ``model_kwargs`` entry the model cannot take (clearer than the TypeError it would be).
 
-    ``random_state`` is the function's own (each member's seed derives from it); a training option (``lr``,
-    ``max_epochs``, ...) goes to the function's keyword arguments instead.
+    The names in ``own`` are the function's own arguments (``random_state``: each member's seed derives from it), and
+    a name that is no argument of the model (when it lists them all, with no ``**kwargs``, which it then checks
+    itself) is a training option (``lr``, ``max_epochs``, ...) that goes to the function's keyword arguments.
     """
     if model_kwargs is None:
         return
     if not isinstance(model_kwargs, Mapping):
         raise ValueError(f"model_kwargs must be a mapping of {model_cls.__name__} arguments, got {model_kwargs!r}")
-    if "random_state" in model_kwargs:
+    taken = sorted(set(own) & set(model_kwargs))
+    if taken:
         raise ValueError(
-            f"model_kwargs sets random_state, which {function} chooses per model (random_state + member); pass "
-            f"{function}(random_state=...) instead"
+            f"model_kwargs sets {taken}, which {function} sets itself; pass {function}({taken[0]}=...) instead"
         )
-    accepted = [name for name in inspect.signature(model_cls.__init__).parameters if name not in ("self", "mdata")]
+    parameters = inspect.signature(model_cls.__init__).parameters
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return
+    accepted = [name for name in parameters if name not in ("self", "mdata")]
     unknown = sorted(name for name in model_kwargs if name not in accepted)
     if unknown:
         raise ValueError(

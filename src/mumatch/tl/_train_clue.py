@@ -15,7 +15,7 @@ from .._ensemble import concatenate_members
 from .._layout import warn_replaced_embedding, written_embeddings
 from .._validate import SETUP_KEY, check_int, check_key_added, check_mods, check_mudata, check_rep
 from ..model._clue import CLUE
-from ._train import recorded_options, refuse_copy, refuse_input_key
+from ._train import check_model_kwargs, recorded_options, refuse_copy, refuse_input_key
 
 
 def train_clue(
@@ -103,10 +103,7 @@ def train_clue(
     refuse_input_key(key_added, {mod: rep_keys[mod] for mod in mods}, "X_clue")
     check_int(random_state, "random_state", minimum=0)
     refuse_copy(train_kwargs, "train_clue")
-    # These two are train_clue's own arguments: the model's copy of them would conflict.
-    taken = sorted({"config", "random_state"} & set(model_kwargs or {}))
-    if taken:
-        raise ValueError(f"model_kwargs sets {taken}; pass them to train_clue itself ({taken[0]}=...)")
+    check_model_kwargs(model_kwargs, CLUE, "train_clue", own=("config", "random_state"))
     check_int(ensemble, "ensemble", allow_none=True)
     if not isinstance(normalize_subspaces, bool | np.bool_):
         raise ValueError(f"normalize_subspaces must be True or False, got {normalize_subspaces!r}")
