@@ -55,3 +55,21 @@ def test_clue_page_snippets_run_one_after_the_other(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(quick_start + class_api, str(DOCS / "clue.md"), "exec"), namespace)
     assert namespace["embedding"].shape[0] == namespace["mdata"]["adt"].n_obs
+
+
+def test_installation_page_names_every_optional_dependency():
+    import tomllib
+
+    pyproject = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    rows = {
+        match.group(1): match.group(2).lower()
+        for match in re.finditer(r"^\|\s*`(\w+)`\s*\|([^|]*)\|", (DOCS / "installation.md").read_text(), re.M)
+    }
+    for extra, requirements in extras.items():
+        assert extra in rows, f"docs/installation.md has no row for the {extra!r} extra"
+        for requirement in requirements:
+            name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower()
+            nested = re.search(r"\[(\w+)\]", requirement)
+            expected = f"`{nested.group(1)}` extra" if name == "mumatch" and nested else name
+            assert expected in rows[extra], f"the {extra!r} row of docs/installation.md does not name {expected!r}"
