@@ -119,3 +119,25 @@ def test_a_plan_replaced_by_another_pair_takes_its_certainty_columns_along(trio,
         assert not {"match_confidence", "match_entropy"} & set(mdata["atac"].obs)
         assert mdata["adt"].obs["match_confidence"].notna().all()
     assert any("removing mdata['atac'].obs" in message for message in messages)
+
+
+def test_unpaired_cells_are_those_measured_in_one_modality_only():
+    # A TEA-seq panel that lost an assay for some cells: cells measured in RNA+ADT or ATAC+ADT are paired (training)
+    # cells, with no partner to find among the ATAC or RNA test cells.
+    pairing = {"rna+atac+adt": 0.5, "rna+adt": 0.25, "atac+adt": 0.25}
+    trio = mm.datasets.simulate_paired(
+        300, ("rna", "atac", "adt"), n_genes=20, n_peaks=20, n_proteins=5, pairing=pairing, seed=1
+    )
+    rng = np.random.default_rng(0)
+    for mod in trio.mod:
+        trio[mod].obsm["X_shared"] = rng.normal(size=(trio[mod].n_obs, 4)).astype(np.float32)
+    mm.tl.match_ot(trio, "rna", "atac", use_rep="X_shared", batch_key=None)
+    rows, cols = trio.obsp["match"].nonzero()
+    for mod, positions in (("rna", rows), ("atac", cols)):
+        matched = trio.obs_names[np.unique(positions)]
+        test = trio[mod].obs_names[(trio[mod].obs["split"] == "test").to_numpy()]
+        assert set(matched) == set(test)
+    # Every cell of 'rna' is measured in another modality: the message names the other modalities.
+    both = trio["rna"].obs_names.intersection(trio["adt"].obs_names)
+    with pytest.raises(ValueError, match=r"every cell of 'rna' is also measured in another of \['atac', 'adt'\]"):
+        mm.tl.match_ot(trio[both].copy(), "rna", "adt", use_rep="X_shared")

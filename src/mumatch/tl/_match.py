@@ -95,19 +95,27 @@ def _cell_masks(mdata: MuData, mod1: str, mod2: str, cells: str) -> dict[str, np
     if not isinstance(cells, str):
         raise ValueError(f"cells must be 'unpaired', 'all' or a boolean .obs column, got {cells!r}")
     if cells == "unpaired":
-        masks = {mod1: unpaired_mask(mdata, mod1, mod2), mod2: unpaired_mask(mdata, mod2, mod1)}
+        # A cell measured in a third modality is paired as well (e.g. RNA+ADT of a TEA-seq panel that lost its ATAC):
+        # its partners are known by name, and matching it would take mass from the cells measured alone.
+        masks = {mod: unpaired_mask(mdata, mod, _other_mods(mdata, mod)) for mod in (mod1, mod2)}
     elif cells == "all":
         masks = {mod: np.ones(mdata[mod].n_obs, dtype=bool) for mod in (mod1, mod2)}
     else:
         masks = {mod: _selection_column(mdata, mod, cells) for mod in (mod1, mod2)}
     for mod, other in ((mod1, mod2), (mod2, mod1)):
         if not masks[mod].any():
-            why = {"unpaired": f"every cell of '{mod}' is also measured in '{other}'", "all": "it has no cells"}
+            measured = f"'{other}'" if len(mdata.mod) == 2 else f"another of {_other_mods(mdata, mod)}"
+            why = {"unpaired": f"every cell of '{mod}' is also measured in {measured}", "all": "it has no cells"}
             raise ValueError(
                 f"cells={cells!r} selects no cell of '{mod}' ({why.get(cells, 'the column is all False')}); pass "
                 "cells='all' or a boolean .obs column selecting the cells to match"
             )
     return masks
+
+
+def _other_mods(mdata: MuData, mod: str) -> list[str]:
+    """Every modality of ``mdata`` but ``mod``."""
+    return [other for other in mdata.mod if other != mod]
 
 
 def _shortened(names: list[str], limit: int = 5) -> str:
@@ -196,8 +204,9 @@ def match_ot(
         The embedding in each modality's ``.obsm``: one key, a list of keys (an ensemble: cosine similarities are
         averaged over the members, as MatchCLOT sums its models' similarity matrices), or ``{mod: key(s)}``.
     cells
-        ``"unpaired"``: the cells measured in one of the two modalities only (the test cells); ``"all"``; or the name
-        of a boolean column present in both modalities' ``.obs``. It must select cells of both modalities.
+        ``"unpaired"``: the cells measured in one modality only (the test cells; with three or more modalities, a
+        cell measured in ``mod1`` and a third modality is paired, and not matched); ``"all"``; or the name of a
+        boolean column present in both modalities' ``.obs``. It must select cells of both modalities.
     batch_key
         Column of ``.obs`` (each modality's, else ``mdata.obs``) with the batch; ``None`` matches all selected cells in
         one block (as does the default ``"batch"`` when neither modality has it, with a warning; another column that
