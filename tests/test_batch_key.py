@@ -80,6 +80,26 @@ def test_a_mudata_batch_column_with_repeated_obs_names_is_refused_by_name(embedd
     assert_unchanged(before, embedded)
 
 
+def test_a_mudata_batch_column_is_not_read_for_cells_renamed_without_update(embedded):
+    # The renamed cells have no row in mdata.obs: read as missing labels, they silently lost their batch (in Harmony's
+    # skip message, "cells have no 'batch' label", and without a word in CLUE's decoders).
+    for mod in ("rna", "atac"):
+        del embedded[mod].obs["batch"]
+    embedded.obs["sample"] = np.where(np.arange(embedded.n_obs) % 2, "s1", "s2")
+    names = embedded["atac"].obs_names
+    # The unpaired cells renamed, without mdata.update(): the paired ones still pair by name.
+    embedded["atac"].obs_names = np.where(names.isin(embedded["rna"].obs_names), names, "renamed:" + names)
+    before = snapshot(embedded)
+    calls = [
+        lambda: mm.pp.lsi_harmony(embedded, batch_key="sample"),
+        lambda: mm.tl.train_clue(embedded, use_rep="X_shared", batch_key="sample", model_kwargs=TINY, **QUICK),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"cells of mdata\['atac'\] .* are missing from mdata.obs_names.*update"):
+            call()
+    assert_unchanged(before, embedded)
+
+
 def test_conflicting_batches_read_from_the_mudata_obs_are_pointed_out_without_crashing(embedded, monkeypatch):
     # 'atac' keeps its own batch column, 'rna' reads the MuData's; a paired cell labelled differently in the two is
     # warned about, naming both labels, rather than failing on the column 'rna' does not have.

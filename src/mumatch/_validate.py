@@ -62,7 +62,8 @@ def obs_column(mdata: MuData, mod: str, key: str) -> pd.Series | None:
     """Column ``key`` for the cells of modality ``mod``: its own ``.obs[key]``, else the MuData's ``mdata.obs[key]``.
 
     muon users keep sample-level columns (batch, donor) in the MuData's own ``.obs``: its rows for the modality's cells
-    are read then (a cell missing from ``mdata.obs_names`` gets a missing value). None when neither has the column.
+    are read then. None when neither has the column. A cell missing from ``mdata.obs_names`` (a modality changed
+    without ``mdata.update()``) raises a ValueError.
     """
     obs = mdata[mod].obs
     if key in obs:
@@ -73,6 +74,14 @@ def obs_column(mdata: MuData, mod: str, key: str) -> pd.Series | None:
         raise ValueError(
             f"mdata.obs_names repeats names, so mdata.obs['{key}'] cannot be read cell by cell for '{mod}'; make "
             "the names unique (e.g. mdata.obs_names_make_unique()) or put the column in each modality's .obs"
+        )
+    missing = obs.index[~obs.index.isin(mdata.obs_names)]
+    if len(missing):
+        # Read as missing labels they would silently drop the cells from their batch (and from Harmony).
+        raise ValueError(
+            f"{len(missing)} cells of mdata['{mod}'] (e.g. {missing[0]!r}) are missing from mdata.obs_names, so "
+            f"mdata.obs['{key}'] has no row for them (the modality changed without mdata.update()); run "
+            f"mdata.update() and fill mdata.obs['{key}'] for those cells, or put the column in mdata['{mod}'].obs"
         )
     return mdata.obs[key].reindex(obs.index)
 
