@@ -141,3 +141,20 @@ def test_unpaired_cells_are_those_measured_in_one_modality_only():
     both = trio["rna"].obs_names.intersection(trio["adt"].obs_names)
     with pytest.raises(ValueError, match=r"every cell of 'rna' is also measured in another of \['atac', 'adt'\]"):
         mm.tl.match_ot(trio[both].copy(), "rna", "adt", use_rep="X_shared")
+
+
+def test_metrics_refuse_one_modality_for_both_sides(trio):
+    rng = np.random.default_rng(0)
+    for mod in trio.mod:
+        trio[mod].obsm["X_shared"] = rng.normal(size=(trio[mod].n_obs, 4)).astype(np.float32)
+    mm.tl.match_ot(trio, "atac", "adt", use_rep="X_shared", key_added="m")
+    # mod1 given alone takes the default mod2 ('atac', the second modality): said so, not "the truth pairs no cell".
+    for call in (
+        lambda: mm.metrics.match_score(trio, key="m", mod1="atac"),
+        lambda: mm.metrics.top_k_accuracy(trio, key="m", mod1="atac"),
+        lambda: mm.metrics.foscttm(trio, key="m", mod1="atac"),
+    ):
+        with pytest.raises(ValueError, match=r"mod1 and mod2 are both 'atac' \(mod2 by default\).*pass both mod1="):
+            call()
+    with pytest.raises(ValueError, match="mod1 and mod2 are both 'rna'; "):
+        mm.metrics.foscttm(trio, key="X_shared", mod1="rna", mod2="rna")

@@ -143,10 +143,18 @@ def _default_mods(mdata: MuData, mod1: str | None, mod2: str | None, key: str | 
         recorded = recorded_plan_mods(mdata, key) or (tuple(trained) if trained and len(trained) == 2 else None)
         if recorded is not None and (reader_task is None or set(recorded) != set(reader_task)):
             mod1, mod2 = recorded
+    given = [name for name, value in (("mod1", mod1), ("mod2", mod2)) if value is not None]
     mod1 = mod1 or task[0]
     mod2 = mod2 or task[1]
     check_mod(mdata, mod1, "mod1")
     check_mod(mdata, mod2, "mod2")
+    if mod1 == mod2:
+        # e.g. mod1 given alone, equal to the default mod2: the truth would pair no cell, which says nothing of why.
+        defaulted = f" ({' and '.join(sorted({'mod1', 'mod2'} - set(given)))} by default)" if len(given) < 2 else ""
+        raise ValueError(
+            f"mod1 and mod2 are both {mod1!r}{defaulted}; a plan or an embedding is scored between two different "
+            "modalities: pass both mod1= and mod2="
+        )
     return mod1, mod2
 
 
