@@ -289,7 +289,23 @@ def _task_mods(mdata: MuData, mod1: str | None, mod2: str | None) -> tuple[str, 
 
 
 def prediction_matrix(mdata: MuData, key: str, mod1: str | None = None, mod2: str | None = None) -> sp.csr_matrix:
-    """The plan ``mdata.obsp[key]`` restricted to test mod1 × test mod2 cells, in the files' order."""
+    """The plan ``mdata.obsp[key]`` restricted to test mod1 × test mod2 cells, in the files' order.
+
+    Parameters
+    ----------
+    mdata
+        MuData from :func:`read_neurips2021` with a plan in ``mdata.obsp[key]``.
+    key
+        The plan's key in ``mdata.obsp``.
+    mod1, mod2
+        The modalities of the rows and columns (default: those recorded by :func:`read_neurips2021`, else the
+        first two). A plan that :func:`mumatch.tl.match_ot` solved the other way round is transposed.
+
+    Returns
+    -------
+    A (test cells of ``mod1`` × test cells of ``mod2``) CSR matrix, rows and columns in the order of the test files,
+    as :func:`write_prediction` writes it (before keeping 1000 entries per row).
+    """
     check_mudata(mdata)
     mod1, mod2 = _task_mods(mdata, mod1, mod2)
     if key not in mdata.obsp:

@@ -312,7 +312,18 @@ def sparsify_plan(
 
 
 def sparse_plan_stats(plan: sp.spmatrix) -> SparsePlan:
-    """Normalise the rows of a non-negative sparse plan and compute its certainty from the stored entries."""
+    """Normalise the rows of a non-negative sparse plan and compute its certainty from the stored entries.
+
+    Parameters
+    ----------
+    plan
+        An ``N × M`` sparse matrix of finite non-negative weights (e.g. a plan made by another method).
+
+    Returns
+    -------
+    The plan with each non-empty row normalised to 1, and the per-point confidence and entropy of its rows and
+    columns, see :class:`SparsePlan` (``row_mass_kept`` is 1 for non-empty rows, NaN for empty ones).
+    """
     plan = sp.csr_matrix(plan, dtype=np.float64, copy=True)
     plan.sum_duplicates()  # a pair stored twice is one entry of the plan
     if plan.nnz and not np.isfinite(plan.data).all():

@@ -34,7 +34,8 @@ def confidence(
     ``mumatch.tl.match_ot`` writes, for every matched cell, ``mdata[mod].obs[f"{key}_confidence"]`` (its largest
     weight in the full OT plan, before ``top_k`` or the mass threshold, after normalising the cell's row or column to
     1) and ``f"{key}_entropy"``. Groups of cells the matcher is unsure about (low confidence, high entropy) are those
-    whose partners are hard to tell apart.
+    whose partners are hard to tell apart. Each group's label gives its number of matched cells in each modality,
+    in the legend's order (e.g. ``NK (41 / 38)``).
 
     Parameters
     ----------

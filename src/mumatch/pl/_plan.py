@@ -172,8 +172,11 @@ def plan(
     """Heatmap of the matching plan of one batch block, cells ordered by a label on both axes.
 
     Rows are the matched cells of ``mod1``, columns those of ``mod2``, both sorted by ``groupby`` (e.g. cell type) with
-    a colour strip per axis, so that a good matching concentrates its mass in the diagonal blocks. Colours show the
-    plan's weights (each row of a plan from ``mumatch.tl.match_ot`` sums to 1).
+    a colour strip per axis, so that a good matching concentrates its mass in the diagonal blocks. When the truth is
+    shown, the columns of a group follow their true partners' rows, so that the true pairs (of the same label) lie on
+    the diagonal, where a perfect plan puts its mass. Colours show the plan's weights (each row of a plan from
+    ``mumatch.tl.match_ot`` sums to 1), on a scale that ends at the 99th percentile of the drawn non-zero weights:
+    larger weights take the darkest colour.
 
     Parameters
     ----------

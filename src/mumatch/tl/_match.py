@@ -251,7 +251,8 @@ def match_ot(
       :func:`mumatch.ot.plan_tile` (given them as ``{"kind": ..., "offset": ..., ...}``) recomputes the full plan
       on the block's cells' embeddings (with several ``use_rep``, on the representations side by side, scaled by
       ``1/√n``, each unit-normalised first for the cosine cost: the embedding whose cosine similarity is the mean
-      of theirs);
+      of theirs); and, when there are any, ``notes``: the warnings logged about the blocks (e.g. all cells matched
+      in one block for want of batch labels, or a block whose two sides differ 4-fold in size);
     - ``mdata[mod].obs[f"{key_added}_confidence"]`` (largest weight of the cell's normalised row of the plan, or
       column for ``mod2``) and ``mdata[mod].obs[f"{key_added}_entropy"]`` (its entropy, nats), NaN for cells that
       were not matched. For ``method="sinkhorn"`` both describe the full OT plan before ``top_k`` or the mass threshold

@@ -189,7 +189,9 @@ def train_clip(
     -------
     The trained models, a list (of one with ``ensemble=None``). Adds ``mdata[mod1].obsm[key_added]`` and
     ``mdata[mod2].obsm[key_added]``: the L2-normalised embedding of every cell of each modality (float32), and
-    ``mdata.uns[key_added]`` with ``params`` and, per model, its training summary.
+    ``mdata.uns[key_added]`` with ``params``, per model its training summary (``models``), and ``embedded``: a
+    fingerprint of each embedding written, so that :func:`~mumatch.tl.match_ot` and the metrics refuse a modality
+    whose ``.obsm[key_added]`` another training left behind.
     ``mdata.uns['_mumatch_setup']['CLIP']`` records the registration.
 
     Examples

@@ -81,8 +81,9 @@ def train_clue(
     The trained model, or with ``ensemble=n`` the list of the ``n`` models. Adds ``mdata[mod].obsm[key_added]`` (cells
     × ``K * n_latent``, or ``n * K * n_latent`` for an ensemble, float32) for every modality and
     ``mdata.uns[key_added] = {"params": {...}, "train_info": {...}}`` (with an ensemble, ``"models"``: each member's
-    ``train_info``, with its training time ``train_s``); records the setup in ``mdata.uns['_mumatch_setup']``. On an
-    error the MuData is left as it was.
+    ``train_info``, with its training time ``train_s``; and ``"embedded"``, a fingerprint of each embedding written,
+    as :func:`~mumatch.tl.train_clip` records); records the setup in ``mdata.uns['_mumatch_setup']``. On an error the
+    MuData is left as it was.
 
     Examples
     --------

@@ -60,8 +60,11 @@ def transfer_labels(
     --------
     >>> import mumatch as mm
     >>> mdata = mm.datasets.bmmc_starter("cite")
+    >>> mm.pp.lsi_harmony(mdata)  # doctest: +SKIP
+    >>> models = mm.tl.train_clip(mdata, "rna", "adt")  # doctest: +SKIP
     >>> mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_clip")  # doctest: +SKIP
     >>> mm.tl.transfer_labels(mdata, label_key="cell_type", source_mod="rna", target_mod="adt")  # doctest: +SKIP
+    >>> mdata["adt"].obs[["cell_type_match", "cell_type_match_probability"]]  # doctest: +SKIP
     """
     check_mudata(mdata)
     check_copy(mdata, copy)
