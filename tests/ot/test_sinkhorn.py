@@ -746,6 +746,25 @@ def test_cuda_device_object_when_missing_is_refused():
         mm.ot.sinkhorn(x, y, device=torch.device("cuda"))
 
 
+@pytest.mark.parametrize("device", [torch.device("mps"), torch.device("meta"), "cuda:x", "cuda:-1"])
+def test_other_device_types_and_malformed_indices_are_refused_by_name(monkeypatch, device):
+    # With a GPU present, so that only the device's type or index can be what is refused.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    x, y = clouds(10, 10, 3, 0)
+    with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        mm.ot.sinkhorn(x, y, device=device)
+
+
+@pytest.mark.parametrize("device", ["cuda:1", torch.device("cuda", 1)])
+def test_a_cuda_index_beyond_the_devices_is_refused(monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    x, y = clouds(10, 10, 3, 0)
+    with pytest.raises(ValueError, match=r"finds 1 CUDA device\(s\)"):
+        mm.ot.sinkhorn(x, y, device=device)
+
+
 @pytest.mark.parametrize("scale", [1e-22, 1e20])
 def test_cosine_cost_ignores_the_scale_of_the_points(scale):
     # A float32 norm of coordinates ~1e20 overflows (~1e-22: underflows): every point became a zero vector, the cost

@@ -161,18 +161,26 @@ def float64_array(values: object) -> np.ndarray:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` picks CUDA when available, else the CPU."""
-    if isinstance(device, torch.device):
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was asked for but torch finds no CUDA device; pass 'auto' or 'cpu'")
-        return device
+    """``"auto"`` picks CUDA when available, else the CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or such a device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but torch finds no CUDA device; pass device='auto' or 'cpu'")
-    return torch.device(device)
+    is_name = isinstance(device, str) and (device in ("cpu", "cuda") or device.startswith("cuda:"))
+    try:
+        resolved = torch.device(device) if is_name or isinstance(device, torch.device) else None
+    except RuntimeError:  # a malformed index, e.g. "cuda:x"
+        resolved = None
+    # Other device types (mps, meta, ...) would fail later inside torch: the cosine cost works in float64, which
+    # MPS lacks.
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but torch finds no CUDA device; pass device='auto' or 'cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device!r} was asked for but torch finds {torch.cuda.device_count()} CUDA device(s), numbered "
+            "from 0; pass device='cuda' for the current one"
+        )
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
