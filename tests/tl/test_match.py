@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
 import mumatch as mm
 from mumatch._layout import paired_positions, unpaired_mask
@@ -120,6 +121,14 @@ def test_plan_survives_h5mu_round_trip(cite_embedded, tmp_path):
     assert mm.metrics.match_score(back, key="match", mod1="rna", mod2="adt") == pytest.approx(
         mm.metrics.match_score(mdata, key="match", mod1="rna", mod2="adt")
     )
+
+
+def test_a_torch_dtype_is_recorded_by_name_and_the_plan_is_written(cite_embedded, tmp_path):
+    mdata = cite_embedded
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", dtype=torch.float64, device=torch.device("cpu"))
+    assert mdata.uns["match"]["params"]["dtype"] == "float64"
+    mdata.write(tmp_path / "matched.h5mu")
+    assert mudata.read_h5mu(tmp_path / "matched.h5mu").uns["match"]["params"]["dtype"] == "float64"
 
 
 @pytest.mark.parametrize("method", ["exact", "knn"])

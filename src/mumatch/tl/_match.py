@@ -365,7 +365,8 @@ def match_ot(
         "max_iter": int(max_iter),
         "tol": float(tol),
         "n_neighbors": int(n_neighbors),
-        "dtype": dtype,
+        # By name: a torch.dtype (which the solvers take too) cannot be written to .h5mu.
+        "dtype": str(resolve_dtype(dtype)).removeprefix("torch."),
         "memory_budget": memory_budget,
     }
     uns = {"params": {name: value for name, value in params.items() if value is not None}, "blocks": block_records}
