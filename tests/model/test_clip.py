@@ -163,6 +163,17 @@ def test_save_load_round_trip(small, tmp_path):
     assert loaded.history["train_loss"].equals(model.history["train_loss"])
 
 
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
+def test_a_model_trained_in_another_precision_embeds(small, precision):
+    # The Trainer leaves the weights in its precision: the inputs must follow them.
+    model = make_model(small)
+    model.train(**{**FAST, "max_epochs": 1}, precision=precision)
+    assert next(model.module.parameters()).dtype != torch.float32
+    latent = model.get_latent_representation(small, "rna")
+    assert latent.dtype == np.float32 and latent.shape == (small["rna"].n_obs, TINY["n_latent"])
+    np.testing.assert_allclose(np.linalg.norm(latent, axis=1), 1.0, rtol=1e-2)
+
+
 def test_query_mudata_is_embedded(small):
     model = make_model(small)
     model.train(**FAST)

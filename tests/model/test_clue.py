@@ -380,6 +380,16 @@ def test_latent_representation_rejects_a_non_boolean_normalize_subspaces(small):
         model.get_latent_representation(modality="rna", normalize_subspaces="no")
 
 
+def test_a_module_in_another_precision_embeds(small):
+    # Weights cast to half precision (by a Trainer's precision, or to save memory) take inputs of their dtype.
+    model = train_model(small)
+    expected = model.get_latent_representation(modality="rna")
+    model.module.to(torch.bfloat16)
+    latent = model.get_latent_representation(modality="rna")
+    assert latent.dtype == np.float32
+    np.testing.assert_allclose(latent, expected, atol=0.05)
+
+
 def test_latent_representation_of_a_mudata_without_the_modality_names_it(small):
     # The default modality is the first registered one: a query holding only the other says which one it lacks.
     model = train_model(small)

@@ -549,8 +549,12 @@ class CLUE(MuDataModel):
         inputs = torch.as_tensor(self._inputs(mdata, modality))
         self.module.eval()
         index = mods.index(modality)
+        # The inputs follow the weights: a Trainer's precision leaves them in its dtype, and a module moved to a GPU
+        # stays there.
+        weight = next(self.module.parameters())
         pieces = [
-            self.module.embed(index, inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)
+            self.module.embed(index, inputs[start : start + batch_size].to(weight.device, weight.dtype)).float().cpu()
+            for start in range(0, len(inputs), batch_size)
         ]
         n_mods, n_latent = self.module.n_mods, self.module.n_latent
         embedding = torch.cat(pieces).numpy() if pieces else np.zeros((0, n_mods * n_latent), dtype=np.float32)
