@@ -174,6 +174,18 @@ def test_a_model_trained_in_another_precision_embeds(small, precision):
     np.testing.assert_allclose(np.linalg.norm(latent, axis=1), 1.0, rtol=1e-2)
 
 
+def test_weights_saved_from_a_gpu_load_on_the_cpu(small, tmp_path, monkeypatch):
+    model = make_model(small)
+    model.train(**FAST)
+    expected = model.get_latent_representation(small, "rna")
+    with monkeypatch.context() as patched:
+        # Every tensor recorded as a CUDA one, as torch.save writes the state_dict of a module on a GPU.
+        patched.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        model.save(tmp_path / "clip")
+    loaded = mm.model.CLIP.load(tmp_path / "clip", small.copy())
+    np.testing.assert_array_equal(loaded.get_latent_representation(small, "rna"), expected)
+
+
 def test_query_mudata_is_embedded(small):
     model = make_model(small)
     model.train(**FAST)

@@ -644,7 +644,10 @@ class MuDataModel:
             cls._register(mdata, setup.pop("mods"), setup.pop("rep_keys"), check_pairs=False, **setup)
             model = cls(mdata, **cls._saved_init_params(metadata["init_params"]))
             try:
-                model.module.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
+                # On the CPU, where the model is built: weights saved from a module on a GPU load on a machine
+                # without one.
+                state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+                model.module.load_state_dict(state)
             except RuntimeError as error:
                 mismatch = str(error).splitlines()[-1].strip()
                 raise ValueError(
