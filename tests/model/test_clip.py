@@ -174,6 +174,17 @@ def test_a_model_trained_in_another_precision_embeds(small, precision):
     np.testing.assert_allclose(np.linalg.norm(latent, axis=1), 1.0, rtol=1e-2)
 
 
+def test_a_model_trained_in_float64_loads_in_float64(small, tmp_path):
+    model = make_model(small)
+    model.train(**{**FAST, "max_epochs": 1}, precision="64-true")
+    model.save(tmp_path / "clip")
+    loaded = mm.model.CLIP.load(tmp_path / "clip", small.copy())
+    assert next(loaded.module.parameters()).dtype == torch.float64
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(small, "rna"), model.get_latent_representation(small, "rna")
+    )
+
+
 def test_weights_saved_from_a_gpu_load_on_the_cpu(small, tmp_path, monkeypatch):
     model = make_model(small)
     model.train(**FAST)

@@ -647,6 +647,11 @@ class MuDataModel:
                 # On the CPU, where the model is built: weights saved from a module on a GPU load on a machine
                 # without one.
                 state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+                # Weights trained in another precision (a Trainer's precision="64-true") keep it: load_state_dict
+                # would round them to the new module's float32.
+                saved_dtypes = {value.dtype for value in state.values() if value.is_floating_point()}
+                if len(saved_dtypes) == 1:
+                    model.module.to(saved_dtypes.pop())
                 model.module.load_state_dict(state)
             except RuntimeError as error:
                 mismatch = str(error).splitlines()[-1].strip()
