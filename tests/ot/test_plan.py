@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import mumatch as mm
 from mumatch.ot import _parallel, _plan
 
-from .test_sinkhorn import clouds
+from .test_sinkhorn import clouds, matchclot_cost
 
 FAST = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -316,6 +316,19 @@ def test_squared_euclidean_plan_of_points_near_the_float64_limit():
         mm.ot.plan_tile(x, y, plain.f, plain.g, 0.05, plain.cost),
         atol=1e-9,
     )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mutual_knn_weights_in_the_precision_asked_for(dtype):
+    # With every column a neighbour of every row (and so every link mutual), a row's weights are the softmax of
+    # -C / epsilon: a float32 cost is off by ~1e-7, its weights by ~1e-5 at epsilon 0.01.
+    x, y = clouds(30, 20, 5, 2)
+    sparse = mm.ot.mutual_knn(x, y, n_neighbors=30, epsilon=0.01, dtype=dtype, device="cpu")
+    logits = -matchclot_cost(x, y) / 0.01
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    rtol = 1e-6 if dtype == "float64" else 1e-4  # the plan itself is stored in float32
+    np.testing.assert_allclose(sparse.plan.toarray(), expected, rtol=rtol, atol=1e-30)
 
 
 def test_mutual_knn_certainty_is_that_of_the_returned_plan():

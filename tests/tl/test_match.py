@@ -131,6 +131,16 @@ def test_a_torch_dtype_is_recorded_by_name_and_the_plan_is_written(cite_embedded
     assert mudata.read_h5mu(tmp_path / "matched.h5mu").uns["match"]["params"]["dtype"] == "float64"
 
 
+def test_knn_matches_in_the_precision_asked_for(cite_embedded):
+    mdata = cite_embedded
+    for dtype in ("float32", "float64"):
+        mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", method="knn", dtype=dtype, key_added=dtype)
+    assert mdata.uns["float64"]["params"]["dtype"] == "float64"
+    # The same links, weighed on a cost rounded differently.
+    assert (mdata.obsp["float32"] != 0).sum() == (mdata.obsp["float64"] != 0).sum()
+    assert (mdata.obsp["float32"] != mdata.obsp["float64"]).nnz > 0
+
+
 @pytest.mark.parametrize("method", ["exact", "knn"])
 def test_other_methods_same_format(cite_embedded, method):
     mdata = cite_embedded

@@ -7,7 +7,15 @@ import scipy.sparse as sp
 import torch
 
 from .._checks import check_positive
-from ._cost import _buffer, check_points, prepare_cost, resolve_device, resolve_memory_budget, tile_rows
+from ._cost import (
+    _buffer,
+    check_points,
+    prepare_cost,
+    resolve_device,
+    resolve_dtype,
+    resolve_memory_budget,
+    tile_rows,
+)
 from ._plan import SparsePlan, sparse_plan_stats
 
 # Neighbours searched on each side.
@@ -23,6 +31,7 @@ def mutual_knn(
     n_neighbors: int = DEFAULT_N_NEIGHBORS,
     epsilon: float = DEFAULT_EPSILON,
     cost: str = "cosine",
+    dtype: str = "float32",
     device: str = "auto",
     memory_budget: int | None = None,
 ) -> SparsePlan:
@@ -42,7 +51,7 @@ def mutual_knn(
         Temperature of the link weights (> 0).
     cost
         ``"cosine"`` or ``"sqeuclidean"``.
-    device, memory_budget
+    dtype, device, memory_budget
         As in :func:`mumatch.ot.sinkhorn`.
 
     Returns
@@ -53,10 +62,11 @@ def mutual_knn(
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer) or n_neighbors < 1:
         raise ValueError(f"n_neighbors must be an integer >= 1, got {n_neighbors!r}")
     check_positive(epsilon, "epsilon")
+    torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
     memory_budget = resolve_memory_budget(memory_budget, torch_device)
-    forward = prepare_cost(x, y, cost, dtype=torch.float32, device=torch_device, memory_budget=memory_budget)
-    backward = prepare_cost(y, x, cost, dtype=torch.float32, device=torch_device, memory_budget=memory_budget)
+    forward = prepare_cost(x, y, cost, dtype=torch_dtype, device=torch_device, memory_budget=memory_budget)
+    backward = prepare_cost(y, x, cost, dtype=torch_dtype, device=torch_device, memory_budget=memory_budget)
     n_rows, n_cols = forward.shape
     near_xy, neg_cost_xy = _nearest(forward, min(n_neighbors, n_cols), memory_budget)
     near_yx, _ = _nearest(backward, min(n_neighbors, n_rows), memory_budget)

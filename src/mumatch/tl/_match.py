@@ -452,7 +452,14 @@ def _solve_block(
         sparse = ot.exact_matching(x, y, cost=cost)
     elif method == "knn":
         sparse = ot.mutual_knn(
-            x, y, n_neighbors=n_neighbors, epsilon=epsilon, cost=cost, device=device, memory_budget=memory_budget
+            x,
+            y,
+            n_neighbors=n_neighbors,
+            epsilon=epsilon,
+            cost=cost,
+            dtype=dtype,
+            device=device,
+            memory_budget=memory_budget,
         )
     else:
         result = ot.sinkhorn(
