@@ -219,8 +219,8 @@ def sinkhorn(
         Most Sinkhorn iterations, all stages together.
     epsilon_start
         First epsilon of the epsilon-scaling schedule; ``None`` starts where the kernel's exponents reach 50, the
-        smallest epsilon safe in float32 (see :func:`epsilon_schedule`), which means no scaling at MatchCLOT's
-        epsilon.
+        smallest epsilon safe in float32, which means no scaling at MatchCLOT's epsilon (the schedule used is
+        returned in :attr:`SinkhornResult.epsilon_schedule`).
     mode
         ``"dense"`` stores the ``N × M`` kernel, ``"tiled"`` never does, ``"auto"`` stores it when it fits
         ``memory_budget``, and solves again without it (with a ``RuntimeWarning``) when the stored kernel cannot
@@ -228,7 +228,8 @@ def sinkhorn(
     dtype
         ``"float32"`` (default) or ``"float64"``.
     device
-        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (a string or a
+        :class:`torch.device`).
     memory_budget
         Bytes for ``N × M`` work arrays: the dense kernel, or one row tile. ``None`` (default): a quarter of the
         memory available on the device, at most 2 GiB, so that the kernel is stored up to ~23k × 23k cells in

@@ -232,6 +232,7 @@ def match_ot(
     dtype, device, memory_budget
         Precision, device (``"auto"``: CUDA when available) and the bytes allowed for ``N × M`` work arrays
         (``None``: a quarter of the memory available, at most 2 GiB; see :func:`mumatch.ot.sinkhorn`).
+        ``method="exact"`` always solves on the CPU in float64 (scipy's assignment).
     key_added
         Name of the outputs.
     copy
