@@ -218,3 +218,16 @@ def test_representation_without_columns_is_refused_by_train_clip(three_batches):
     with pytest.raises(ValueError, match=r"X_empty.*no columns"):
         mm.tl.train_clip(three_batches, use_rep="X_empty", model_kwargs=TINY, **FAST)
     assert_unchanged(before, three_batches)
+
+
+def test_a_failure_while_embedding_leaves_the_mudata_as_it_was(three_batches, monkeypatch):
+    before = snapshot(three_batches)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("embedding failed")
+
+    monkeypatch.setattr(mm.model.CLIP, "get_latent_representation", fail)
+    with pytest.raises(RuntimeError, match="embedding failed"):
+        mm.tl.train_clip(three_batches, "rna", "atac", use_rep="X_pca", model_kwargs=TINY, **FAST)
+    assert_unchanged(before, three_batches)
+    assert "_mumatch_setup" not in three_batches.uns

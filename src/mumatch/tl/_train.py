@@ -234,17 +234,18 @@ def train_clip(
             options = {"validation": member["validation"], **train_kwargs}
             model.train(random_state=random_state + member["seed_offset"], **options)
             models.append(model)
+        embeddings = {
+            mod: concatenate_members([model.get_latent_representation(mdata, mod) for model in models]).astype(
+                np.float32
+            )
+            for mod in (mod1, mod2)
+        }
     except BaseException:
         if setup_before is None:
             mdata.uns.pop(SETUP_KEY, None)
         else:
             mdata.uns[SETUP_KEY] = setup_before
         raise
-
-    embeddings = {}
-    for mod in (mod1, mod2):
-        parts = [model.get_latent_representation(mdata, mod) for model in models]
-        embeddings[mod] = concatenate_members(parts).astype(np.float32)
 
     warn_replaced_embedding(mdata, [mod1, mod2], key_added)
     for mod in (mod1, mod2):
