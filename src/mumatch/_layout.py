@@ -15,7 +15,7 @@ cells split into batch blocks asks this module, so that the convention is writte
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,10 +283,47 @@ def embed_block(
     mdata: MuData, mod1: str, mod2: str, block_matrix: sp.spmatrix, index1: np.ndarray, index2: np.ndarray
 ) -> sp.csr_matrix:
     """Place a (cells of mod1 × cells of mod2) sparse matrix into ``mdata.obs_names × mdata.obs_names``."""
-    coo = sp.coo_matrix(block_matrix)
-    rows = obs_positions(mdata, mod1)[index1][coo.row]
-    cols = obs_positions(mdata, mod2)[index2][coo.col]
-    return sp.csr_matrix((coo.data, (rows, cols)), shape=(mdata.n_obs, mdata.n_obs))
+    return embed_blocks(mdata, mod1, mod2, [(block_matrix, index1, index2)])
+
+
+def embed_blocks(
+    mdata: MuData, mod1: str, mod2: str, blocks: Sequence[tuple[sp.spmatrix, np.ndarray, np.ndarray]]
+) -> sp.csr_matrix:
+    """Place several ``(block_matrix, index1, index2)`` (see :func:`embed_block`) into one matrix, summing overlaps.
+
+    The CSR is written once, in place: adding each block's embedding to a running sum copies every entry placed so
+    far once per block, and looking up the cells' positions once per block costs a pass over ``mdata.obs_names``
+    each (``match_ot`` outside the solver, 100k cells: 5.5 s in 100 batches, 52 s in 1000). Going through one COO
+    matrix of all entries instead would hold three more arrays of the plan's size.
+    """
+    positions1, positions2 = obs_positions(mdata, mod1), obs_positions(mdata, mod2)
+    pieces = []
+    for block_matrix, index1, index2 in blocks:
+        rows, matrix = positions1[index1], sp.csr_matrix(block_matrix)
+        if np.unique(rows).size < rows.size:
+            # A cell named twice in one block: its rows add up (as the entries of a COO matrix do).
+            rows, inverse = np.unique(rows, return_inverse=True)
+            merge = (np.ones(inverse.size, dtype=matrix.dtype), (inverse, np.arange(inverse.size)))
+            matrix = sp.csr_matrix(merge, shape=(rows.size, inverse.size)) @ matrix
+        pieces.append((rows, matrix, positions2[index2]))
+    indptr = np.zeros(mdata.n_obs + 1, dtype=np.int64)
+    for rows, matrix, _ in pieces:
+        indptr[rows + 1] += np.diff(matrix.indptr)
+    np.cumsum(indptr, out=indptr)
+    index_dtype = np.int32 if mdata.n_obs <= np.iinfo(np.int32).max else np.int64
+    indices = np.empty(indptr[-1], dtype=index_dtype)
+    data = np.empty(indptr[-1], dtype=np.result_type(*(piece[1].dtype for piece in pieces)) if pieces else np.float64)
+    filled = indptr[:-1].copy()
+    for rows, matrix, cols in pieces:
+        lengths = np.diff(matrix.indptr)
+        destination = np.repeat(filled[rows] - matrix.indptr[:-1], lengths)
+        destination += np.arange(matrix.nnz)
+        indices[destination] = cols[matrix.indices]
+        data[destination] = matrix.data
+        filled[rows] += lengths
+    embedded = sp.csr_matrix((data, indices, indptr), shape=(mdata.n_obs, mdata.n_obs))
+    embedded.sum_duplicates()
+    return embedded
 
 
 def extract_block(

@@ -194,6 +194,61 @@ def test_batches_make_blocks(simulated, caplog):
     assert (batch[plan.row] == batch[plan.col]).all()
 
 
+@pytest.fixture
+def many_batches(simulated):
+    """Random embeddings and a column 'b' of six batch levels: the blocks, not the match quality, are under test."""
+    rng = np.random.default_rng(0)
+    for mod in ("rna", "atac"):
+        simulated[mod].obsm["X_shared"] = rng.normal(size=(simulated[mod].n_obs, 8)).astype(np.float32)
+        simulated[mod].obs["b"] = (simulated[mod].obs_names.str.slice(-1).astype(int) % 6).astype(str)
+    return simulated
+
+
+@pytest.mark.parametrize("method", ["sinkhorn", "knn"])
+def test_plan_is_the_sum_of_its_blocks_plans(many_batches, monkeypatch, method):
+    from mumatch._layout import batch_blocks, embed_block
+    from mumatch.tl import _match
+
+    solved = []
+
+    def recording(x, y, *args, **kwargs):
+        sparse = solve_block(x, y, *args, **kwargs)
+        solved.append(sparse.plan)
+        return sparse
+
+    solve_block = _match._solve_block
+    monkeypatch.setattr(_match, "_solve_block", recording)
+    mm.tl.match_ot(many_batches, "rna", "atac", use_rep="X_shared", batch_key="b", method=method)
+    masks = [unpaired_mask(many_batches, "rna", "atac"), unpaired_mask(many_batches, "atac", "rna")]
+    blocks, _ = batch_blocks(many_batches, "rna", "atac", *masks, "b")
+    assert len(blocks) == len(solved) == 6
+    # What match_ot built before the plan was written in one piece: a running sum of each block's embedding.
+    expected = sp.csr_matrix((many_batches.n_obs, many_batches.n_obs), dtype=np.float32)
+    for block, plan in zip(blocks, solved, strict=True):
+        expected = expected + embed_block(many_batches, "rna", "atac", plan, block.index1, block.index2)
+    expected = sp.csr_matrix(expected, dtype=np.float32)
+    expected.sort_indices()
+    plan = many_batches.obsp["match"]
+    assert plan.dtype == np.float32
+    np.testing.assert_array_equal(plan.indptr, expected.indptr)
+    np.testing.assert_array_equal(plan.indices, expected.indices)
+    np.testing.assert_array_equal(plan.data, expected.data)
+
+
+def test_cells_are_placed_in_the_plan_once_whatever_the_number_of_blocks(many_batches, monkeypatch):
+    # Looking the cells up in mdata.obs_names for every block cost O(blocks × cells): 52 s for 1000 batches of 100k.
+    from mumatch import _layout
+
+    calls = []
+    obs_positions = _layout.obs_positions
+    monkeypatch.setattr(_layout, "obs_positions", lambda *args: calls.append(args) or obs_positions(*args))
+    for batch_key, n_blocks in ((None, 1), ("b", 6)):
+        calls.clear()
+        mm.tl.match_ot(many_batches, "rna", "atac", use_rep="X_shared", batch_key=batch_key, method="knn")
+        assert len(many_batches.uns["match"]["blocks"]) == n_blocks
+        assert len(calls) == 2
+
+
 def test_missing_batch_labels_give_one_block(cite_embedded, caplog):
     # The starters' test mod2 cells have no batch label.
     with caplog.at_level(logging.WARNING):

@@ -17,7 +17,7 @@ from .._ensemble import concatenate_members
 from .._layout import (
     batch_blocks,
     check_one_space,
-    embed_block,
+    embed_blocks,
     recorded_plan_mods,
     unpaired_mask,
     warn_conflicting_batches,
@@ -317,7 +317,7 @@ def match_ot(
         logg.warning(note)
 
     start = logg.info(f"matching '{mod1}' and '{mod2}' cells with {method} on {keys[mod1]} ({len(blocks)} block(s))")
-    plan = sp.csr_matrix((mdata.n_obs, mdata.n_obs), dtype=np.float32)
+    pieces = []
     certainty = {
         mod: {name: np.full(mdata[mod].n_obs, np.nan) for name in ("confidence", "entropy")} for mod in (mod1, mod2)
     }
@@ -342,7 +342,7 @@ def match_ot(
             record["cells1"] = mdata[mod1].obs_names[block.index1].to_numpy().astype(str)
             record["cells2"] = mdata[mod2].obs_names[block.index2].to_numpy().astype(str)
         record["status"] = "solved"
-        plan = plan + embed_block(mdata, mod1, mod2, sparse.plan, block.index1, block.index2)
+        pieces.append((sparse.plan, block.index1, block.index2))
         certainty[mod1]["confidence"][block.index1] = sparse.row_confidence
         certainty[mod1]["entropy"][block.index1] = sparse.row_entropy
         certainty[mod2]["confidence"][block.index2] = sparse.col_confidence
@@ -351,6 +351,11 @@ def match_ot(
         if "n_iter" in record:
             solved += f", {record['n_iter']} iterations, marginal error {record['marginal_error']:.2g}"
         logg.info(solved)
+
+    plan = embed_blocks(mdata, mod1, mod2, pieces)
+    plan.eliminate_zeros()  # as summing the blocks' plans did: a stored zero links no cells
+    plan = sp.csr_matrix(plan, dtype=np.float32)
+    plan.sort_indices()
 
     params = {
         "mod1": mod1,
@@ -378,8 +383,6 @@ def match_ot(
     if key_added in target.obsp:
         logg.warning(f"overwriting mdata.obsp['{key_added}']")
     _drop_replaced_certainty(target, key_added, (mod1, mod2))
-    plan = sp.csr_matrix(plan, dtype=np.float32)
-    plan.sort_indices()
     target.obsp[key_added] = plan
     target.uns[key_added] = uns
     for mod in (mod1, mod2):
