@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
-from mumatch._layout import embed_block, embed_blocks, obs_positions
+from mumatch._layout import MISSING_BATCH, batch_blocks, batch_labels, embed_block, embed_blocks, obs_positions
 
 
 def coo_embedding(mdata, mod1, mod2, blocks) -> sp.csr_matrix:
@@ -48,3 +49,25 @@ def test_embed_block_is_embed_blocks_of_one(simulated):
     expected = coo_embedding(simulated, "rna", "atac", [(block, index1, index2)])
     assert (embedded != expected).nnz == 0 and embedded.dtype == np.float64
     assert embed_blocks(simulated, "rna", "atac", []).nnz == 0
+
+
+def test_batch_blocks_hold_the_cells_of_each_level_in_order(simulated):
+    rng = np.random.default_rng(1)
+    for mod in ("rna", "atac"):
+        # 40 levels, some found on one side only, and cells without a label among labelled ones.
+        levels = rng.integers(0, 40 if mod == "rna" else 45, simulated[mod].n_obs).astype(object)
+        levels[rng.random(levels.size) < 0.05] = np.nan
+        simulated[mod].obs["b"] = levels
+    masks = [rng.random(simulated[mod].n_obs) < 0.7 for mod in ("rna", "atac")]
+    blocks, _ = batch_blocks(simulated, "rna", "atac", *masks, "b")
+    # The reference: each level's cells picked by comparing every cell's label with it.
+    values = [
+        batch_labels(simulated, mod, "b").to_numpy()[np.flatnonzero(mask)]
+        for mod, mask in zip(("rna", "atac"), masks, strict=True)
+    ]
+    labelled = [side[side != MISSING_BATCH] for side in values]
+    levels = [str(level) for level in pd.unique(np.concatenate(labelled))] + [MISSING_BATCH]
+    assert [block.name for block in blocks] == levels and len(levels) > 40
+    for block in blocks:
+        for index, side, mask in ((block.index1, values[0], masks[0]), (block.index2, values[1], masks[1])):
+            np.testing.assert_array_equal(index, np.flatnonzero(mask)[side == block.name])

@@ -273,10 +273,26 @@ def batch_blocks(
             f"'{MISSING_BATCH}' (label them, or pass batch_key=None to match all cells in one block)"
         )
     levels = pd.unique(np.concatenate([values1[~unlabelled[mod1]], values2[~unlabelled[mod2]]]))
-    blocks = [Block(str(level), index1[values1 == level], index2[values2 == level]) for level in levels]
+    groups1, groups2 = _level_groups(values1, levels), _level_groups(values2, levels)
+    blocks = [
+        Block(str(level), index1[group1], index2[group2])
+        for level, group1, group2 in zip(levels, groups1, groups2, strict=True)
+    ]
     if counts:
         blocks.append(Block(MISSING_BATCH, index1[unlabelled[mod1]], index2[unlabelled[mod2]]))
     return blocks, notes
+
+
+def _level_groups(values: np.ndarray, levels: np.ndarray) -> list[np.ndarray]:
+    """For each level, the positions in ``values`` that hold it, in increasing order.
+
+    One stable sort of the level codes: comparing ``values`` with each level in turn is O(levels × cells), 4.9 s for
+    1000 batches of 100k cells (an atlas' samples).
+    """
+    codes = pd.Index(levels).get_indexer(values)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(levels) + 1))
+    return [order[start:stop] for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def embed_block(
