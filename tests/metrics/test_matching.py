@@ -195,6 +195,37 @@ def test_foscttm_rejects_bad_chunk_size(chunk_size):
         foscttm(x, x + 0.1, chunk_size=chunk_size)
 
 
+def expanded_foscttm(x, y, chunk_size):
+    """FOSCTTM as the metric computed it before its distances were written in place (the values to reproduce)."""
+    n = x.shape[0]
+    closer = {"x": np.empty(n), "y": np.empty(n)}
+    for start in range(0, n, chunk_size):
+        part, own = slice(start, start + chunk_size), np.arange(start, min(start + chunk_size, n))
+        for name, a, b in (("x", x, y), ("y", y, x)):
+            distance = (a**2).sum(1)[part, None] + (b**2).sum(1)[None, :] - 2 * a[part] @ b.T
+            true_distance = distance[own - start, own][:, None]
+            closer[name][part] = (distance < true_distance).sum(1) + ((distance == true_distance).sum(1) - 1) / 2
+    return float((closer["x"].mean() + closer["y"].mean()) / 2 / max(n - 1, 1))
+
+
+def test_foscttm_equals_the_expanded_distances_and_holds_two_chunks_of_them():
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 4)).round(1)  # rounded: many ties, which count half
+    y = x + rng.normal(scale=0.5, size=x.shape).round(1)
+    assert foscttm(x, y, chunk_size=1000) == expanded_foscttm(x, y, 1000)
+    chunk_bytes = 1000 * x.shape[0] * 8
+    tracemalloc.start()
+    try:
+        foscttm(x, y, chunk_size=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # At most two float64 chunk × n arrays (sum of norms, product) and their comparisons (one byte per entry).
+    assert peak < 2.5 * chunk_bytes
+
+
 def test_foscttm_does_not_depend_on_chunk_size():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 4))

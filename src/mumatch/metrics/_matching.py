@@ -374,16 +374,26 @@ def foscttm(
     x_norms, y_norms = (x**2).sum(1), (y**2).sum(1)
     for start in range(0, n_cells, chunk_size):
         part = slice(start, start + chunk_size)
-        own = np.arange(part.start, min(part.stop, n_cells))
-        # The true distance comes from the same expansion as the others, so rounding never ranks a cell against itself.
-        # A tie counts half (as in the plan's version): a collapsed embedding scores 0.5, not a perfect 0.
-        distance = x_norms[part, None] + y_norms[None, :] - 2 * x[part] @ y.T
-        true_distance = distance[own - start, own][:, None]
-        closer_x[part] = (distance < true_distance).sum(1) + ((distance == true_distance).sum(1) - 1) / 2
-        distance = y_norms[part, None] + x_norms[None, :] - 2 * y[part] @ x.T
-        true_distance = distance[own - start, own][:, None]
-        closer_y[part] = (distance < true_distance).sum(1) + ((distance == true_distance).sum(1) - 1) / 2
+        closer_x[part] = _closer_than_partner(x, y, x_norms, y_norms, part)
+        closer_y[part] = _closer_than_partner(y, x, y_norms, x_norms, part)
     return float((closer_x.mean() + closer_y.mean()) / 2 / max(n_cells - 1, 1))
+
+
+def _closer_than_partner(
+    points: np.ndarray, others: np.ndarray, norms: np.ndarray, other_norms: np.ndarray, part: slice
+) -> np.ndarray:
+    """For each row ``part`` of ``points``: how many of ``others`` are closer than its partner (the same row).
+
+    The true distance comes from the same expansion as the others, so rounding never ranks a cell against itself.
+    A tie counts half (as in the plan's version): a collapsed embedding scores 0.5, not a perfect 0.
+    """
+    own = np.arange(part.start, min(part.stop, points.shape[0]))
+    # The product subtracted in place (the same values as ``a + b - 2 x·y``): two chunk × n float64 arrays at a
+    # time instead of three, 1.2 GB for 50k cells at the default chunk_size.
+    distance = norms[part, None] + other_norms[None, :]
+    distance -= 2 * points[part] @ others.T
+    true_distance = distance[own - part.start, own][:, None]
+    return (distance < true_distance).sum(1) + ((distance == true_distance).sum(1) - 1) / 2
 
 
 def _expected_hits(greater: np.ndarray, ties: np.ndarray, k: int) -> float:
