@@ -417,6 +417,30 @@ def test_monitor_foscttm_agrees_with_the_metric():
     assert float(_foscttm(unit_x, unit_x)) == 0.0
 
 
+def whole_matrix_foscttm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The monitor as it was computed before it went by strips of rows: on the whole similarity matrix."""
+    similarity = x @ y.T
+    true = similarity.diagonal()
+    closer_rows = (similarity > true[:, None]).sum(1) + 0.5 * (similarity == true[:, None]).sum(1) - 0.5
+    closer_cols = (similarity > true[None, :]).sum(0) + 0.5 * (similarity == true[None, :]).sum(0) - 0.5
+    return (closer_rows + closer_cols).float().mean() / (2 * max(x.shape[0] - 1, 1))
+
+
+@pytest.mark.parametrize("max_entries", [1, 7 * 300, 1 << 26])
+def test_monitor_foscttm_by_strips_equals_the_whole_matrix(max_entries):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 8))
+    y = x + rng.normal(size=x.shape)
+    unit_x, unit_y = (torch.nn.functional.normalize(torch.as_tensor(v, dtype=torch.float32), dim=1) for v in (x, y))
+    expected = whole_matrix_foscttm(unit_x, unit_y)
+    assert 0.01 < float(expected) < 0.45
+    # A strip's product may round differently from the whole matrix's; no two similarities here are that close.
+    assert torch.equal(_foscttm(unit_x, unit_y, max_entries=max_entries), expected)
+    # A collapsed embedding ties everywhere, in every strip.
+    collapsed = torch.ones((300, 8)) / np.sqrt(8)
+    assert float(_foscttm(collapsed, collapsed, max_entries=max_entries)) == 0.5
+
+
 def test_seeded_determinism(small):
     first = train_model(small, seed=5).get_latent_representation(modality="atac")
     second = train_model(small, seed=5).get_latent_representation(modality="atac")
