@@ -403,3 +403,27 @@ def test_representation_without_columns_is_refused(small):
     with pytest.raises(ValueError, match=r"X_empty.*no columns"):
         mm.model.CLIP.setup_mudata(small, mod1="rna", mod2="atac", rep_key={"rna": "X_empty", "atac": "X_pca"})
     assert_unchanged(before, small)
+
+
+def test_training_splits_hold_the_paired_cells_aligned(small, monkeypatch):
+    from mumatch.model import _clip
+
+    rows1, rows2 = paired_positions(small, "rna", "atac")
+    for mod, rows in (("rna", rows1), ("atac", rows2)):
+        # The first component names the paired cell: the loaders' rows can be told apart and compared.
+        small[mod].obsm["X_pca"][:, 0] = -1.0
+        small[mod].obsm["X_pca"][rows, 0] = np.arange(rows.size)
+    loaded = []
+    row_loader = _clip.row_loader
+    monkeypatch.setattr(
+        _clip, "row_loader", lambda *arrays, **kwargs: loaded.append(arrays) or row_loader(*arrays, **kwargs)
+    )
+    make_model(small).train(validation=0.25, **FAST)
+    (train1, train2), (validation1, validation2) = loaded
+    for first, second in ((train1, train2), (validation1, validation2)):
+        np.testing.assert_array_equal(first[:, 0], second[:, 0])
+    cells = np.concatenate([train1[:, 0], validation1[:, 0]]).astype(int)
+    np.testing.assert_array_equal(np.sort(cells), np.arange(rows1.size))
+    for mod, rows, arrays in (("rna", rows1, (train1, validation1)), ("atac", rows2, (train2, validation2))):
+        for values in arrays:
+            np.testing.assert_array_equal(values, small[mod].obsm["X_pca"][rows[values[:, 0].astype(int)]])

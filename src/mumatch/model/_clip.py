@@ -370,7 +370,6 @@ class CLIP(MuDataModel):
         positions = paired_positions(self.mdata, *mods)
         if positions[0].size < 2:
             raise ValueError(f"CLIP needs at least 2 paired cells to train, found {positions[0].size}")
-        paired = [values[index] for values, index in zip(inputs, positions, strict=True)]
         train_rows, validation_rows, how = self._validation_split(validation, positions[0].size, random_state)
         batch_size = scaled_batch_size(train_rows.size) if batch_size is None else batch_size
         start = logg.info(
@@ -378,13 +377,20 @@ class CLIP(MuDataModel):
             f"(validation: {how}, {validation_rows.size} cells)"
         )
         lp.seed_everything(random_state, verbose=False)
+        # Each split gathered straight from the inputs: a copy of all paired cells' inputs would stay alive through
+        # training beside the splits' own.
         train_loader = row_loader(
-            *(values[train_rows] for values in paired), batch_size=batch_size, shuffle=True, seed=random_state
+            *(values[index[train_rows]] for values, index in zip(inputs, positions, strict=True)),
+            batch_size=batch_size,
+            shuffle=True,
+            seed=random_state,
         )
         validation_loader = None
         if validation_rows.size:
             validation_loader = row_loader(
-                *(values[validation_rows] for values in paired), batch_size=batch_size, shuffle=False
+                *(values[index[validation_rows]] for values, index in zip(inputs, positions, strict=True)),
+                batch_size=batch_size,
+                shuffle=False,
             )
         plan = TrainingPlan(
             self.module,
