@@ -188,7 +188,7 @@ def test_bad_inputs(multiome):
         match_score(multiome, key="match_true", mod1="adt")
 
 
-@pytest.mark.parametrize("chunk_size", [0, -1, 2.5, None, True])
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.5, "64", True])
 def test_foscttm_rejects_bad_chunk_size(chunk_size):
     x = np.random.default_rng(0).normal(size=(30, 4))
     with pytest.raises(ValueError, match="chunk_size"):
@@ -224,6 +224,21 @@ def test_foscttm_equals_the_expanded_distances_and_holds_two_chunks_of_them():
         tracemalloc.stop()
     # At most two float64 chunk × n arrays (sum of norms, product) and their comparisons (one byte per entry).
     assert peak < 2.5 * chunk_bytes
+
+
+def test_foscttm_chunks_by_default_within_a_fixed_number_of_distances(monkeypatch):
+    import mumatch.metrics._matching as matching
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 4))
+    y = x + rng.normal(scale=0.5, size=x.shape)
+    whole = foscttm(x, y, chunk_size=50)
+    parts = []
+    closer = matching._closer_than_partner
+    monkeypatch.setattr(matching, "FOSCTTM_CHUNK_ENTRIES", 50 * 7)
+    monkeypatch.setattr(matching, "_closer_than_partner", lambda *args: parts.append(args[-1]) or closer(*args))
+    assert foscttm(x, y) == pytest.approx(whole)
+    assert {part.stop - part.start for part in parts} == {7}
 
 
 def test_foscttm_does_not_depend_on_chunk_size():
