@@ -34,6 +34,21 @@ def test_plan_without_groupby_or_truth(matched, tmp_path):
     assert_drawn(ax.get_figure(), tmp_path)
 
 
+def test_plan_colorbar_says_when_it_is_clipped(matched):
+    # The scale ends at the 99th percentile of the drawn weights: the bar must not read as the largest weight.
+    ax = mm.pl.plan(matched, "match", show=False)
+    colorbar = ax.images[0].colorbar
+    weights = np.asarray(ax.images[0].get_array())
+    assert weights.max() > colorbar.vmax
+    assert colorbar.extend == "max"
+    label = colorbar.ax.get_ylabel()
+    assert "clipped" in label and f"{weights.max():.3g}" in label
+    # The truth, all ones, is not clipped: a plain bar.
+    colorbar = mm.pl.plan(matched, "match_true", show=False).images[0].colorbar
+    assert colorbar.extend == "neither"
+    assert colorbar.ax.get_ylabel() == "plan weight"
+
+
 def test_plan_of_the_truth_itself_is_a_permutation(matched):
     ax = mm.pl.plan(matched, "match_true", show=False)
     weights = np.asarray(ax.images[0].get_array())
@@ -144,7 +159,7 @@ def test_plan_default_block_is_the_one_match_ot_used(two_batches):
     ax = mm.pl.plan(mdata, "match", truth=False, show=False)
     first = batches.astype(str).iloc[0]
     assert ax.images[0].get_array().shape[0] == (batches.astype(str) == first).sum()
-    assert f"block {first}" in ax.get_figure().axes[3].get_title()
+    assert f"block {first} (1 of 2)" in ax.get_figure().axes[3].get_title()  # the other block is not drawn
     # Matched in one block (batch_key=None): every matched row is shown, titled as such.
     mm.tl.match_ot(mdata, "rna", "atac", use_rep="X_shared", batch_key=None, key_added="one_block")
     ax = mm.pl.plan(mdata, "one_block", truth=False, show=False)

@@ -68,8 +68,8 @@ def plan_batch_key(mdata: MuData, key: str, batch_key: str | None) -> str | None
 
 def _choose_block(
     mdata: MuData, mod1: str, rows: np.ndarray, batch_key: str | None, block: str | None
-) -> tuple[str, np.ndarray]:
-    """The rows of the requested batch block (default: the first level present) among the matched rows."""
+) -> tuple[str, np.ndarray, list[str]]:
+    """The requested batch block (default: the first level present), its rows among the matched ones, every level."""
     labels = batch_labels(mdata, mod1, batch_key)
     if labels is None:
         if block not in (None, "all"):
@@ -79,7 +79,7 @@ def _choose_block(
                 else f"mdata['{mod1}'] has no '{batch_key}' labels"
             )
             raise ValueError(f"block={block!r} but {reason}; pass block=None, or batch_key= naming the batch column")
-        return "all", rows
+        return "all", rows, ["all"]
     values = labels.to_numpy()[rows]
     levels = [str(level) for level in pd.unique(values)]
     if block is None:
@@ -89,7 +89,7 @@ def _choose_block(
             f"block={block!r} is not a batch level of the matched '{mod1}' cells; choose one of {levels}"
             + (f" ('{MISSING_BATCH}' marks missing labels)" if MISSING_BATCH in levels else "")
         )
-    return str(block), rows[values == str(block)]
+    return str(block), rows[values == str(block)], levels
 
 
 def _truth_block(
@@ -176,7 +176,9 @@ def plan(
     shown, the columns of a group follow their true partners' rows, so that the true pairs (of the same label) lie on
     the diagonal, where a perfect plan puts its mass. Colours show the plan's weights (each row of a plan from
     ``mumatch.tl.match_ot`` sums to 1), on a scale that ends at the 99th percentile of the drawn non-zero weights:
-    larger weights take the darkest colour.
+    larger weights take the darkest colour (the colour bar then ends in a triangle and its label gives the largest
+    weight). A plan of several batch blocks is drawn one block at a time; the title says which (e.g.
+    ``block s1d2 (2 of 3)``).
 
     Parameters
     ----------
@@ -253,7 +255,7 @@ def plan(
     matched = np.flatnonzero(matrix.getnnz(axis=1))
     if matched.size == 0:
         raise ValueError(f"mdata.obsp['{key}'] links no cell of '{mod1}' to a cell of '{mod2}'; check mod1/mod2")
-    block, rows = _choose_block(mdata, mod1, matched, plan_batch_key(mdata, key, batch_key), block)
+    block, rows, levels = _choose_block(mdata, mod1, matched, plan_batch_key(mdata, key, batch_key), block)
     cols = np.flatnonzero(matrix[rows].getnnz(axis=0))
     truth_pairs: list[tuple[int, int]] = []
     if show_truth:
@@ -298,7 +300,13 @@ def plan(
     image = ax.imshow(weights, aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=vmax)
     divider = make_axes_locatable(ax)
     colorbar_ax = divider.append_axes("right", size="4%", pad=0.08)
-    ax.get_figure().colorbar(image, cax=colorbar_ax, label="plan weight")
+    largest = float(weights.max()) if weights.size else 0.0
+    if largest > vmax:
+        # Without saying so, the bar's top would read as the largest weight: it is only the 99th percentile.
+        colorbar = ax.get_figure().colorbar(image, cax=colorbar_ax, extend="max")
+        colorbar.set_label(f"plan weight (clipped at 99th percentile; max {largest:.3g})")
+    else:
+        ax.get_figure().colorbar(image, cax=colorbar_ax, label="plan weight")
     ax.set_xticks([])
     ax.set_yticks([])
     xlabel = f"{mod2} cells" + (f" ({cols.size} of {n_cols} shown)" if cols.size < n_cols else "")
@@ -348,5 +356,7 @@ def plan(
             )
             ax.legend(loc="lower left", fontsize="x-small", frameon=True, markerscale=max(2.0, 3 / np.sqrt(size)))
     where = "all cells" if block == "all" else f"block {block}"
+    if len(levels) > 1:  # the other blocks are not drawn: say so, or the figure reads as the whole plan
+        where += f" ({levels.index(block) + 1} of {len(levels)})"
     title_ax.set_title(title if title is not None else f"{key}: {mod1} → {mod2}, {where}")
     return finish(ax, show, save, "plan")
