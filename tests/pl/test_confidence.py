@@ -20,7 +20,10 @@ def test_confidence_without_groups_and_entropy(matched, tmp_path):
     for mod in ("rna", "atac"):
         matched[mod].obs["match_entropy"] = -np.log(matched[mod].obs["match_confidence"])
     ax = mm.pl.confidence(matched, groupby=None, value="entropy", save=tmp_path / "c.png", show=False)
-    assert [label.get_text().split(" (")[0] for label in ax.get_yticklabels()] == ["rna", "atac"]
+    # One violin per modality, no legend: each with its own count of matched cells (not 'rna (279 / 0)').
+    counts = {mod: matched[mod].obs["match_entropy"].notna().sum() for mod in ("rna", "atac")}
+    assert [label.get_text() for label in ax.get_yticklabels()] == [f"{mod} ({n})" for mod, n in counts.items()]
+    assert "nats" in ax.get_xlabel()
     assert (tmp_path / "c.png").exists()
 
 

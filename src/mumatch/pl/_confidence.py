@@ -33,9 +33,12 @@ def confidence(
 
     ``mumatch.tl.match_ot`` writes, for every matched cell, ``mdata[mod].obs[f"{key}_confidence"]`` (its largest
     weight in the full OT plan, before ``top_k`` or the mass threshold, after normalising the cell's row or column to
-    1) and ``f"{key}_entropy"``. Groups of cells the matcher is unsure about (low confidence, high entropy) are those
-    whose partners are hard to tell apart. Each group's label gives its number of matched cells in each modality,
-    in the legend's order (e.g. ``NK (41 / 38)``).
+    1) and ``f"{key}_entropy"`` (of that normalised row, in nats). Groups of cells the matcher is unsure about (low
+    confidence, high entropy) are those whose partners are hard to tell apart. Both depend on the number ``n`` of
+    cells a cell could be matched to (those of the other modality in its batch block): a plan that does not tell them
+    apart gives confidence ``1/n`` and entropy ``ln(n)``, one partner alone confidence 1 and entropy 0. Each group's
+    label gives its number of matched cells in each modality, in the legend's order (e.g. ``NK (41 / 38)``); with
+    ``groupby=None``, one violin per modality, its number of matched cells.
 
     Parameters
     ----------
@@ -121,10 +124,15 @@ def confidence(
         ax=ax,
     )
     counts = data.groupby(["group", "modality"]).size().unstack(fill_value=0).reindex(columns=list(mods), fill_value=0)
-    # Cells per modality, in the legend's order.
-    ax.set_yticks(range(len(order)), [f"{label} ({' / '.join(map(str, counts.loc[label]))})" for label in order])
+    if groupby is not None:
+        # Cells per modality, in the legend's order.
+        names = [f"{label} ({' / '.join(map(str, counts.loc[label]))})" for label in order]
+    else:
+        # One group per modality, without a legend: its own count ('rna (441 / 0)' read as a count of nothing).
+        names = [f"{label} ({counts.loc[label, label]})" for label in order]
+    ax.set_yticks(range(len(order)), names)
     ax.set_ylabel(groupby or "")
-    ax.set_xlabel(f"match {value} ({key})")
+    ax.set_xlabel(f"match {value} ({key})" if value == "confidence" else f"match entropy, nats ({key})")
     ax.grid(False)
     if groupby is not None:
         ax.legend(title="", loc="best", fontsize="small", frameon=False)
