@@ -49,10 +49,57 @@ def test_training_ensemble_and_history_dict(tmp_path):
     ax = mm.pl.training(models, metrics="loss", log_y=True, save=tmp_path / "t.png", show=False)
     assert len(ax.lines) == 4
     assert ax.get_yscale() == "log"
-    assert [text.get_text() for text in ax.get_legend().get_texts()][0] == "model 0 train"
+    # Colours name the models, line styles the stages.
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["model 0", "model 1", "train", "validation"]
     assert mm.pl.training(_history(), metrics=["temperature"], show=False).get_title() == "temperature"
     single = mm.pl.training([models[0]], metrics="loss", show=False)
     assert [text.get_text() for text in single.get_legend().get_texts()] == ["train", "validation"]
+
+
+def _overlap(first, second) -> bool:
+    return first.width > 0 and second.width > 0 and first.overlaps(second)
+
+
+def test_training_legend_is_one_key_beside_the_panels_not_over_the_curves():
+    # An ensemble of three with a best epoch each: six curves per panel.
+    models = [SimpleNamespace(history=_history(scale), train_info={"best_epoch": 3 + scale}) for scale in (1, 2, 3)]
+    axes = mm.pl.training(models, show=False)
+    with_legend = [ax for ax in axes if ax.get_legend() is not None]
+    assert with_legend == [axes[-1]]  # one legend, for every panel
+    legend = axes[-1].get_legend()
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert labels == ["model 0", "model 1", "model 2", "train", "validation", "best epoch"]
+    figure = axes[0].get_figure()
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    assert not any(_overlap(box, ax.get_window_extent(renderer)) for ax in axes)  # outside every panel
+
+
+def test_training_one_stage_panel_and_best_epoch_are_explained():
+    # A metric recorded for validation only (CLUE's FOSCTTM) is dashed: the key must say what dashed means.
+    history = {"validation_foscttm": pd.DataFrame({"validation_foscttm": np.linspace(0.4, 0.1, 12)})}
+    ax = mm.pl.training(SimpleNamespace(history=history, train_info={"best_epoch": 9}), show=False)
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["validation", "best epoch"]
+
+
+def test_training_epochs_are_whole_numbers_and_panels_do_not_overlap():
+    epochs = pd.Index(np.arange(3), name="epoch")
+    history = {
+        "train_loss": pd.DataFrame({"train_loss": [8.0, 5.5, 5.3]}, index=epochs),
+        "lr": pd.DataFrame({"lr": [1.75e-4] * 3}, index=epochs),
+        "train_logit_scale": pd.DataFrame({"train_logit_scale": [54.598, 54.589, 54.58]}, index=epochs),
+    }
+    axes = mm.pl.training(history, show=False)
+    figure = axes[0].get_figure()
+    figure.canvas.draw()
+    for ax in axes:
+        ticks = ax.get_xticks()
+        assert np.allclose(ticks, np.round(ticks)), ticks
+    # The learning rate's long tick labels stay clear of the panel beside it.
+    renderer = figure.canvas.get_renderer()
+    boxes = [ax.get_tightbbox(renderer) for ax in axes]
+    assert not any(_overlap(boxes[i], boxes[j]) for i in range(len(boxes)) for j in range(i + 1, len(boxes)))
 
 
 def test_training_bad_input():

@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from .._validate import check_int
 from ._utils import check_save, finish
@@ -74,7 +76,9 @@ def training(
     Works with mumatch's models (:class:`mumatch.model.CLIP`, :class:`mumatch.model.CLUE`) and scvi-tools' (their
     ``history`` is a dict of one-column DataFrames indexed by epoch, with keys such as ``train_loss`` /
     ``validation_loss`` or ``elbo_train`` / ``elbo_validation``). The best validation epoch, when the model
-    records it in ``train_info['best_epoch']``, is marked with a dotted line.
+    records it in ``train_info['best_epoch']``, is marked with a dotted line. One legend, beside the first row of
+    panels, names the line styles (and the colours of an ensemble's models). A validation curve that turns up while
+    the training one keeps falling is overfitting.
 
     Parameters
     ----------
@@ -131,30 +135,50 @@ def training(
     if ax is None:
         n_cols = min(ncols, len(curves))
         n_rows = int(np.ceil(len(curves) / n_cols))
-        figure, grid = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 2.9 * n_rows), squeeze=False)
+        # Constrained: long tick labels (a learning rate's 0.0001825) would run into the next panel with fixed spacing.
+        _, grid = plt.subplots(
+            n_rows, n_cols, figsize=(3.6 * n_cols, 2.9 * n_rows), squeeze=False, layout="constrained"
+        )
         for extra in grid.ravel()[len(curves) :]:
             extra.remove()
         axes = list(grid.ravel()[: len(curves)])
-        figure.subplots_adjust(wspace=0.35, hspace=0.55)
     else:
         axes = [ax]
     labels = [label for label, _, _ in histories]
     colors = {label: plt.get_cmap("tab10")(position % 10) for position, label in enumerate(labels)}
     styles = {"train": "-", "validation": "--", "": "-"}
     stage_order = {"train": 0, "validation": 1, "": 2}
+    stages = set()
+    best_marked = False
     for panel, (metric, lines) in zip(axes, curves.items(), strict=True):
         for label, stage, series in sorted(lines, key=lambda line: (labels.index(line[0]), stage_order[line[1]])):
             name = " ".join(part for part in (label, stage) if part) or metric
             panel.plot(series.index, series.to_numpy(), styles[stage], color=colors[label], linewidth=1.2, label=name)
+            stages.add(stage)
         for label, _, info in histories:
             if info.get("best_epoch") is not None:
                 panel.axvline(info["best_epoch"], color=colors[label], linestyle=":", linewidth=0.8)
+                best_marked = True
         if log_y:
             panel.set_yscale("log")
         panel.set_title(metric)
         panel.set_xlabel("epoch")
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 0.5
         panel.spines[["top", "right"]].set_visible(False)
         panel.grid(False)
-        if len(lines) > 1:
-            panel.legend(fontsize="x-small", frameon=False)
+    # One key for every panel, beside the first row: per-panel legends covered the curves of an ensemble, and a panel
+    # with one stage (e.g. validation FOSCTTM) or the best-epoch line had none.
+    single = labels[0] if len(labels) == 1 else None
+    handles = [] if single is not None else [Line2D([], [], color=colors[label], label=label) for label in labels]
+    handles += [
+        Line2D([], [], linestyle=styles[stage], color=colors[single] if single is not None else "0.3", label=stage)
+        for stage in ("train", "validation")
+        if stage in stages
+    ]
+    if best_marked:
+        handles.append(Line2D([], [], linestyle=":", linewidth=0.8, color="0.3", label="best epoch"))
+    if handles:
+        axes[min(ncols, len(axes)) - 1].legend(
+            handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", fontsize="small", frameon=False
+        )
     return finish(axes[0] if len(axes) == 1 else axes, show, save, "training")
