@@ -36,6 +36,32 @@ def test_scores_of_a_score_table_indexed_by_method(table, tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 2_000
 
 
+def test_scores_long_method_names_stay_clear_of_the_other_panels():
+    # Without a data set, the rotated method names under each panel ran into the panels beside and below it.
+    methods = ["MatchCLOT reference implementation", "mumatch CLIP+OT", "mumatch CLUE+OT", "random"]
+    summary = pd.DataFrame(
+        np.random.default_rng(0).random((4, 5)), index=pd.Index(methods, name="method"), columns=list("abcde")
+    )
+    axes = mm.pl.scores(summary, show=False)
+    figure = axes[0].get_figure()
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    boxes = [ax.get_tightbbox(renderer) for ax in axes]
+    overlapping = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+    assert not overlapping
+
+
+def test_scores_legend_beside_one_panel_leaves_the_panel_its_width(table):
+    table = table.replace({"MatchCLOT": "MatchCLOT reference implementation"})
+    ax = mm.pl.scores(table, metrics="match score", show=False)
+    figure = ax.get_figure()
+    figure.canvas.draw()
+    # Data sets × methods ask for 0.45 inch a bar: the legend must not squeeze the panel to make room for itself.
+    assert ax.get_position().width * figure.get_figwidth() > 0.45 * 4
+    legend_box = ax.get_legend().get_window_extent()
+    assert legend_box.x1 <= figure.bbox.x1  # and it is inside the figure
+
+
 def test_scores_of_score_tables_concatenated_by_dataset(table, tmp_path):
     # Two printed score tables (indexed by method) concatenated by data set: indexed by (dataset, method).
     tables = {name: part.groupby("method")[["match score"]].mean() for name, part in table.groupby("dataset")}

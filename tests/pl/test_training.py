@@ -74,6 +74,9 @@ def test_training_legend_is_one_key_beside_the_panels_not_over_the_curves():
     renderer = figure.canvas.get_renderer()
     box = legend.get_window_extent(renderer)
     assert not any(_overlap(box, ax.get_window_extent(renderer)) for ax in axes)  # outside every panel
+    assert box.x1 <= figure.bbox.x1  # inside the figure, which is widened for it
+    loss = mm.pl.training(models, metrics="loss", show=False)
+    assert loss.get_position().width * loss.get_figure().get_figwidth() > 2.5  # not squeezed by the legend
 
 
 def test_training_one_stage_panel_and_best_epoch_are_explained():

@@ -12,7 +12,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 
 from .._validate import check_int
-from ._utils import category_colors, check_save, finish
+from ._utils import category_colors, check_save, finish, widen_for_legend
 
 NOT_METRICS = ("seed", "random_state", "replicate", "n_cells")
 LOWER_IS_BETTER = ("foscttm", "time", "seconds", "memory", "rss")
@@ -126,14 +126,24 @@ def scores(
         n_rows = int(np.ceil(len(metrics) / n_cols))
         n_groups = data[x_key].nunique()
         width = max(3.0, 0.45 * n_groups * (len(methods) if has_dataset else 1) + 1.2)
-        figure, grid = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, 3.2 * n_rows), squeeze=False)
+        height = 3.2
+        if not has_dataset:
+            # Room for the method names under the bars, slanted by 30° (about 0.07 inch a character).
+            longest = max(len(method) for method in methods)
+            width, height = width + 0.06 * longest, height + 0.035 * longest
+        # Constrained: with fixed spacing, slanted method names ran into the panels beside and below.
+        _, grid = plt.subplots(
+            n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False, layout="constrained"
+        )
         for extra in grid.ravel()[len(metrics) :]:
             extra.remove()
         axes = list(grid.ravel()[: len(metrics)])
-        figure.subplots_adjust(wspace=0.35, hspace=0.5)
     else:
         axes = [ax]
     palette = category_colors(methods)
+    # The legend goes beside the first row, in the last column: beside a panel of another column, the constrained
+    # layout would widen that column's margin for every row.
+    legend_panel = axes[min(ncols, len(axes)) - 1]
     for panel, name in zip(axes, metrics, strict=True):
         sns.barplot(
             data=data,
@@ -146,7 +156,7 @@ def scores(
             capsize=0.1,
             err_kws={"linewidth": 0.8},
             ax=panel,
-            legend=panel is axes[-1],
+            legend=panel is legend_panel,
         )
         lower = any(word in str(name).lower() for word in LOWER_IS_BETTER)
         panel.set_title(f"{name} (lower is better)" if lower else str(name))
@@ -158,9 +168,11 @@ def scores(
             for label in panel.get_xticklabels():
                 label.set_horizontalalignment("right")
         panel.spines[["top", "right"]].set_visible(False)
-    if axes[-1].get_legend() is not None:
+    if legend_panel.get_legend() is not None:
         if has_dataset:
-            axes[-1].legend(title=method_key, bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
+            legend = legend_panel.legend(title=method_key, bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
+            if ax is None:
+                widen_for_legend(legend)
         else:
-            axes[-1].get_legend().remove()
+            legend_panel.get_legend().remove()
     return finish(axes[0] if len(axes) == 1 else axes, show, save, "scores")

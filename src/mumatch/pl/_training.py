@@ -14,7 +14,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .._validate import check_int
-from ._utils import check_save, finish
+from ._utils import check_save, finish, widen_for_legend
 
 STAGES = (("train_", "train"), ("validation_", "validation"), ("val_", "validation"))
 SUFFIXES = (("_train", "train"), ("_validation", "validation"))
@@ -178,7 +178,9 @@ def training(
     if best_marked:
         handles.append(Line2D([], [], linestyle=":", linewidth=0.8, color="0.3", label="best epoch"))
     if handles:
-        axes[min(ncols, len(axes)) - 1].legend(
+        legend = axes[min(ncols, len(axes)) - 1].legend(
             handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", fontsize="small", frameon=False
         )
+        if ax is None:
+            widen_for_legend(legend)
     return finish(axes[0] if len(axes) == 1 else axes, show, save, "training")

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import is_color_like, to_hex
+from matplotlib.legend import Legend
 from mudata import MuData
 from scanpy import logging as logg
 from scanpy import settings
@@ -80,6 +81,16 @@ def finish(
         plt.show()
         return None
     return axes if isinstance(axes, Axes) else list(axes)
+
+
+def widen_for_legend(legend: Legend) -> None:
+    """Widen the (constrained layout) figure of a legend drawn beside its panels by the legend's width.
+
+    Without it the layout makes room for the legend by narrowing the panels: one panel with a long legend was
+    squeezed to a third of its width.
+    """
+    figure = legend.figure
+    figure.set_figwidth(figure.get_figwidth() + legend.get_window_extent().width / figure.dpi)
 
 
 def column_categories(values: pd.Series) -> list[str]:
