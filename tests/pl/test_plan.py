@@ -1,3 +1,4 @@
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.axes import Axes
@@ -43,6 +44,10 @@ def test_plan_colorbar_says_when_it_is_clipped(matched):
     assert colorbar.extend == "max"
     label = colorbar.ax.get_ylabel()
     assert "clipped" in label and f"{weights.max():.3g}" in label
+    # Under scanpy's figure parameters (axes.grid on), no grid lines cross the colour scale.
+    with plt.rc_context({"axes.grid": True}):
+        colorbar = mm.pl.plan(matched, "match", show=False).images[0].colorbar
+    assert not any(line.get_visible() for line in colorbar.ax.get_ygridlines())
     # The truth, all ones, is not clipped: a plain bar.
     colorbar = mm.pl.plan(matched, "match_true", show=False).images[0].colorbar
     assert colorbar.extend == "neither"

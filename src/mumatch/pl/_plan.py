@@ -304,9 +304,10 @@ def plan(
     if largest > vmax:
         # Without saying so, the bar's top would read as the largest weight: it is only the 99th percentile.
         colorbar = ax.get_figure().colorbar(image, cax=colorbar_ax, extend="max")
-        colorbar.set_label(f"plan weight (clipped at 99th percentile; max {largest:.3g})")
+        colorbar.set_label(f"plan weight (top 1% clipped, max {largest:.3g})")
     else:
         ax.get_figure().colorbar(image, cax=colorbar_ax, label="plan weight")
+    colorbar_ax.grid(False)  # scanpy's figure parameters turn the grid on: white lines across the colour scale
     ax.set_xticks([])
     ax.set_yticks([])
     xlabel = f"{mod2} cells" + (f" ({cols.size} of {n_cols} shown)" if cols.size < n_cols else "")
