@@ -93,6 +93,39 @@ def test_map_row_ranges_raises_a_workers_error_after_every_worker_finished():
         torch.set_num_threads(previous)
 
 
+def test_an_interrupted_caller_waits_for_its_workers(monkeypatch):
+    # Ctrl-C reaches the caller in its wait, never a worker: the caller may not move on while they still write.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    release, started, seen = threading.Event(), threading.Event(), []
+    real_wait = _parallel.wait
+
+    def interrupted_wait(futures):
+        seen.append(futures)
+        if len(seen) == 1:
+            started.wait(timeout=10)
+            raise KeyboardInterrupt
+        release.set()
+        return real_wait(futures)
+
+    def work(lo, hi):
+        if lo > 0:
+            started.set()
+            release.wait(timeout=10)
+        return lo
+
+    monkeypatch.setattr(_parallel, "wait", interrupted_wait)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _parallel.map_row_ranges(work, 80, 2, torch.device("cpu"))
+        assert all(future.done() for future in seen[0])
+        monkeypatch.setattr(_parallel, "wait", real_wait)
+        assert _parallel.map_row_ranges(lambda lo, hi: lo, 80, 2, torch.device("cpu")) == [0, 40]
+    finally:
+        release.set()
+        torch.set_num_threads(previous)
+
+
 def test_sum_in_order_adds_left_to_right():
     parts = [torch.tensor([1e8], dtype=torch.float32), torch.tensor([1.0]), torch.tensor([-1e8])]
     assert float(_parallel.sum_in_order(parts)) == 0.0  # (1e8 + 1) rounds to 1e8 in float32

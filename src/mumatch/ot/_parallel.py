@@ -96,7 +96,15 @@ def map_row_ranges(work: Callable[[int, int], Result], n_rows: int, step: int, d
     if len(ranges) == 1:
         return [work(0, n_rows)]
     futures = [_pool(len(ranges)).submit(work, lo, hi) for lo, hi in ranges]
-    wait(futures)  # all of them, even when one fails: none may go on writing after the caller has moved on
+    try:
+        wait(futures)  # all of them, even when one fails: none may go on writing after the caller has moved on
+    except BaseException:
+        # A KeyboardInterrupt lands in the caller's wait, not in the workers: without this they went on writing
+        # into the caller's arrays, and the next call queued behind them. Ranges not started are dropped.
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        raise
     return [future.result() for future in futures]
 
 
