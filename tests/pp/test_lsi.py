@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from mumatch.pp import _lsi
 from mumatch.pp._lsi import matmul, randomized_svd, rmatmul, standardize_rows
@@ -58,6 +61,52 @@ def test_randomized_svd_recovers_a_low_rank_matrix(seed):
     np.testing.assert_allclose(components @ components.T, np.eye(6), atol=1e-4)
     # Deterministic signs: the largest loading of each component is positive.
     assert (components[np.arange(6), np.abs(components).argmax(axis=1)] > 0).all()
+
+
+def _in_a_thread(function) -> None:
+    # threadpoolctl lets one live thread at a time set OpenBLAS's count: a thread that has ended holds no control.
+    thread = threading.Thread(target=function)
+    thread.start()
+    thread.join()
+
+
+def test_overlapping_svds_in_two_threads_leave_blas_threads_as_they_were(monkeypatch):
+    if not any(info["user_api"] == "blas" for info in threadpool_info()):
+        pytest.skip("no BLAS library that threadpoolctl controls")
+    inside = {name: threading.Event() for name in ("first", "second")}
+    go = {name: threading.Event() for name in ("first", "second")}
+    real_matmul = _lsi.matmul
+
+    def paused_matmul(matrix, dense):
+        name = threading.current_thread().name
+        if not inside[name].is_set():
+            inside[name].set()
+            go[name].wait(timeout=10)
+        return real_matmul(matrix, dense)
+
+    monkeypatch.setattr(_lsi, "matmul", paused_matmul)
+    matrix = sp.random(60, 40, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    threads = {name: threading.Thread(target=randomized_svd, args=(matrix, 5), name=name) for name in go}
+    limits = []
+    _in_a_thread(lambda: limits.append(threadpool_limits(limits=2, user_api="blas")))  # 2 even on one core
+    try:
+        threads["first"].start()
+        assert inside["first"].wait(timeout=10)
+        threads["second"].start()
+        # Before the fix the second SVD entered here, found the first's limit of 1, and put it back last.
+        inside["second"].wait(timeout=1)
+        go["first"].set()
+        threads["first"].join(timeout=10)
+        assert inside["second"].wait(timeout=10)
+        go["second"].set()
+        threads["second"].join(timeout=10)
+        assert {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"} == {2}
+    finally:
+        for event in go.values():
+            event.set()
+        for thread in threads.values():
+            thread.join(timeout=10)
+        _in_a_thread(limits[0].restore_original_limits)
 
 
 def test_randomized_svd_in_feature_chunks_matches_exact_svd(monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,6 +19,10 @@ N_OVERSAMPLES = 10
 N_POWER_ITERATIONS = 2
 THREADED_NNZ = 1 << 20  # below this many non-zeros a sparse product is faster than starting threads
 COLUMN_BLOCK = 16  # dense columns per sparse product (see _product)
+# BLAS thread counts belong to the process, not to a thread: two SVDs in overlapping threads each restored the count
+# it found on entering, the second found the first's limit of 1, and BLAS stayed on one thread for good. One SVD at a
+# time holds the limit (each of them already keeps every core busy with its own threads).
+_BLAS_LIMIT_LOCK = threading.Lock()
 
 
 def _n_threads() -> int:
@@ -141,7 +146,7 @@ def randomized_svd(
     # The sparse products run in our own threads (one per column block); BLAS stays single-threaded meanwhile. A
     # multi-threaded OpenBLAS QR of a (cells × ~260) block was measured 15× slower (100× on small blocks) than a
     # single thread on a loaded 2-core machine, where its threads wait on each other.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _BLAS_LIMIT_LOCK, threadpool_limits(limits=1, user_api="blas"):
         basis = matmul(matrix, test_matrix)
         del test_matrix  # features × size: as large as every other dense block at 100k peaks
         for _ in range(n_iter):
