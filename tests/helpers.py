@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import random
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
+import torch
 from mudata import MuData
 
 
@@ -28,3 +33,25 @@ def assert_unchanged(before: dict, mdata: MuData) -> None:
 
 def dense(matrix) -> np.ndarray:
     return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
+
+
+def _seed_global_generators() -> None:
+    random.seed(5)
+    np.random.seed(5)  # noqa: NPY002 (the global generator is the point)
+    torch.manual_seed(5)
+
+
+def _global_draws() -> tuple[float, float, float]:
+    return random.random(), float(np.random.rand()), float(torch.rand(1))  # noqa: NPY002
+
+
+def assert_global_random_state_kept(function: Callable[[], object]) -> None:
+    """``function()`` leaves Python's, numpy's and torch's global generators, and Lightning's seed variables, alone."""
+    names = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+    environment = {name: os.environ.get(name) for name in names}
+    _seed_global_generators()
+    expected = _global_draws()
+    _seed_global_generators()
+    function()
+    assert _global_draws() == expected
+    assert {name: os.environ.get(name) for name in names} == environment

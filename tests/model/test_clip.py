@@ -10,7 +10,7 @@ from mudata import MuData
 
 import mumatch as mm
 from mumatch._layout import paired_positions
-from tests.helpers import assert_unchanged, snapshot
+from tests.helpers import assert_global_random_state_kept, assert_unchanged, snapshot
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", module="lightning")
@@ -60,6 +60,11 @@ def test_train_embeds_every_cell_with_unit_norm(small):
     assert set(model.history) >= {"train_loss", "validation_loss"}
     assert len(model.history["train_loss"]) == model.train_info["epochs"]
     assert "trained" in repr(model) and "X_pca" in repr(model)
+
+
+def test_init_and_train_leave_the_callers_global_random_generators_alone(small):
+    # Seeding the global generators and leaving them so gave the caller the same "random" numbers after each training.
+    assert_global_random_state_kept(lambda: make_model(small).train(**{**FAST, "max_epochs": 1}))
 
 
 def test_validation_auto_holds_out_first_batch(small):

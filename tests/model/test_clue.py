@@ -16,7 +16,7 @@ from mumatch.model._clue import _foscttm
 from mumatch.module._clue import CLUEModule
 from mumatch.nn._discriminator import ModalityDiscriminator, reverse_gradient
 from mumatch.nn._likelihoods import bernoulli_log_likelihood, count_log_likelihood, negative_binomial_log_likelihood
-from tests.helpers import assert_unchanged, snapshot
+from tests.helpers import assert_global_random_state_kept, assert_unchanged, snapshot
 
 # Small networks and few epochs keep every training test to a few seconds.
 TINY = {"n_latent": 4, "n_hidden": 16, "n_hidden_decoder": 16, "n_hidden_discriminator": 16}
@@ -60,6 +60,21 @@ def train_model(mdata, mods=None, seed=0, **model_kwargs):
     model = mm.model.CLUE(mdata, random_state=seed, **{**TINY, **model_kwargs})
     model.train(random_state=seed, **QUICK)
     return model
+
+
+def test_init_and_train_leave_the_callers_global_random_generators_alone(small):
+    assert_global_random_state_kept(lambda: train_model(small))
+
+
+def test_building_and_training_do_not_start_cuda(small, monkeypatch):
+    # Reading a CUDA generator's state starts CUDA; Lightning's forking strategies (ddp_notebook) then refuse to run.
+    def started(*args, **kwargs):
+        raise AssertionError("CUDA was started")
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", started)
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    mm.model.CLUE(small, **TINY).train(accelerator="cpu", **QUICK)
 
 
 # ----- building blocks ---------------------------------------------------------------------------------------------

@@ -29,8 +29,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import random
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -138,6 +141,44 @@ def modality_inputs(mdata: MuData, registration: ModalityRegistration, argument:
             "(e.g. with the same n_comps)"
         )
     return np.ascontiguousarray(values, dtype=np.float32)
+
+
+# What Lightning's seed_everything exports for the processes it starts (reset_seed in a later run's DDP setup reads it).
+SEED_ENVIRONMENT = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+
+def forked_torch_rng() -> AbstractContextManager:
+    """Give torch's generators back as they were after the block: the CPU's, and CUDA's where CUDA has started.
+
+    ``fork_rng()``'s default reads the state of every CUDA device, which starts CUDA in the caller's process: a
+    Lightning strategy that forks (``ddp_notebook``) then refuses to run.
+    """
+    devices = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
+    return torch.random.fork_rng(devices=devices)
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Lightning's ``seed_everything(seed)`` inside; the caller's generators and environment as they were after it.
+
+    Python's, numpy's and torch's global generators are given back, and Lightning's seed variables. A training that
+    seeded the global generators and left them so reset the caller's random streams: every ``np.random`` draw after
+    each training gave the same numbers.
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()  # noqa: NPY002 (the caller's)
+    environment = {name: os.environ.get(name) for name in SEED_ENVIRONMENT}
+    with forked_torch_rng():
+        try:
+            lp.seed_everything(seed, verbose=False)
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)  # noqa: NPY002
+            for name, value in environment.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 class ShuffledBatches(torch.utils.data.Sampler):
@@ -489,11 +530,13 @@ class MuDataModel:
         accelerator: str = "auto",
         devices: int | str = "auto",
         progress_bar: bool = True,
+        seed: int = 0,
         **trainer_kwargs: Any,
     ) -> None:
         """Train ``plan`` with Lightning; restore the weights best on ``monitor``; fill ``history`` and ``train_info``.
 
-        ``monitor`` is a validation metric that ``plan`` logs (lower is better); early stopping watches it too.
+        ``monitor`` is a validation metric that ``plan`` logs (lower is better); early stopping watches it too. The
+        global generators are seeded with ``seed`` for the training and given back to the caller as they were.
         """
         # Lightning's own name for the switch (the docs pass extra arguments to the Trainer) means progress_bar.
         progress_bar = bool(trainer_kwargs.pop("enable_progress_bar", progress_bar))
@@ -524,13 +567,14 @@ class MuDataModel:
         if validation_loader is None:
             trainer_options["limit_val_batches"] = 0  # Lightning's default (all batches) needs no option, nor a notice
         trainer_options.update(trainer_kwargs)
-        trainer = lp.Trainer(callbacks=callbacks, **trainer_options)
-        plan.module.train()
-        with warnings.catch_warnings():
-            if validation_loader is None:
-                # Training without held-out cells is the caller's choice (validation=None), not a forgotten loader.
-                warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`")
-            trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=validation_loader)
+        with seeded(seed):
+            trainer = lp.Trainer(callbacks=callbacks, **trainer_options)
+            plan.module.train()
+            with warnings.catch_warnings():
+                if validation_loader is None:
+                    # Training without held-out cells is the caller's choice (validation=None), not a forgotten loader.
+                    warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`")
+                trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=validation_loader)
         self.module = plan.module.cpu().eval()
         # Read from the plan, not the callbacks: a spawning strategy ran them in other processes.
         summary = plan.fit_summary

@@ -6,7 +6,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import lightning.pytorch as lp
 import numpy as np
 import torch
 from mudata import MuData
@@ -16,7 +15,7 @@ from .._layout import MISSING_BATCH, held_out_batches, label_name, paired_batch_
 from .._modality import assay_of
 from .._validate import check_int, check_mod, check_mudata, check_obs_names, check_positive, is_number
 from ..module import CLIPModule
-from ._base import ModalityRegistration, MuDataModel, TrainingPlan, modality_inputs, row_loader
+from ._base import ModalityRegistration, MuDataModel, TrainingPlan, forked_torch_rng, modality_inputs, row_loader
 
 # MatchCLOT's tuned hyperparameters (Gossi et al. 2023), from `matchclot/utils/hyperparameters.py`:
 # `defaults_GEX2ATAC` and `defaults_GEX2ADT`. "gex" is the RNA encoder, "other" the ATAC or ADT encoder.
@@ -201,14 +200,15 @@ class CLIP(MuDataModel):
             random_state=random_state,
         )
         self.default_lr, self.default_weight_decay = defaults["lr"], defaults["weight_decay"]
-        torch.manual_seed(random_state)
-        self.module = CLIPModule(
-            n_inputs=[self.registrations[mod].n_input for mod in mods],
-            n_latent=n_latent,
-            n_hidden=[hidden[mod] for mod in mods],
-            dropout=[rates[mod] for mod in mods],
-            temperature_init=temperature_init,
-        )
+        with forked_torch_rng():  # the caller's torch generator is left as it was (as CLUE's __init__ does)
+            torch.manual_seed(random_state)
+            self.module = CLIPModule(
+                n_inputs=[self.registrations[mod].n_input for mod in mods],
+                n_latent=n_latent,
+                n_hidden=[hidden[mod] for mod in mods],
+                dropout=[rates[mod] for mod in mods],
+                temperature_init=temperature_init,
+            )
 
     @classmethod
     def setup_mudata(
@@ -376,7 +376,6 @@ class CLIP(MuDataModel):
             f"training CLIP on {train_rows.size} paired cells in minibatches of {batch_size} "
             f"(validation: {how}, {validation_rows.size} cells)"
         )
-        lp.seed_everything(random_state, verbose=False)
         # Each split gathered straight from the inputs: a copy of all paired cells' inputs would stay alive through
         # training beside the splits' own.
         train_loader = row_loader(
@@ -407,6 +406,7 @@ class CLIP(MuDataModel):
             accelerator=accelerator,
             devices=devices,
             progress_bar=progress_bar,
+            seed=random_state,
             **trainer_kwargs,
         )
         self.train_info.update(

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import lightning.pytorch as lp
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -26,7 +25,7 @@ from .._modality import assay_of
 from .._validate import check_counts, check_int, check_layer, check_mods, check_mudata, check_positive, is_number
 from ..module._clue import CLUEModule
 from ..nn._likelihoods import LIKELIHOODS
-from ._base import MuDataModel, ShuffledBatches, TrainingPlan, modality_inputs
+from ._base import MuDataModel, ShuffledBatches, TrainingPlan, forked_torch_rng, modality_inputs
 
 # The CLUE team's configurations for the NeurIPS 2021 matching task (published with their submission and used by
 # scglue's SCCLUEModel; see /work/shared/PEERS.md): latent width per modality, encoder (x2u), decoder (u2x) and
@@ -293,7 +292,7 @@ class CLUE(MuDataModel):
         if not is_number(params["dropout"]) or not 0 <= params["dropout"] < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {params['dropout']!r}")
         n_features = [mdata[mod].n_vars for mod in mods]
-        with torch.random.fork_rng():
+        with forked_torch_rng():
             torch.manual_seed(random_state)
             self.module = CLUEModule(
                 [self.n_input_used[mod] for mod in mods],
@@ -472,7 +471,6 @@ class CLUE(MuDataModel):
             f"training CLUE on {n_cells} cells of {mods} ({int(((table.positions >= 0).sum(1) >= 2).sum())} measured "
             f"in several modalities), at most {max_epochs} epochs"
         )
-        lp.seed_everything(random_state, verbose=False)
         train_loader = _loader(table, train_rows, batch_size, shuffle=True, seed=random_state)
         validation_loader = (
             _loader(table, validation_rows, batch_size, shuffle=False, seed=random_state) if n_validation else None
@@ -503,6 +501,7 @@ class CLUE(MuDataModel):
             accelerator=accelerator,
             devices=devices,
             progress_bar=progress_bar,
+            seed=random_state,
             **trainer_kwargs,
         )
         self.train_info.update({"n_cells": n_cells, "n_validation": n_validation, "max_epochs": max_epochs})
