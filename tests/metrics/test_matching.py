@@ -77,6 +77,38 @@ def test_against_brute_force_dense_and_sparse(prediction, seed, k):
     assert top_k_accuracy(sp.csr_matrix(prediction), truth, k=k, direction="forward") == pytest.approx(expected_top)
 
 
+square_matrices = arrays(
+    np.float64, st.integers(2, 7).map(lambda n: (n, n)), elements=st.sampled_from([-1.0, 0.0, 0.5, 1.0, 2.0])
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(prediction=square_matrices, seed=st.integers(0, 1000), k=st.integers(1, 4))
+def test_backward_top_k_against_brute_force_with_a_permuted_truth(prediction, seed, k):
+    # Column j looks for its true row truth⁻¹(j): with a truth that is not the identity, ranking column j's entries
+    # against row j instead (the truth read as its own inverse) gives another answer.
+    n = prediction.shape[0]
+    truth = np.roll(np.arange(n), 1 + seed % (n - 1))  # a cyclic shift: never the identity
+    inverse = np.argsort(truth)
+    expected = brute_top_k(prediction.T, inverse, k)
+    for matrix in (prediction, sp.csr_matrix(prediction)):
+        assert top_k_accuracy(matrix, truth, k=k, direction="backward") == pytest.approx(expected)
+        forward = brute_top_k(prediction, truth, k)
+        assert top_k_accuracy(matrix, truth, k=k, direction="mean") == pytest.approx((forward + expected) / 2)
+
+
+def test_backward_top_k_of_a_shifted_pairing():
+    # Row i's partner is column i + 1 (mod 3); each column's largest entry is in its true row, each row's is not.
+    prediction = np.array([[0.0, 0.9, 0.95], [0.95, 0.0, 0.9], [0.9, 0.95, 0.0]])
+    truth = np.array([1, 2, 0])
+    assert top_k_accuracy(prediction, truth, direction="forward") == 0.0
+    assert top_k_accuracy(prediction, truth, direction="backward") == 0.0
+    # Column 1's true row is 0 (0.9), below row 2's 0.95: the inverse pairing, not the pairing, is what backward reads.
+    prediction = np.array([[0.0, 0.95, 0.1], [0.1, 0.0, 0.95], [0.95, 0.1, 0.0]])
+    assert top_k_accuracy(prediction, truth, direction="forward") == 1.0
+    assert top_k_accuracy(prediction, truth, direction="backward") == 1.0
+
+
 def test_backward_and_truth_as_matrix():
     prediction = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.0, 0.0, 1.0]])
     truth = np.eye(3)
@@ -160,6 +192,24 @@ def test_mudata_weight_on_cells_without_a_partner_counts(multiome):
     assert top_k_accuracy(multiome, key="leaky", k=2, direction="forward") == 1.0
     # Backward, each partner ranks the rows giving it weight: only its own row does, so it is first.
     assert top_k_accuracy(multiome, key="leaky", direction="backward") == 1.0
+
+
+def test_mudata_backward_counts_weight_from_rows_without_a_partner(multiome):
+    # Each true atac partner gets 0.99 from one training rna cell (no true partner) and 0.01 from its true row: looking
+    # back, the training row outranks the true one, so backward top-1 is 0 (and top-2 is 1), as forward is 1.
+    truth = multiome.obsp["match_true"].tocoo()
+    train = np.flatnonzero((multiome["rna"].obs["split"] == "train").to_numpy())[0]
+    train_position = multiome.obs_names.get_loc(multiome["rna"].obs_names[train])
+    assert train_position not in set(truth.row)
+    rows = np.concatenate([truth.row, np.full(truth.nnz, train_position)])
+    cols = np.concatenate([truth.col, truth.col])
+    values = np.concatenate([np.full(truth.nnz, 0.01), np.full(truth.nnz, 0.99)])
+    n_obs = multiome.n_obs
+    multiome.obsp["leaky"] = sp.csr_matrix((values, (rows, cols)), shape=(n_obs, n_obs))
+    multiome.uns["leaky"] = {"params": {"mod1": "rna", "mod2": "atac"}}
+    assert top_k_accuracy(multiome, key="leaky", direction="forward") == 1.0
+    assert top_k_accuracy(multiome, key="leaky", direction="backward") == 0.0
+    assert top_k_accuracy(multiome, key="leaky", k=2, direction="backward") == 1.0
 
 
 def test_bad_inputs(multiome):
