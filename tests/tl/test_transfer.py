@@ -50,6 +50,36 @@ def test_vote_by_hand(cite):
     assert out["out"].drop(out.index[test_rna]).isna().all()
 
 
+def _toy_plan_from_rna(mdata, block, rna_labels):
+    """``block`` (unpaired rna × unpaired adt cells) stored without a record, and labels on those rna cells."""
+    test_rna = np.flatnonzero(unpaired_mask(mdata, "rna", "adt"))[: block.shape[0]]
+    test_adt = np.flatnonzero(unpaired_mask(mdata, "adt", "rna"))[: block.shape[1]]
+    mdata.obsp["toy"] = embed_block(mdata, "rna", "adt", sp.csr_matrix(block), test_rna, test_adt)
+    mdata["rna"].obs["toy_label"] = None
+    mdata["rna"].obs.iloc[test_rna, mdata["rna"].obs.columns.get_loc("toy_label")] = rna_labels
+    return test_adt
+
+
+def test_vote_by_hand_along_the_columns_of_a_plan_without_a_record(cite):
+    # The target's cells are the plan's columns here: without a record the plan is read both ways (P + Pᵀ).
+    test_adt = _toy_plan_from_rna(cite, np.array([[0.2, 0.3, 0.5], [0.0, 0.0, 1.0]]), ["a", "b"])
+    mm.tl.transfer_labels(cite, "toy", label_key="toy_label", source_mod="rna", target_mod="adt", key_added="out")
+    out = cite["adt"].obs
+    assert list(out["out"].iloc[test_adt]) == ["a", "a", "b"]
+    np.testing.assert_allclose(out["out_probability"].iloc[test_adt], [1.0, 1.0, 2 / 3])
+    assert out["out"].drop(out.index[test_adt]).isna().all()
+
+
+def test_negative_plan_weights_cast_no_vote(cite):
+    # Weights are clipped at 0 (as match_score does): adt cell 0's -1 from an 'a' cell does not outweigh, nor cancel,
+    # the 0.5 from a 'b' cell.
+    test_adt = _toy_plan_from_rna(cite, np.array([[-1.0, 0.2], [0.5, 0.0]]), ["a", "b"])
+    mm.tl.transfer_labels(cite, "toy", label_key="toy_label", source_mod="rna", target_mod="adt", key_added="out")
+    out = cite["adt"].obs
+    assert list(out["out"].iloc[test_adt]) == ["b", "a"]
+    np.testing.assert_allclose(out["out_probability"].iloc[test_adt], [1.0, 1.0])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
