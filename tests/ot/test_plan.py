@@ -394,3 +394,25 @@ def test_sparse_plan_stats_sums_duplicates_and_refuses_negative_or_non_finite_we
         mm.ot.sparse_plan_stats(sp.csr_matrix([[2.0, -1.0], [0.5, 0.5]]))
     with pytest.raises(ValueError, match="NaN or infinite"):
         mm.ot.sparse_plan_stats(sp.csr_matrix([[np.nan, 1.0], [0.5, 0.5]]))
+
+
+def test_sparse_plan_stats_against_a_dense_computation():
+    # Rows of different sums, an empty row (2) and an empty column (3): each non-empty row is normalised by its own sum,
+    # and confidence and entropy are those of the normalised rows and columns.
+    dense = np.array([[1.0, 3.0, 0.0, 0.0], [0.2, 0.0, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    stats = mm.ot.sparse_plan_stats(sp.csr_matrix(dense))
+
+    def normalised(matrix):
+        sums = matrix.sum(axis=1, keepdims=True)
+        return np.divide(matrix, sums, out=np.zeros_like(matrix), where=sums > 0)
+
+    def entropy(p):
+        return -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1)
+
+    rows, cols = normalised(dense), normalised(dense.T)
+    np.testing.assert_allclose(stats.plan.toarray(), rows, rtol=1e-6)
+    np.testing.assert_allclose(stats.row_confidence, [0.75, 0.75, np.nan])
+    np.testing.assert_allclose(stats.row_entropy, np.append(entropy(rows)[:2], np.nan))
+    np.testing.assert_allclose(stats.col_confidence, np.append(cols.max(axis=1)[:3], np.nan))
+    np.testing.assert_allclose(stats.col_entropy, np.append(entropy(cols)[:3], np.nan))
+    np.testing.assert_array_equal(stats.row_mass_kept, [1.0, 1.0, np.nan])
