@@ -101,12 +101,43 @@ def test_outputs_and_diagnostics(cite_embedded):
     assert abs(full.sum() - 1) < 2e-3
     stored = mm._layout.extract_block(mdata, mdata.obsp["m"], "rna", "adt", cells1, cells2).toarray()
     np.testing.assert_array_equal(stored.argmax(1), full.argmax(1))
+    # Confidence and entropy describe the full plan: its normalised rows for rna, its normalised columns for adt.
+    for mod, cells, normalised in (
+        ("rna", cells1, full / full.sum(1, keepdims=True)),
+        ("adt", cells2, (full / full.sum(0, keepdims=True)).T),
+    ):
+        obs = mdata[mod].obs.iloc[cells]
+        np.testing.assert_allclose(obs["m_confidence"], normalised.max(1), rtol=1e-3)
+        entropy = -(normalised * np.log(np.maximum(normalised, 1e-300))).sum(1)
+        np.testing.assert_allclose(obs["m_entropy"], entropy, rtol=1e-3, atol=1e-4)
     for mod in ("rna", "adt"):
         confidence = mdata[mod].obs["m_confidence"]
         entropy = mdata[mod].obs["m_entropy"]
         unpaired = unpaired_mask(mdata, mod, "adt" if mod == "rna" else "rna")
         assert confidence[unpaired].between(0, 1).all() and np.isnan(confidence[~unpaired]).all()
         assert (entropy[unpaired] >= -1e-9).all() and np.isnan(entropy[~unpaired]).all()
+
+
+def test_epsilon_and_top_k_given_are_the_ones_solved_and_recorded(cite_embedded):
+    mdata = cite_embedded
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_shared", epsilon=0.05, top_k=3, batch_key=None)
+    params = mdata.uns["match"]["params"]
+    assert params["epsilon"] == 0.05 and params["top_k"] == 3
+    (block,) = mdata.uns["match"]["blocks"].values()
+    assert block["epsilon_schedule"][-1] == 0.05
+    cells1 = mdata["rna"].obs_names.get_indexer(block["cells1"])
+    cells2 = mdata["adt"].obs_names.get_indexer(block["cells2"])
+    x, y = mdata["rna"].obsm["X_shared"][cells1], mdata["adt"].obsm["X_shared"][cells2]
+    cost = {"kind": block["cost_kind"], "offset": block["cost_offset"], "scale": block["cost_scale"]}
+    # The potentials are those of epsilon 0.05: at that epsilon (and not at the default 0.01) they give the marginals.
+    full = mm.ot.plan_tile(x, y, block["f"], block["g"], params["epsilon"], cost)
+    np.testing.assert_allclose(full.sum(1), 1 / x.shape[0], rtol=1e-3)
+    assert np.abs(full.sum(0) - 1 / y.shape[0]).sum() <= 2e-3
+    stored = mm._layout.extract_block(mdata, mdata.obsp["match"], "rna", "adt", cells1, cells2)
+    assert (np.diff(stored.indptr) == 3).all()
+    # Each stored row is the full plan's three largest entries of that row, renormalised (sparsified at 0.05 too).
+    top = np.sort(full, axis=1)[:, -3:]
+    np.testing.assert_allclose(np.sort(stored.toarray(), axis=1)[:, -3:], top / top.sum(1, keepdims=True), rtol=1e-3)
 
 
 def test_plan_survives_h5mu_round_trip(cite_embedded, tmp_path):
