@@ -799,3 +799,20 @@ def test_small_tau_in_float32_reports_a_finite_error():
     result = mm.ot.sinkhorn(x, y, cost="sqeuclidean", tau=1e-7, max_iter=50, device="cpu")
     assert np.isfinite(result.marginal_error)
     assert mm.ot.sinkhorn(x, y, cost="sqeuclidean", tau=1e-7, dtype="float64", device="cpu").converged
+
+
+def test_epsilon_schedule_divides_by_four_and_drops_stages_within_one_and_a_half_epsilon():
+    schedule = sinkhorn_module.epsilon_schedule
+    # The default start is the cost range / 50; a start below 1.5 × epsilon is no stage of its own.
+    assert schedule(0.01, 0.7, torch.float32, None) == [0.01]
+    assert schedule(0.001, 1.0, torch.float32, None) == pytest.approx([0.02, 0.005, 0.001])
+    assert schedule(0.01, 1.0, torch.float32, 0.16) == pytest.approx([0.16, 0.04, 0.01])
+    assert schedule(0.01, 1.0, torch.float32, 0.0149) == [0.01]
+
+
+def test_no_epsilon_scaling_at_matchclots_epsilon():
+    # The rescaled cosine cost spans at most 2/3 (its minimum is 1 / (max - min + 1) ≥ 1/3): at epsilon 0.01 the
+    # kernel's exponents stay below 50 and the solve runs a single stage, as the docstring promises.
+    x, y = clouds(30, 30, 4, seed=0)
+    result = mm.ot.sinkhorn(x, y, epsilon=0.01)
+    assert result.epsilon_schedule == [0.01] and result.converged
