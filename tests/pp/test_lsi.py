@@ -41,6 +41,15 @@ def test_tfidf_log1p_matches_dense_reference(dense_counts):
         assert np.shares_memory(result.indices, counts.indices)  # the index arrays are shared, not copied
 
 
+def test_tfidf_of_a_cell_whose_counts_all_fall_on_zero_idf_features_is_zero_not_nan():
+    # A query projected on a reference's IDF: cell 1 has counts only on feature 1, which the reference never saw
+    # (IDF 0), and cell 2 only an explicitly stored zero; their weighted sums are 0, and 0 / 0 must not make NaN.
+    counts = sp.csr_matrix((np.array([2.0, 3.0, 0.0], dtype=np.float32), ([0, 1, 2], [0, 1, 0])), shape=(3, 2))
+    assert counts.nnz == 3
+    result = tfidf_log1p(counts, np.array([1.5, 0.0], dtype=np.float32)).toarray()
+    np.testing.assert_allclose(result, [[np.log1p(SCALE_FACTOR), 0.0], [0.0, 0.0], [0.0, 0.0]], rtol=1e-6)
+
+
 @given(arrays(np.int64, (8, 5), elements=st.integers(0, 20)))
 @settings(max_examples=30, deadline=None)
 def test_clr_is_per_cell_log_ratio(dense_counts):
