@@ -432,3 +432,29 @@ def test_training_splits_hold_the_paired_cells_aligned(small, monkeypatch):
     for mod, rows, arrays in (("rna", rows1, (train1, validation1)), ("atac", rows2, (train2, validation2))):
         for values in arrays:
             np.testing.assert_array_equal(values, small[mod].obsm["X_pca"][rows[values[:, 0].astype(int)]])
+
+
+def test_clip_loss_is_the_symmetric_info_nce_of_a_brute_force_computation():
+    from mumatch.module._clip import CLIPModule
+
+    torch.manual_seed(0)
+    module = CLIPModule([5, 3], 4, [[8], [8]], [0.0, 0.0], temperature_init=np.log(2.0)).eval()
+    x1, x2 = torch.randn(6, 5), torch.randn(6, 3)
+    with torch.no_grad():
+        output = module.loss(x1, x2)
+        z1 = module.encoders[0](x1).numpy().astype(np.float64)
+        z2 = module.encoders[1](x2).numpy().astype(np.float64)
+    z1 /= np.linalg.norm(z1, axis=1, keepdims=True)
+    z2 /= np.linalg.norm(z2, axis=1, keepdims=True)
+    logits = 2.0 * z1 @ z2.T  # the logit scale is exp(temperature_init)
+
+    def cross_entropy_of_the_diagonal(matrix):
+        log_softmax = matrix - np.log(np.exp(matrix).sum(axis=1, keepdims=True))
+        return -np.mean(np.diag(log_softmax))
+
+    expected = (cross_entropy_of_the_diagonal(logits) + cross_entropy_of_the_diagonal(logits.T)) / 2
+    assert output.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert output.extra_metrics["logit_scale"].item() == pytest.approx(2.0)
+    # The logit scale is clipped at 100, as CLIP does, from above only.
+    assert CLIPModule([5, 3], 4, [[8], [8]], [0.0, 0.0], np.log(1e4)).logit_scale().item() == pytest.approx(100.0)
+    assert CLIPModule([5, 3], 4, [[8], [8]], [0.0, 0.0], np.log(0.5)).logit_scale().item() == pytest.approx(0.5)
