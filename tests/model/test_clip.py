@@ -166,6 +166,7 @@ def test_save_load_round_trip(small, tmp_path):
             loaded.get_latent_representation(small, mod), model.get_latent_representation(small, mod)
         )
     assert loaded.history["train_loss"].equals(model.history["train_loss"])
+    assert loaded.train_info == model.train_info and loaded.train_info["epochs"] == FAST["max_epochs"]
 
 
 @pytest.mark.parametrize("precision", ["64-true", "bf16-true"])

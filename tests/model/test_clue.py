@@ -473,6 +473,11 @@ def test_save_load_round_trip(small, tmp_path):
             model.get_latent_representation(modality=mod), loaded.get_latent_representation(modality=mod)
         )
     assert loaded.init_params == model.init_params and loaded.is_trained
+    assert loaded.train_info == model.train_info and loaded.train_info["epochs"] == QUICK["max_epochs"]
+    assert set(loaded.history) == set(model.history)
+    for name, frame in model.history.items():
+        np.testing.assert_allclose(loaded.history[name][name].to_numpy(), frame[name].to_numpy(), rtol=1e-6)
+        assert list(loaded.history[name].index) == list(frame.index)
     narrower = small.copy()
     narrower["rna"].obsm["X_pca"] = narrower["rna"].obsm["X_pca"][:, :5]
     with pytest.raises(ValueError, match="has 5 columns but the model was built for 8"):
