@@ -36,7 +36,7 @@ def transfer_labels(
         MuData with a plan in ``mdata.obsp[key]`` (e.g. from :func:`mumatch.tl.match_ot`, which records in
         ``mdata.uns[key]['params']`` the modalities of its rows and columns; the plan is read in that direction).
     key
-        The plan's key in ``mdata.obsp``.
+        The plan's key in ``mdata.obsp`` (any non-negative cell × cell weights; a negative weight casts no vote).
     label_key
         Column of ``mdata[source_mod].obs`` with the labels to transfer (missing labels, and the text ``"nan"`` that
         ``astype(str)`` makes of them, are ignored).
