@@ -71,7 +71,9 @@ def test_building_and_training_do_not_start_cuda(small, monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("CUDA was started")
 
+    # CUDA present but not started yet in this process (on a GPU machine an earlier test may have started it).
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_rng_state", started)
     mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
     mm.model.CLUE(small, **TINY).train(accelerator="cpu", **QUICK)
