@@ -1,5 +1,6 @@
 from types import SimpleNamespace
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -77,6 +78,22 @@ def test_training_legend_is_one_key_beside_the_panels_not_over_the_curves():
     assert box.x1 <= figure.bbox.x1  # inside the figure, which is widened for it
     loss = mm.pl.training(models, metrics="loss", show=False)
     assert loss.get_position().width * loss.get_figure().get_figwidth() > 2.5  # not squeezed by the legend
+
+
+def test_training_legend_stays_inside_an_axes_given_by_the_caller():
+    # In the caller's own grid, a legend beside the panel covered the panel next to it.
+    models = [SimpleNamespace(history=_history(scale), train_info={"best_epoch": 3 + scale}) for scale in (1, 2)]
+    figure, (given, neighbour) = plt.subplots(1, 2, figsize=(8, 3))
+    try:
+        ax = mm.pl.training(models, metrics="loss", ax=given, show=False)
+        assert ax is given and figure.get_figwidth() == 8
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        box = ax.get_legend().get_window_extent(renderer)
+        assert not _overlap(box, neighbour.get_window_extent(renderer))
+        assert [text.get_text() for text in ax.get_legend().get_texts()][-1] == "best epoch"
+    finally:
+        plt.close(figure)
 
 
 def test_training_one_stage_panel_and_best_epoch_are_explained():

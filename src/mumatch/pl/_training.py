@@ -77,8 +77,8 @@ def training(
     ``history`` is a dict of one-column DataFrames indexed by epoch, with keys such as ``train_loss`` /
     ``validation_loss`` or ``elbo_train`` / ``elbo_validation``). The best validation epoch, when the model
     records it in ``train_info['best_epoch']``, is marked with a dotted line. One legend, beside the first row of
-    panels, names the line styles (and the colours of an ensemble's models). A validation curve that turns up while
-    the training one keeps falling is overfitting.
+    panels (inside the panel drawn into ``ax``), names the line styles (and the colours of an ensemble's models). A
+    validation curve that turns up while the training one keeps falling is overfitting.
 
     Parameters
     ----------
@@ -177,10 +177,12 @@ def training(
     ]
     if best_marked:
         handles.append(Line2D([], [], linestyle=":", linewidth=0.8, color="0.3", label="best epoch"))
-    if handles:
+    if handles and ax is not None:
+        # The caller's Axes, perhaps in a grid of their own: beside it, the legend would cover the next panel.
+        ax.legend(handles=handles, loc="best", fontsize="small", frameon=False)
+    elif handles:
         legend = axes[min(ncols, len(axes)) - 1].legend(
             handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", fontsize="small", frameon=False
         )
-        if ax is None:
-            widen_for_legend(legend)
+        widen_for_legend(legend)
     return finish(axes[0] if len(axes) == 1 else axes, show, save, "training")
