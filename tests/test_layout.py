@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 
 from mumatch._layout import MISSING_BATCH, batch_blocks, batch_labels, embed_block, embed_blocks, obs_positions
@@ -71,3 +72,13 @@ def test_batch_blocks_hold_the_cells_of_each_level_in_order(simulated):
     for block in blocks:
         for index, side, mask in ((block.index1, values[0], masks[0]), (block.index2, values[1], masks[1])):
             np.testing.assert_array_equal(index, np.flatnonzero(mask)[side == block.name])
+
+
+def test_embed_blocks_refuses_cells_missing_from_obs_names(simulated):
+    stale = simulated.copy()
+    names = stale["rna"].obs_names.to_numpy().copy()
+    names[0] = "renamed0"
+    stale.mod["rna"].obs_names = names  # without mdata.update(): obs_names lacks 'renamed0'
+    block = (sp.csr_matrix(np.ones((2, 2))), np.array([0, 1]), np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"mdata\.update\(\)"):
+        embed_blocks(stale, "rna", "atac", [block])

@@ -316,6 +316,11 @@ def embed_blocks(
     pieces = []
     for block_matrix, index1, index2 in blocks:
         rows, matrix = positions1[index1], sp.csr_matrix(block_matrix)
+        if (rows < 0).any() or (positions2[index2] < 0).any():
+            # get_indexer's -1 would place the entries in the last cell's row or column, silently.
+            raise ValueError(
+                f"cells of '{mod1}' or '{mod2}' are missing from mdata.obs_names; call mdata.update() first"
+            )
         if np.unique(rows).size < rows.size:
             # A cell named twice in one block: its rows add up (as the entries of a COO matrix do).
             rows, inverse = np.unique(rows, return_inverse=True)
