@@ -396,3 +396,70 @@ def test_counts_of_a_backed_mudata_are_read_from_disk(tmp_path):
         mm.pp.lsi_harmony(data, layer=None, n_comps=8)
     for mod in ("rna", "atac"):
         np.testing.assert_array_equal(backed[mod].obsm[KEY], in_memory[mod].obsm[KEY])
+
+
+class _HarmonyCall:
+    """Records what harmonypy.run_harmony is given; returns the input unchanged (harmonypy 2.x: cells × components)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, data, meta, vars_use, **kwargs):
+        from types import SimpleNamespace
+
+        self.calls.append({"data": np.array(data), "batches": meta[vars_use].astype(str).tolist(), **kwargs})
+        return SimpleNamespace(Z_corr=np.array(data).T)
+
+
+@pytest.mark.parametrize(("n_cells", "n_clusters"), [(20, 1), (44, 1), (46, 2), (300, 10), (3100, 100), (5000, 100)])
+def test_harmony_gets_one_cluster_per_30_cells_at_most_100_and_the_seed(monkeypatch, n_cells, n_clusters):
+    import harmonypy
+
+    from mumatch.pp._harmony import run_harmony
+
+    recorder = _HarmonyCall()
+    monkeypatch.setattr(harmonypy, "__version__", "2.1.0")
+    monkeypatch.setattr(harmonypy, "run_harmony", recorder)
+    embedding = np.arange(n_cells * 3, dtype=np.float32).reshape(n_cells, 3)
+    batches = pd.Series(np.where(np.arange(n_cells) % 3 == 0, "a", "b"))
+    corrected = run_harmony(embedding, batches, random_state=7)
+    (call,) = recorder.calls
+    assert call["nclust"] == n_clusters and call["random_state"] == 7
+    np.testing.assert_array_equal(call["data"], embedding.T)  # components × cells, as every version reads it
+    assert call["batches"] == batches.tolist()  # the cells' own labels, in their order
+    np.testing.assert_array_equal(corrected, embedding)
+
+
+def test_lsi_harmony_and_its_transform_hand_harmony_every_cell_its_batch_and_the_seed(small, monkeypatch):
+    import harmonypy
+
+    recorder = _HarmonyCall()
+    monkeypatch.setattr(harmonypy, "run_harmony", recorder)
+    # The batch only in mdata.obs: read from there.
+    small.obs["donor"] = small["rna"].obs["batch"].reindex(small.obs_names).astype(str).to_numpy()
+    mm.pp.lsi_harmony(small, mods=["rna"], n_comps=5, batch_key="donor", random_state=3)
+    (call,) = recorder.calls
+    assert call["random_state"] == 3 and call["nclust"] == 10
+    assert call["batches"] == small["rna"].obs["batch"].astype(str).tolist()
+    np.testing.assert_array_equal(call["data"].T, small["rna"].obsm[f"{KEY}_uncorrected"])
+    assert small["rna"].uns[KEY]["harmony"]["applied"]
+    query = small[small.obs_names[::2]].copy()
+    mm.pp.lsi_harmony_transform(query, small, mods=["rna"], batch_key="donor", random_state=5, key_added="projected")
+    call = recorder.calls[-1]
+    assert call["random_state"] == 5 and call["nclust"] == 5
+    assert call["batches"] == query["rna"].obs["batch"].astype(str).tolist()
+    np.testing.assert_array_equal(call["data"].T, query["rna"].obsm["projected_uncorrected"])
+    assert query["rna"].uns["projected"]["harmony"]["applied"]
+
+
+@pytest.mark.parametrize(("mod", "n_comps"), [("rna", 8), ("atac", 8), ("adt", 5)])
+def test_projecting_some_of_the_reference_cells_reproduces_their_rows(small, mod, n_comps):
+    # The projection uses the fit's IDF, components (and ADT mean), not statistics of the query: the reference's own
+    # cells, projected without the others, get their rows of the reference's uncorrected embedding.
+    mm.pp.lsi_harmony(small, mods=[mod], n_comps=n_comps, harmony=False)
+    cells = small.obs_names[np.random.default_rng(0).permutation(small.n_obs)[:40]]
+    query = small[cells].copy()
+    del query[mod].uns[KEY]
+    mm.pp.lsi_harmony_transform(query, small, mods=[mod], harmony=False)
+    expected = pd.DataFrame(small[mod].obsm[f"{KEY}_uncorrected"], index=small[mod].obs_names)
+    np.testing.assert_allclose(query[mod].obsm[KEY], expected.loc[query[mod].obs_names].to_numpy(), atol=1e-5)
