@@ -132,6 +132,26 @@ def test_agrees_with_brute_force_log_domain(n_rows, n_cols, seed):
     np.testing.assert_allclose(full_plan(x, y, result), reference, atol=1e-7)
 
 
+def squared_euclidean_cost(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The documented squared-Euclidean cost, written from its description: squared distances over their largest."""
+    cost = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    return cost / cost.max()
+
+
+@FAST
+@given(n_rows=st.integers(2, 30), n_cols=st.integers(2, 30), seed=st.integers(0, 10_000))
+def test_squared_euclidean_agrees_with_brute_force_log_domain(n_rows, n_cols, seed):
+    # Points off the origin and not of unit scale: the solver's centring and rescaling must leave the cost as
+    # documented (squared distances divided by their largest), the plan as the textbook reference's.
+    x, y = clouds(n_rows, n_cols, 5, seed)
+    x, y = 3.0 * x + 7.0, 3.0 * y + 7.0
+    result = mm.ot.sinkhorn(
+        x, y, epsilon=0.05, cost="sqeuclidean", dtype="float64", tol=1e-10, max_iter=20000, device="cpu"
+    )
+    reference = brute_force_sinkhorn(squared_euclidean_cost(x, y), 0.05)
+    np.testing.assert_allclose(full_plan(x, y, result), reference, atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("tau", [None, 1.0])
 def test_tiled_equals_dense(dtype, tau):
@@ -816,3 +836,34 @@ def test_no_epsilon_scaling_at_matchclots_epsilon():
     x, y = clouds(30, 30, 4, seed=0)
     result = mm.ot.sinkhorn(x, y, epsilon=0.01)
     assert result.epsilon_schedule == [0.01] and result.converged
+
+
+@pytest.mark.parametrize(
+    ("mode", "push", "slack"),
+    # Dense iterates on log v, tiled on g (ε = 0.01). A push within reach is evaluated and retracted (one wasted
+    # evaluation per bad step); one beyond the absorption bound (dense: |log v| > 30 in float32; tiled: beyond both
+    # 30 ε and the plain step) is not trusted at all, and the solve is the plain one.
+    [("dense", 3.0, 2.0), ("tiled", 0.03, 2.0), ("dense", 1000.0, 1.0), ("tiled", 10.0, 1.0)],
+)
+def test_an_accelerated_step_that_raises_the_error_is_replaced_by_the_plain_step(monkeypatch, mode, push, slack):
+    # A mixer whose every combination is bad (the plain image pushed off on half the columns): the solver must take
+    # the plain step it stood for, so that the solve progresses as plain Sinkhorn does, not from the bad iterates.
+    class BadMixer(sinkhorn_module._AndersonMixer):
+        def next(self, iterate, image):
+            plain = super().next(iterate, image)
+            if not self.accelerated:
+                return plain
+            offset = torch.zeros_like(image)
+            offset[: image.numel() // 2] = push
+            return image + offset
+
+    x, y = clouds(60, 60, 6, 0)
+    kwargs = {"epsilon": 0.01, "tol": 1e-3, "max_iter": 3000, "mode": mode, "device": "cpu"}
+    monkeypatch.setattr(sinkhorn_module, "ANDERSON_DEPTH", 0)
+    plain = mm.ot.sinkhorn(x, y, **kwargs)
+    monkeypatch.setattr(sinkhorn_module, "ANDERSON_DEPTH", 4)
+    monkeypatch.setattr(sinkhorn_module, "_AndersonMixer", BadMixer)
+    sabotaged = mm.ot.sinkhorn(x, y, **kwargs)
+    assert plain.converged and sabotaged.converged
+    assert sabotaged.n_iter <= slack * plain.n_iter + 5
+    np.testing.assert_allclose(full_plan(x, y, sabotaged), full_plan(x, y, plain), atol=2e-3 / 60)
