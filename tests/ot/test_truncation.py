@@ -155,3 +155,17 @@ def test_the_final_truncated_stage_leaves_room_for_the_check():
     y = x + 2.5 * rng.standard_normal((2000, 64))
     result = mm.ot.sinkhorn(x, y, epsilon=0.001, tol=1e-3, device="cpu", mode="dense")
     assert result.converged and result.truncated_stages == 2
+
+
+def test_a_stall_is_less_than_a_tenth_off_the_error_over_fifty_iterations():
+    # The documented rule, step by step: checked once per STALL_WINDOW iterations against the error at the last check.
+    assert (sinkhorn_module.STALL_WINDOW, sinkhorn_module.STALL_PROGRESS) == (50, 0.1)
+    solver = sinkhorn_module._SparseSolver.__new__(sinkhorn_module._SparseSolver)
+    solver._checkpoint = (0, math.inf)
+    assert not solver.stalled(49, 1.0)  # within the first window: never
+    assert not solver.stalled(50, 1.0)  # the first check, against an infinite error
+    assert not solver.stalled(60, 5.0)  # between checks, whatever the error
+    assert not solver.stalled(100, 0.89)  # 11 % lower in 50 iterations: progress (a slow tail)
+    assert solver.stalled(150, 0.81)  # 9 % lower: stalled
+    assert solver.stalled(200, 0.81)  # not lower at all
+    assert not solver.stalled(250, 0.5)
