@@ -243,6 +243,9 @@ def test_exact_matching_unequal_sizes_and_limit():
     assert np.isnan(sparse.row_confidence).sum() == 4
     with pytest.raises(ValueError, match="max_size"):
         mm.ot.exact_matching(x, y, max_size=10)
+    with pytest.raises(ValueError, match="max_size=11"):  # the larger side counts
+        mm.ot.exact_matching(y, x, max_size=11)
+    assert mm.ot.exact_matching(x, y, max_size=12).plan.nnz == 8  # as many points as max_size: allowed
 
 
 def test_mutual_knn():
@@ -329,6 +332,42 @@ def test_mutual_knn_weights_in_the_precision_asked_for(dtype):
     expected /= expected.sum(axis=1, keepdims=True)
     rtol = 1e-6 if dtype == "float64" else 1e-4  # the plan itself is stored in float32
     np.testing.assert_allclose(sparse.plan.toarray(), expected, rtol=rtol, atol=1e-30)
+
+
+def brute_force_mutual_knn(cost: np.ndarray, k: int, epsilon: float) -> np.ndarray:
+    """Mutual k nearest neighbours from their description, on a cost without ties: links (i, j) where each is among
+    the other's k nearest; a row without one keeps its nearest column; a row's weights are softmax(-cost / epsilon)
+    over its links."""
+    n_rows, n_cols = cost.shape
+    near_of_row = np.argsort(cost, axis=1)[:, : min(k, n_cols)]
+    near_of_col = np.argsort(cost, axis=0)[: min(k, n_rows)].T
+    links = np.zeros(cost.shape, dtype=bool)
+    for i in range(n_rows):
+        for j in near_of_row[i]:
+            links[i, j] = i in near_of_col[j]
+        if not links[i].any():
+            links[i, near_of_row[i, 0]] = True
+    weights = np.where(links, np.exp(-(cost - cost.min(axis=1, keepdims=True)) / epsilon), 0.0)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "n_cols", "k", "seed"), [(25, 18, 3, 0), (18, 25, 4, 1), (12, 12, 2, 2), (6, 9, 20, 3)]
+)
+@pytest.mark.parametrize("cost", ["cosine", "sqeuclidean"])
+def test_mutual_knn_against_a_brute_force_reference(n_rows, n_cols, k, seed, cost):
+    x, y = clouds(n_rows, n_cols, 4, seed)
+    if cost == "cosine":
+        reference_cost = matchclot_cost(x, y)
+    else:
+        reference_cost = ((x[:, None] - y[None]) ** 2).sum(-1)
+        reference_cost /= reference_cost.max()
+    expected = brute_force_mutual_knn(reference_cost, k, epsilon=0.05)
+    if k < min(n_rows, n_cols):
+        assert (expected > 0).sum() < n_rows * k  # some of a row's k nearest are not mutual
+    sparse = mm.ot.mutual_knn(x, y, n_neighbors=k, epsilon=0.05, cost=cost, dtype="float64", device="cpu")
+    np.testing.assert_array_equal(sparse.plan.toarray() > 0, expected > 0)
+    np.testing.assert_allclose(sparse.plan.toarray(), expected, rtol=1e-5, atol=1e-12)
 
 
 def test_mutual_knn_certainty_is_that_of_the_returned_plan():
