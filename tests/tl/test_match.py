@@ -209,6 +209,30 @@ def test_ensemble_of_representations(cite_embedded):
     assert list(mdata.uns["ensemble"]["params"]["use_rep"]["rna"]) == ["X_shared", "X_shared"]
 
 
+@pytest.mark.parametrize("cost", ["cosine", "sqeuclidean"])
+def test_ensemble_of_different_representations_averages_their_costs(cite_embedded, cost):
+    # Two members of different scales and geometry. The documented ensemble: the mean of the members' cosine
+    # similarities (cosine), of their squared distances (sqeuclidean), i.e. the plan of the members side by side,
+    # each unit-normalised for the cosine cost (built here by hand).
+    mdata = cite_embedded
+    mixing = np.random.default_rng(0).normal(size=(20, 20))
+    for mod in ("rna", "adt"):
+        first = mdata[mod].obsm["X_shared"].astype(np.float64)
+        second = 30.0 * np.tanh(first @ mixing)
+        mdata[mod].obsm["X_second"] = second
+        if cost == "cosine":
+            first = first / np.linalg.norm(first, axis=1, keepdims=True)
+            second = second / np.linalg.norm(second, axis=1, keepdims=True)
+        mdata[mod].obsm["X_side_by_side"] = np.hstack([first, second])
+    tight = {"tol": 1e-5, "max_iter": 5000, "cost": cost}
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep=["X_shared", "X_second"], key_added="ensemble", **tight)
+    mm.tl.match_ot(mdata, "rna", "adt", use_rep="X_side_by_side", key_added="by_hand", **tight)
+    for member in ("X_shared", "X_second"):  # each member alone gives another plan
+        mm.tl.match_ot(mdata, "rna", "adt", use_rep=member, key_added=member, **tight)
+        assert abs(mdata.obsp[member] - mdata.obsp["by_hand"]).sum(axis=1).max() > 0.1
+    np.testing.assert_allclose(mdata.obsp["ensemble"].toarray(), mdata.obsp["by_hand"].toarray(), atol=1e-3)
+
+
 def test_batches_make_blocks(simulated, caplog):
     mdata = simulated
     mods = list(mdata.mod)
