@@ -35,13 +35,23 @@ def test_demo_prints_scores(tmp_path, capsys):
     assert scores.loc["CLIP + OT", "match score"] > 1.5 * scores.loc["random baseline", "match score"]
 
 
-def test_run_writes_prediction(data_root, tmp_path):
+def test_run_writes_prediction(data_root, tmp_path, capsys):
     folder = data_root / "neurips2021_starter" / "multiome"
     # The prediction goes into a folder that does not exist yet.
     args = run_args(folder, tmp_path / "new" / "prediction.h5ad", parts=(*COMPETITION_PARTS, "test_sol"))
     assert main(args) == 0
     prediction = ad.read_h5ad(tmp_path / "new" / "prediction.h5ad")
     assert prediction.shape == (279, 279) and sp.issparse(prediction.X)
+    # With --test-sol the scores are printed; the written plan's (the table's last row) is the competition's score of
+    # the written file against the solution, computed here by hand: mean over rows of P[i, true(i)] / sum_j P[i, j].
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    printed = float(rows[-1].strip("|").split("|")[header.index("match score")])
+    solution = ad.read_h5ad(folder / "test_sol.h5ad")
+    truth = sp.csr_matrix(solution[prediction.obs_names, prediction.var_names].X)
+    weights = sp.csr_matrix(prediction.X).toarray()
+    expected = (truth.multiply(weights).sum(axis=1).A1 / weights.sum(axis=1)).mean()
+    assert printed == pytest.approx(expected, abs=1e-4)
 
 
 def test_demo_on_a_folder_without_ground_truth_writes_the_result(data_root, tmp_path, capsys):
