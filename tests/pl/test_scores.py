@@ -62,6 +62,23 @@ def test_scores_legend_beside_one_panel_leaves_the_panel_its_width(table):
     assert legend_box.x1 <= figure.bbox.x1  # and it is inside the figure
 
 
+def test_scores_legend_stays_inside_an_axes_given_by_the_caller(table):
+    # In the caller's own grid, a legend beside the panel covered the panel next to it.
+    import matplotlib.pyplot as plt
+
+    figure, (given, neighbour) = plt.subplots(1, 2, figsize=(8, 3))
+    try:
+        ax = mm.pl.scores(table, metrics="match score", ax=given, show=False)
+        assert ax is given and figure.get_figwidth() == 8
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        box, other = ax.get_legend().get_window_extent(renderer), neighbour.get_window_extent(renderer)
+        assert not box.overlaps(other)
+        assert [text.get_text() for text in ax.get_legend().get_texts()] == ["mumatch", "MatchCLOT"]
+    finally:
+        plt.close(figure)
+
+
 def test_scores_of_score_tables_concatenated_by_dataset(table, tmp_path):
     # Two printed score tables (indexed by method) concatenated by data set: indexed by (dataset, method).
     tables = {name: part.groupby("method")[["match score"]].mean() for name, part in table.groupby("dataset")}

@@ -67,7 +67,7 @@ def scores(
     ncols
         Panels per row.
     ax
-        Axes to draw into (only with one metric).
+        Axes to draw into (only with one metric); the legend then goes inside it.
     show
         Show the figure (default: ``scanpy.settings.autoshow``); a shown figure returns None.
     save
@@ -169,10 +169,12 @@ def scores(
                 label.set_horizontalalignment("right")
         panel.spines[["top", "right"]].set_visible(False)
     if legend_panel.get_legend() is not None:
-        if has_dataset:
+        if has_dataset and ax is not None:
+            # The caller's Axes, perhaps in a grid of their own: beside it, the legend would cover the next panel.
+            legend_panel.legend(title=method_key, loc="best", fontsize="small", frameon=False)
+        elif has_dataset:
             legend = legend_panel.legend(title=method_key, bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
-            if ax is None:
-                widen_for_legend(legend)
+            widen_for_legend(legend)
         else:
             legend_panel.get_legend().remove()
     return finish(axes[0] if len(axes) == 1 else axes, show, save, "scores")
