@@ -85,3 +85,11 @@ def assert_drawn(figure, tmp_path, min_ink: float = 0.02) -> np.ndarray:
     assert ink > min_ink, f"only {ink:.3%} of the pixels are drawn"
     assert pixels.std() > 0.05
     return pixels
+
+
+def legend_covers(ax, other) -> bool:
+    """Whether the legend of ``ax``, as drawn, overlaps the Axes ``other`` of the same figure."""
+    figure = ax.get_figure()
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    return ax.get_legend().get_window_extent(renderer).overlaps(other.get_window_extent(renderer))

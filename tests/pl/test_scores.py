@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 import mumatch as mm
-from tests.pl.conftest import assert_drawn
+from tests.pl.conftest import assert_drawn, legend_covers
 
 
 @pytest.fixture
@@ -70,10 +70,7 @@ def test_scores_legend_stays_inside_an_axes_given_by_the_caller(table):
     try:
         ax = mm.pl.scores(table, metrics="match score", ax=given, show=False)
         assert ax is given and figure.get_figwidth() == 8
-        figure.canvas.draw()
-        renderer = figure.canvas.get_renderer()
-        box, other = ax.get_legend().get_window_extent(renderer), neighbour.get_window_extent(renderer)
-        assert not box.overlaps(other)
+        assert not legend_covers(ax, neighbour)
         assert [text.get_text() for text in ax.get_legend().get_texts()] == ["mumatch", "MatchCLOT"]
     finally:
         plt.close(figure)

@@ -7,7 +7,7 @@ import pytest
 
 import mumatch as mm
 from mumatch.pl._training import split_metric_name
-from tests.pl.conftest import assert_drawn
+from tests.pl.conftest import assert_drawn, legend_covers
 
 
 def _history(scale: float = 1.0) -> dict[str, pd.DataFrame]:
@@ -87,10 +87,7 @@ def test_training_legend_stays_inside_an_axes_given_by_the_caller():
     try:
         ax = mm.pl.training(models, metrics="loss", ax=given, show=False)
         assert ax is given and figure.get_figwidth() == 8
-        figure.canvas.draw()
-        renderer = figure.canvas.get_renderer()
-        box = ax.get_legend().get_window_extent(renderer)
-        assert not _overlap(box, neighbour.get_window_extent(renderer))
+        assert not legend_covers(ax, neighbour)
         assert [text.get_text() for text in ax.get_legend().get_texts()][-1] == "best epoch"
     finally:
         plt.close(figure)
