@@ -78,8 +78,14 @@ def paired_positions(mdata: MuData, mod1: str, mod2: str) -> tuple[np.ndarray, n
     return mdata[mod1].obs_names.get_indexer(names), mdata[mod2].obs_names.get_indexer(names)
 
 
-def unpaired_mask(mdata: MuData, mod: str, other: str | list[str]) -> np.ndarray:
-    """Boolean mask over ``mdata[mod].obs_names``: cells not measured in ``other`` (one or several modalities)."""
+def unpaired_mask(mdata: MuData, mod: str, other: str | list[str] | None = None) -> np.ndarray:
+    """Boolean mask over ``mdata[mod].obs_names``: cells not measured in ``other`` (one or several modalities).
+
+    ``None``: in no other modality of ``mdata``, the layout's unpaired (test) cells. With three or more modalities a
+    cell measured in ``mod`` and a third one is paired, even where it lacks the modality it is matched to.
+    """
+    if other is None:
+        other = [name for name in mdata.mod if name != mod]
     others = [other] if isinstance(other, str) else list(other)
     seen = np.zeros(mdata[mod].n_obs, dtype=bool)
     for name in others:

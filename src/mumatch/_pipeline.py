@@ -66,8 +66,8 @@ class PipelineResult:
 
 def uniform_plan(mdata: MuData, mod1: str, mod2: str) -> sp.csr_matrix:
     """The random baseline: every unpaired cell of ``mod1`` spread evenly over the unpaired cells of ``mod2``."""
-    index1 = np.flatnonzero(unpaired_mask(mdata, mod1, mod2))
-    index2 = np.flatnonzero(unpaired_mask(mdata, mod2, mod1))
+    index1 = np.flatnonzero(unpaired_mask(mdata, mod1))
+    index2 = np.flatnonzero(unpaired_mask(mdata, mod2))
     block = np.full((index1.size, index2.size), 1.0 / max(index2.size, 1), dtype=np.float32)
     return embed_block(mdata, mod1, mod2, sp.csr_matrix(block), index1, index2)
 
@@ -84,13 +84,13 @@ def fill_unpaired_batches(mdata: MuData, mod1: str, mod2: str, batch_key: str = 
         if batch_key not in mdata[mod].obs:
             continue
         labels = batch_labels(mdata, mod, batch_key)
-        missing = unpaired_mask(mdata, mod, other) & (
+        missing = unpaired_mask(mdata, mod) & (
             labels.to_numpy() == MISSING_BATCH if labels is not None else np.ones(mdata[mod].n_obs, dtype=bool)
         )
         other_labels = batch_labels(mdata, other, batch_key)
         if not missing.any() or other_labels is None:
             continue
-        levels = pd.unique(other_labels[unpaired_mask(mdata, other, mod)])
+        levels = pd.unique(other_labels[unpaired_mask(mdata, other)])
         if levels.size != 1 or levels[0] == MISSING_BATCH:
             continue
         column = mdata[mod].obs[batch_key].astype(object)
@@ -106,11 +106,11 @@ def check_unpaired_batches(mdata: MuData, mod1: str, mod2: str, batch_key: str =
     match_ot, which matches inside each batch, would find nothing to match, but only after the models' minutes.
     """
     levels = []
-    for mod, other in ((mod1, mod2), (mod2, mod1)):
+    for mod in (mod1, mod2):
         labels = batch_labels(mdata, mod, batch_key)
         if labels is None:
             return
-        unpaired = labels[unpaired_mask(mdata, mod, other)]
+        unpaired = labels[unpaired_mask(mdata, mod)]
         if unpaired.empty or (unpaired == MISSING_BATCH).any():
             return
         levels.append(set(unpaired))
@@ -158,7 +158,7 @@ def stages(
     check_embedding(embedding)
 
     def random_baseline(mdata: MuData, result: PipelineResult) -> None:
-        n_entries = int(unpaired_mask(mdata, mod1, mod2).sum()) * int(unpaired_mask(mdata, mod2, mod1).sum())
+        n_entries = int(unpaired_mask(mdata, mod1).sum()) * int(unpaired_mask(mdata, mod2).sum())
         if n_entries > RANDOM_BASELINE_MAX_ENTRIES:
             logg.info(f"skipping the random baseline: its plan would hold {n_entries:,} entries (its score is 1/n)")
             return

@@ -32,7 +32,7 @@ import math
 import os
 import random
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -516,6 +516,22 @@ class MuDataModel:
         self.init_params = params
 
     # ----- training ---------------------------------------------------------------------------------------------
+    def _embed_in_batches(
+        self, inputs: torch.Tensor, batch_size: int, embed: Callable[[torch.Tensor], torch.Tensor], width: int
+    ) -> np.ndarray:
+        """``embed`` of ``inputs`` a minibatch at a time, in eval mode; a (rows × ``width``) float32 array on the CPU.
+
+        The inputs follow the weights: a Trainer's precision (e.g. ``"64-true"``) leaves them in its dtype, and a
+        module moved to a GPU stays there.
+        """
+        self.module.eval()
+        weight = next(self.module.parameters())
+        parts = [
+            embed(inputs[start : start + batch_size].to(weight.device, weight.dtype)).float().cpu()
+            for start in range(0, len(inputs), batch_size)
+        ]
+        return torch.cat(parts).numpy() if parts else np.zeros((0, width), dtype=np.float32)
+
     def _fit(
         self,
         plan: lp.LightningModule,

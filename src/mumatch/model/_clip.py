@@ -452,20 +452,10 @@ class CLIP(MuDataModel):
         mdata = self._check_query(mdata)
         registration: ModalityRegistration = self.registrations[modality]
         values = torch.from_numpy(modality_inputs(mdata, registration))
-        self.module.eval()
         index = mods.index(modality)
-        # The inputs follow the weights: a Trainer's precision (e.g. "64-true") leaves them in its dtype, and a module
-        # moved to a GPU stays there.
-        weight = next(self.module.parameters())
-        parts = [
-            self.module.inference(values[start : start + batch_size].to(weight.device, weight.dtype), index)
-            .float()
-            .cpu()
-            for start in range(0, len(values), batch_size)
-        ]
-        if not parts:
-            return np.zeros((0, self.init_params["n_latent"]), dtype=np.float32)
-        return torch.cat(parts).numpy()
+        return self._embed_in_batches(
+            values, batch_size, lambda batch: self.module.inference(batch, index), self.init_params["n_latent"]
+        )
 
 
 def _per_modality(value: object, mods: list[str], argument: str) -> dict[str, Any]:

@@ -548,17 +548,11 @@ class CLUE(MuDataModel):
         if modality not in mods:
             raise KeyError(f"modality={modality!r} is not one of the model's modalities {mods}")
         inputs = torch.as_tensor(self._inputs(mdata, modality))
-        self.module.eval()
         index = mods.index(modality)
-        # The inputs follow the weights: a Trainer's precision leaves them in its dtype, and a module moved to a GPU
-        # stays there.
-        weight = next(self.module.parameters())
-        pieces = [
-            self.module.embed(index, inputs[start : start + batch_size].to(weight.device, weight.dtype)).float().cpu()
-            for start in range(0, len(inputs), batch_size)
-        ]
         n_mods, n_latent = self.module.n_mods, self.module.n_latent
-        embedding = torch.cat(pieces).numpy() if pieces else np.zeros((0, n_mods * n_latent), dtype=np.float32)
+        embedding = self._embed_in_batches(
+            inputs, batch_size, lambda batch: self.module.embed(index, batch), n_mods * n_latent
+        )
         if normalize_subspaces:
             # The subspaces combine as an ensemble's members do: cosine similarities average.
             embedding = concatenate_members(np.split(embedding, n_mods, axis=1))

@@ -97,25 +97,22 @@ def _cell_masks(mdata: MuData, mod1: str, mod2: str, cells: str) -> dict[str, np
     if cells == "unpaired":
         # A cell measured in a third modality is paired as well (e.g. RNA+ADT of a TEA-seq panel that lost its ATAC):
         # its partners are known by name, and matching it would take mass from the cells measured alone.
-        masks = {mod: unpaired_mask(mdata, mod, _other_mods(mdata, mod)) for mod in (mod1, mod2)}
+        masks = {mod: unpaired_mask(mdata, mod) for mod in (mod1, mod2)}
     elif cells == "all":
         masks = {mod: np.ones(mdata[mod].n_obs, dtype=bool) for mod in (mod1, mod2)}
     else:
         masks = {mod: _selection_column(mdata, mod, cells) for mod in (mod1, mod2)}
     for mod, other in ((mod1, mod2), (mod2, mod1)):
         if not masks[mod].any():
-            measured = f"'{other}'" if len(mdata.mod) == 2 else f"another of {_other_mods(mdata, mod)}"
+            measured = (
+                f"'{other}'" if len(mdata.mod) == 2 else f"another of {[name for name in mdata.mod if name != mod]}"
+            )
             why = {"unpaired": f"every cell of '{mod}' is also measured in {measured}", "all": "it has no cells"}
             raise ValueError(
                 f"cells={cells!r} selects no cell of '{mod}' ({why.get(cells, 'the column is all False')}); pass "
                 "cells='all' or a boolean .obs column selecting the cells to match"
             )
     return masks
-
-
-def _other_mods(mdata: MuData, mod: str) -> list[str]:
-    """Every modality of ``mdata`` but ``mod``."""
-    return [other for other in mdata.mod if other != mod]
 
 
 def _shortened(names: list[str], limit: int = 5) -> str:
