@@ -80,22 +80,41 @@ def leading(rep: np.ndarray, n: int, whole: bool) -> np.ndarray:
     return rep if whole else rep[:, :n]
 
 
-def run_one(name: str, seed: int, embeddings: Path) -> dict:
+def cosine_points(u: np.ndarray, v: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings scaled so that their squared distance is ``weight`` times the pipeline's cosine cost / ε."""
+    from mumatch import _pipeline
+
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    # The pipeline's cosine cost, 1 - cos shifted to a minimum of 1 and divided by its maximum M, at ε:
+    # (1 - cos) / (ε M) = ||u - v||² / (2 ε M); the constant shift does not change the plan.
+    scale = np.sqrt(weight / (2 * _pipeline.MATCH_EPSILON * float((2.0 - u @ v.T).max())))
+    return u * scale, v * scale
+
+
+def load_prepared(name: str):
+    """The set as ``bench_clue.py`` runs it (one torch thread): unlabelled test cells take the other side's batch."""
     import mudata
     import torch
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     mudata.set_options(pull_on_update=False)
-    import mumatch as mm
     from bench_clue import load
     from mumatch import _pipeline
-    from mumatch._ensemble import concatenate_members
-    from mumatch._layout import extract_block, paired_positions, representation_params, unpaired_mask
 
     mdata = load(name)
     mod1, mod2 = list(mdata.mod)[:2]
     _pipeline.fill_unpaired_batches(mdata, mod1, mod2)
+    return mdata, mod1, mod2
+
+
+def run_one(name: str, seed: int, embeddings: Path) -> dict:
+    import mumatch as mm
+    from mumatch._ensemble import concatenate_members
+    from mumatch._layout import extract_block, paired_positions, representation_params, unpaired_mask
+
+    mdata, mod1, mod2 = load_prepared(name)
     mm.pp.lsi_harmony(mdata, [mod1, mod2], random_state=seed)
     paired1, paired2 = paired_positions(mdata, mod1, mod2)
     index1 = np.flatnonzero(unpaired_mask(mdata, mod1, mod2))
@@ -148,54 +167,23 @@ def run_one(name: str, seed: int, embeddings: Path) -> dict:
             if (n, temperature) == (chosen_n, chosen_t):
                 record["gaussian"] = score
             for label, (u, v) in cosine.items():
-                # The pipeline's cosine cost, 1 - cos shifted to a minimum of 1 and divided by its maximum, at ε:
-                # (1 - cos) / (ε M) = ||u - v||² / (2 ε M) for unit u, v; the constant shift does not change the plan.
-                scale = 1.0 / (2 * _pipeline.MATCH_EPSILON * float((2.0 - u @ v.T).max()))
                 for weight in COSINE_WEIGHTS:
-                    both = np.sqrt(weight * scale)
-                    score = match_score(
-                        np.hstack([x / np.sqrt(temperature), u * both]),
-                        np.hstack([y / np.sqrt(temperature), v * both]),
-                        1.0,
-                        truth,
-                    )
+                    cu, cv = cosine_points(u, v, weight)
+                    root = np.sqrt(temperature)
+                    score = match_score(np.hstack([x / root, cu]), np.hstack([y / root, cv]), 1.0, truth)
                     record["grid"][f"{label} + gaussian n{n} T{temperature} w{weight}"] = score
     for label, (u, v) in cosine.items():
-        scale = 1.0 / (2 * _pipeline.MATCH_EPSILON * float((2.0 - u @ v.T).max()))
-        record["grid"][f"{label} (cosine, the pipeline's ε)"] = match_score(
-            u * np.sqrt(scale), v * np.sqrt(scale), 1.0, truth
-        )
+        record["grid"][f"{label} (cosine, the pipeline's ε)"] = match_score(*cosine_points(u, v, 1.0), 1.0, truth)
     return record
-
-
-def cosine_points(u: np.ndarray, v: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
-    """Unit embeddings scaled so that their squared distance is ``weight`` times the pipeline's cosine cost / ε."""
-    from mumatch import _pipeline
-
-    u = u / np.linalg.norm(u, axis=1, keepdims=True)
-    v = v / np.linalg.norm(v, axis=1, keepdims=True)
-    # The pipeline's cosine cost, 1 - cos shifted to a minimum of 1 and divided by its maximum M, at ε:
-    # (1 - cos) / (ε M) = ||u - v||² / (2 ε M); the constant shift does not change the plan.
-    scale = np.sqrt(weight / (2 * _pipeline.MATCH_EPSILON * float((2.0 - u @ v.T).max())))
-    return u * scale, v * scale
 
 
 def run_held_out(name: str, seed: int) -> dict:
     """Every setting chosen on held-out pairs that CLUE never sees paired; then the test cells matched once."""
-    import mudata
-    import torch
-
-    warnings.simplefilter("ignore")
-    torch.set_num_threads(1)
-    mudata.set_options(pull_on_update=False)
     import mumatch as mm
-    from bench_clue import load
     from mumatch import _pipeline
     from mumatch._layout import extract_block, paired_positions, representation_params, unpaired_mask
 
-    mdata = load(name)
-    mod1, mod2 = list(mdata.mod)[:2]
-    _pipeline.fill_unpaired_batches(mdata, mod1, mod2)
+    mdata, mod1, mod2 = load_prepared(name)
     index1 = np.flatnonzero(unpaired_mask(mdata, mod1, mod2))
     index2 = np.flatnonzero(unpaired_mask(mdata, mod2, mod1))
     truth = extract_block(mdata, mdata.obsp["match_true"], mod1, mod2, index1, index2).indices
