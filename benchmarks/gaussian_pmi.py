@@ -22,6 +22,11 @@ embeddings):
   with weight ``w`` on the cosine part. These rows are scored on the test truth for every setting: exploratory, with
   the optimism of picking the best of a grid.
 
+``--held-out-pairs`` (``run_held_out``) chooses every setting without the test truth, CLUE's included: a fifth of the
+paired cells is made unpaired (its mod2 cells renamed) before ``lsi_harmony`` and ``train_clue``, so CLUE trains on
+them as on test cells; ``(n, T)`` and ``(n, T, w)`` are chosen on those held-out pairs, then the test cells are matched
+once (``held_out_SET_sSEED.json``).
+
 Prints markdown tables; one JSON per (set, seed) in ``--out``.
 """
 
@@ -159,6 +164,9 @@ def run_one(name: str, seed: int, embeddings: Path) -> dict:
         cosine["CLIP + CLUE"] = [
             concatenate_members([saved[f"X_clip_{side}"], saved[f"{key}_{side}"]]).astype(np.float64) for side in "12"
         ]
+    weighted = {
+        (label, weight): cosine_points(u, v, weight) for label, (u, v) in cosine.items() for weight in COSINE_WEIGHTS
+    }
     for n in N_COMPONENTS:
         x, y = points(n, paired1, paired2, index1, index2)
         for temperature in TEMPERATURES:
@@ -166,12 +174,10 @@ def run_one(name: str, seed: int, embeddings: Path) -> dict:
             record["grid"][f"gaussian n{n} T{temperature}"] = score
             if (n, temperature) == (chosen_n, chosen_t):
                 record["gaussian"] = score
-            for label, (u, v) in cosine.items():
-                for weight in COSINE_WEIGHTS:
-                    cu, cv = cosine_points(u, v, weight)
-                    root = np.sqrt(temperature)
-                    score = match_score(np.hstack([x / root, cu]), np.hstack([y / root, cv]), 1.0, truth)
-                    record["grid"][f"{label} + gaussian n{n} T{temperature} w{weight}"] = score
+            root = np.sqrt(temperature)
+            for (label, weight), (cu, cv) in weighted.items():
+                score = match_score(np.hstack([x / root, cu]), np.hstack([y / root, cv]), 1.0, truth)
+                record["grid"][f"{label} + gaussian n{n} T{temperature} w{weight}"] = score
     for label, (u, v) in cosine.items():
         record["grid"][f"{label} (cosine, the pipeline's ε)"] = match_score(*cosine_points(u, v, 1.0), 1.0, truth)
     return record
@@ -218,14 +224,14 @@ def run_held_out(name: str, seed: int) -> dict:
         diagonal = np.arange(rows1.size)  # row i of each side is one cell: the truth is the diagonal
         u, v = clue[mod1][rows1], clue[mod2][rows2]
         out = {("clue",): match_score(*cosine_points(u, v, 1.0), 1.0, diagonal)}
+        weighted = {weight: cosine_points(u, v, weight) for weight in COSINE_WEIGHTS}
         for n in N_COMPONENTS:
             rep1, rep2 = leading(reps[mod1][0], n, reps[mod1][1]), leading(reps[mod2][0], n, reps[mod2][1])
             x, y = gaussian_points(rep1[fit1], rep2[fit2], rep1[rows1], rep2[rows2])
             for temperature in TEMPERATURES:
                 out[("gaussian", n, temperature)] = match_score(x, y, temperature, diagonal)
-                for weight in COSINE_WEIGHTS:
-                    cu, cv = cosine_points(u, v, weight)
-                    root = np.sqrt(temperature)
+                root = np.sqrt(temperature)
+                for weight, (cu, cv) in weighted.items():
                     both = match_score(np.hstack([x / root, cu]), np.hstack([y / root, cv]), 1.0, diagonal)
                     out[("clue + gaussian", n, temperature, weight)] = both
         return out
