@@ -155,7 +155,10 @@ def run_one(
     if variant == "full":
         start = time.perf_counter()
         ensemble = _pipeline.ensemble_choice(mdata, mod1, mod2)
-        mm.tl.train_clip(mdata, mod1, mod2, ensemble=ensemble, random_state=seed, progress_bar=False)
+        mm.pp.append_depth(mdata, [mod1, mod2], key_added=_pipeline.CLIP_REP)
+        mm.tl.train_clip(
+            mdata, mod1, mod2, use_rep=_pipeline.CLIP_REP, ensemble=ensemble, random_state=seed, progress_bar=False
+        )
         timings["CLIP (pipeline)"] = time.perf_counter() - start
         reps["CLIP (pipeline)"] = "X_clip"
         clue_key = list(reps)[1] if n_models > 1 else "CLUE (1 model)"

@@ -10,6 +10,7 @@ Runs on pbmc10k_cite hold /tmp/mumatch-heavy.lock. Prints markdown tables: per d
 over seeds, the ratio of mean match scores to MatchCLOT's, and the ablations.
 
 Variants (ours): ``full`` (the pipeline of ``mumatch run``), ``no_harmony`` (lsi_harmony without Harmony),
+``no_depth`` (CLIP reads lsi_harmony's embedding without the sequencing-depth columns of ``pp.append_depth``),
 ``no_transductive`` (LSI fitted on the paired training cells only, test cells projected with
 lsi_harmony_transform), ``single_model`` (one model instead of the ensemble); and, from the full embedding,
 ``no_batch_split`` (one OT block), ``exact`` (one-to-one assignment instead of entropic OT) and ``epsilon_0.01``
@@ -41,7 +42,7 @@ DATASETS = {
     "pbmc10k_cite": DATA_ROOT / "pbmc10k_cite",
 }
 HEAVY = {"pbmc10k_cite"}
-TRAIN_VARIANTS = ("full", "no_harmony", "no_transductive", "single_model")
+TRAIN_VARIANTS = ("full", "no_harmony", "no_depth", "no_transductive", "single_model")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -57,7 +58,7 @@ def worker(data: str, seed: int, variant: str, out: Path) -> None:
     mudata.set_options(pull_on_update=False)
     import mumatch as mm
     from mumatch._layout import paired_names
-    from mumatch._pipeline import MATCH_EPSILON, MATCH_MAX_ITER, ensemble_choice, fill_unpaired_batches
+    from mumatch._pipeline import CLIP_REP, MATCH_EPSILON, MATCH_MAX_ITER, ensemble_choice, fill_unpaired_batches
 
     mdata = mm.datasets.read_neurips2021(DATASETS[data])
     mod1, mod2 = mdata.uns["neurips2021"]["mod1"], mdata.uns["neurips2021"]["mod2"]
@@ -71,11 +72,16 @@ def worker(data: str, seed: int, variant: str, out: Path) -> None:
         mm.pp.lsi_harmony_transform(mdata, reference, [mod1, mod2], random_state=seed)
     else:
         mm.pp.lsi_harmony(mdata, [mod1, mod2], harmony=variant != "no_harmony", random_state=seed)
+    if variant != "no_depth":
+        mm.pp.append_depth(mdata, [mod1, mod2], key_added=CLIP_REP)
     preprocess_time = time.perf_counter() - start
+    use_rep = "X_lsi_harmony" if variant == "no_depth" else CLIP_REP
 
     ensemble = None if variant == "single_model" else ensemble_choice(mdata, mod1, mod2)
     start = time.perf_counter()
-    models = mm.tl.train_clip(mdata, mod1, mod2, ensemble=ensemble, random_state=seed, progress_bar=False)
+    models = mm.tl.train_clip(
+        mdata, mod1, mod2, use_rep=use_rep, ensemble=ensemble, random_state=seed, progress_bar=False
+    )
     train_time = time.perf_counter() - start
     epochs = sum(model.train_info["epochs"] for model in models)
 

@@ -27,6 +27,10 @@ paired cells is made unpaired (its mod2 cells renamed) before ``lsi_harmony`` an
 them as on test cells; ``(n, T)`` and ``(n, T, w)`` are chosen on those held-out pairs, then the test cells are matched
 once (``held_out_SET_sSEED.json``).
 
+``--depth`` appends each cell's sequencing depth (the two columns of ``mm.pp.append_depth``: log total counts and
+log detected features, standardised within batches) to both modalities' inputs of the Gaussian; the JSON names end in
+``_depth``.
+
 Prints markdown tables; one JSON per (set, seed) in ``--out``.
 """
 
@@ -81,8 +85,20 @@ def match_score(x: np.ndarray, y: np.ndarray, temperature: float, truth: np.ndar
     return float(plan[np.arange(truth.size), truth].mean())
 
 
-def leading(rep: np.ndarray, n: int, whole: bool) -> np.ndarray:
-    return rep if whole else rep[:, :n]
+def leading(rep: np.ndarray, n: int, whole: bool, depth: np.ndarray | None = None) -> np.ndarray:
+    """The leading ``n`` columns (all when ``whole``), followed by the depth columns when given."""
+    columns = rep if whole else rep[:, :n]
+    return columns if depth is None else np.hstack([columns, depth])
+
+
+def depth_columns(mdata, mods: list[str], use: bool) -> dict:
+    """Each modality's two ``pp.append_depth`` columns (standardised within batches), or None for every modality."""
+    if not use:
+        return dict.fromkeys(mods)
+    import mumatch as mm
+
+    out = mm.pp.append_depth(mdata, mods, key_added="X_depth_probe", copy=True)
+    return {mod: np.asarray(out[mod].obsm["X_depth_probe"][:, -2:], dtype=np.float64) for mod in mods}
 
 
 def cosine_points(u: np.ndarray, v: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
@@ -114,13 +130,14 @@ def load_prepared(name: str):
     return mdata, mod1, mod2
 
 
-def run_one(name: str, seed: int, embeddings: Path) -> dict:
+def run_one(name: str, seed: int, embeddings: Path, use_depth: bool = False) -> dict:
     import mumatch as mm
     from mumatch._ensemble import concatenate_members
     from mumatch._layout import extract_block, paired_positions, representation_params, unpaired_mask
 
     mdata, mod1, mod2 = load_prepared(name)
     mm.pp.lsi_harmony(mdata, [mod1, mod2], random_state=seed)
+    depth = depth_columns(mdata, [mod1, mod2], use_depth)
     paired1, paired2 = paired_positions(mdata, mod1, mod2)
     index1 = np.flatnonzero(unpaired_mask(mdata, mod1, mod2))
     index2 = np.flatnonzero(unpaired_mask(mdata, mod2, mod1))
@@ -131,7 +148,8 @@ def run_one(name: str, seed: int, embeddings: Path) -> dict:
         whole[mod] = representation_params(mdata, mod, "X_lsi_harmony").get("method") == "clr"
 
     def points(n: int, fit1: np.ndarray, fit2: np.ndarray, rows1: np.ndarray, rows2: np.ndarray):
-        rep1, rep2 = leading(reps[mod1], n, whole[mod1]), leading(reps[mod2], n, whole[mod2])
+        rep1 = leading(reps[mod1], n, whole[mod1], depth[mod1])
+        rep2 = leading(reps[mod2], n, whole[mod2], depth[mod2])
         return gaussian_points(rep1[fit1], rep2[fit2], rep1[rows1], rep2[rows2])
 
     # Choose (n, T) on held-out paired cells: fit on four fifths, match the held-out pairs among themselves.
@@ -183,7 +201,7 @@ def run_one(name: str, seed: int, embeddings: Path) -> dict:
     return record
 
 
-def run_held_out(name: str, seed: int) -> dict:
+def run_held_out(name: str, seed: int, use_depth: bool = False) -> dict:
     """Every setting chosen on held-out pairs that CLUE never sees paired; then the test cells matched once."""
     import mumatch as mm
     from mumatch import _pipeline
@@ -206,6 +224,7 @@ def run_held_out(name: str, seed: int) -> dict:
     mdata[mod2].obs_names = renamed.to_numpy()
     mdata.update()
     mm.pp.lsi_harmony(mdata, [mod1, mod2], random_state=seed)
+    depth = depth_columns(mdata, [mod1, mod2], use_depth)
     fit1, fit2 = paired_positions(mdata, mod1, mod2)
     n_models = _pipeline.seed_ensemble_size(int(fit1.size))
     mm.tl.train_clue(mdata, [mod1, mod2], ensemble=n_models, key_added="X_clue", random_state=seed, progress_bar=False)
@@ -226,7 +245,8 @@ def run_held_out(name: str, seed: int) -> dict:
         out = {("clue",): match_score(*cosine_points(u, v, 1.0), 1.0, diagonal)}
         weighted = {weight: cosine_points(u, v, weight) for weight in COSINE_WEIGHTS}
         for n in N_COMPONENTS:
-            rep1, rep2 = leading(reps[mod1][0], n, reps[mod1][1]), leading(reps[mod2][0], n, reps[mod2][1])
+            rep1 = leading(reps[mod1][0], n, reps[mod1][1], depth[mod1])
+            rep2 = leading(reps[mod2][0], n, reps[mod2][1], depth[mod2])
             x, y = gaussian_points(rep1[fit1], rep2[fit2], rep1[rows1], rep2[rows2])
             for temperature in TEMPERATURES:
                 out[("gaussian", n, temperature)] = match_score(x, y, temperature, diagonal)
@@ -256,13 +276,17 @@ def main() -> None:
         action="store_true",
         help="train CLUE with a fifth of the pairs unpaired and choose every setting on them (run_held_out)",
     )
+    parser.add_argument(
+        "--depth", action="store_true", help="the Gaussian also reads each cell's sequencing depth (pp.append_depth)"
+    )
     args = parser.parse_args()
+    suffix = "_depth" if args.depth else ""
     if args.held_out_pairs:
         args.out.mkdir(parents=True, exist_ok=True)
         for name in args.sets:
             for seed in args.seeds:
-                record = run_held_out(name, seed)
-                (args.out / f"held_out_{name}_s{seed}.json").write_text(json.dumps(record, indent=1))
+                record = run_held_out(name, seed, args.depth)
+                (args.out / f"held_out_{name}_s{seed}{suffix}.json").write_text(json.dumps(record, indent=1))
                 print(name, seed, {kind: record[kind] for kind in ("clue", "gaussian", "clue + gaussian")}, flush=True)
         return
     embeddings = Path(os.environ.get("CLUE_BENCH_EMBEDDINGS", "/tmp/clue_bench/embeddings"))
@@ -270,8 +294,8 @@ def main() -> None:
     records = []
     for name in args.sets:
         for seed in args.seeds:
-            record = run_one(name, seed, embeddings)
-            (args.out / f"{name}_s{seed}.json").write_text(json.dumps(record, indent=1))
+            record = run_one(name, seed, embeddings, args.depth)
+            (args.out / f"{name}_s{seed}{suffix}.json").write_text(json.dumps(record, indent=1))
             print(name, seed, record["chosen"], f"gaussian {record['gaussian']:.4f}", flush=True)
             records.append(record)
     import pandas as pd

@@ -28,6 +28,7 @@ def test_reserved_nested_or_empty_names_refused(simulated, key_added, message):
     before = snapshot(simulated)
     calls = {
         "lsi_harmony": lambda: mm.pp.lsi_harmony(simulated, key_added=key_added),
+        "append_depth": lambda: mm.pp.append_depth(simulated, use_rep="X_shared", key_added=key_added),
         "train_clip": lambda: mm.tl.train_clip(simulated, "rna", "atac", use_rep="X_shared", key_added=key_added),
         "train_clue": lambda: mm.tl.train_clue(simulated, use_rep="X_shared", key_added=key_added),
         "match_ot": lambda: mm.tl.match_ot(simulated, "rna", "atac", use_rep="X_shared", key_added=key_added),

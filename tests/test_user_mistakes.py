@@ -151,6 +151,7 @@ def test_copy_of_a_backed_mudata_is_refused_before_any_work(matched, tmp_path):
     backed = mudata.read_h5mu(path, backed=True)
     calls = {
         "lsi_harmony": lambda copy: mm.pp.lsi_harmony(backed, ["rna"], copy=copy),
+        "append_depth": lambda copy: mm.pp.append_depth(backed, ["rna"], use_rep="X_shared", copy=copy),
         "match_ot": lambda copy: mm.tl.match_ot(backed, "rna", "atac", use_rep="X_shared", copy=copy),
         "transfer_labels": lambda copy: mm.tl.transfer_labels(
             backed, label_key="cell_type", source_mod="rna", target_mod="atac", copy=copy
@@ -162,3 +163,4 @@ def test_copy_of_a_backed_mudata_is_refused_before_any_work(matched, tmp_path):
         with pytest.raises(ValueError, match="copy must be True or False"):
             call("yes")
     assert "X_lsi_harmony" not in backed["rna"].obsm
+    assert "X_shared_depth" not in backed["rna"].obsm

@@ -51,6 +51,11 @@ MATCH_EPSILON = 0.001
 MATCH_MAX_ITER = 5000
 # The random baseline is a dense block before it becomes a CSR plan: only below this many (test × test) entries.
 RANDOM_BASELINE_MAX_ENTRIES = 25_000_000
+# CLIP's input: lsi_harmony's embedding with each cell's sequencing depth appended (pp.append_depth). Measured
+# (docs/benchmarks.md, twenty-third session, CLIP + OT, mean of 3 seeds, without → with): pbmc10k_cite 0.0110 →
+# 0.0115 (FOSCTTM 0.0558 → 0.0543, better on every seed), cite starter 0.0587 → 0.0619, multiome starter 0.0052 →
+# 0.0090 (chance: 0.0036). CLUE reads lsi_harmony's embedding as it is: with the depth columns it gained nothing.
+CLIP_REP = "X_lsi_harmony_depth"
 # Extra options of train_clip and train_clue (tests shorten training with e.g. {"max_epochs": 3}).
 TRAIN_OPTIONS: dict = {}
 
@@ -169,11 +174,13 @@ def stages(
         fill_unpaired_batches(mdata, mod1, mod2)
         check_unpaired_batches(mdata, mod1, mod2)
         pp.lsi_harmony(mdata, [mod1, mod2], random_state=seed)
+        if "clip" in embedding:
+            pp.append_depth(mdata, [mod1, mod2], use_rep="X_lsi_harmony", key_added=CLIP_REP)
 
     def train_clip(mdata: MuData, result: PipelineResult) -> None:
         ensemble = ensemble_choice(mdata, mod1, mod2)
         options = {"ensemble": ensemble, "random_state": seed, "progress_bar": False, **TRAIN_OPTIONS}
-        tl.train_clip(mdata, mod1, mod2, **options)
+        tl.train_clip(mdata, mod1, mod2, use_rep=CLIP_REP, **options)
 
     def train_clue(mdata: MuData, result: PipelineResult) -> None:
         # A seed ensemble sized as CLIP's (train_clue has no per-batch ensemble): cite starter 0.070 → 0.094 with 5.
