@@ -29,9 +29,9 @@ CLIP_KEY = "match_clip"
 CLUE_KEY = "match_clue"
 COMBINED_KEY = "match_clip_clue"
 # What the pipeline can match on (``mumatch run --embedding``): CLIP, CLUE, or both with their cosine similarities
-# averaged. Measured (docs/benchmarks.md, nineteenth session, mean of 3 seeds): cite starter CLIP 0.059, CLUE 0.094,
-# both 0.097; multiome starter 0.0052, 0.0129, 0.0080 (chance: 0.0036); pbmc10k_cite 0.0111, 0.0096, 0.0115. CLUE
-# trains 5-15× longer than CLIP, so CLIP stays the default.
+# averaged. Measured (docs/benchmarks.md, CLUE: nineteenth session; CLIP with depth columns: twenty-third; mean of
+# 3 seeds): cite starter CLIP 0.062, CLUE 0.094, both 0.097; multiome starter 0.0090, 0.0129, 0.0104 (chance:
+# 0.0036); pbmc10k_cite 0.0115, 0.0096, 0.0122. CLUE trains 5-15× longer than CLIP, so CLIP stays the default.
 EMBEDDINGS = ("clip", "clue", "clip+clue")
 COMBINED_REP = "X_clip_clue"
 # With a single training batch there is no batch to hold out per model (MatchCLOT's ensemble); the pipeline then

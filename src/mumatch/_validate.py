@@ -21,7 +21,12 @@ from ._checks import is_number as is_number
 # Where the models record their setup in ``mdata.uns`` (see mumatch.model); no output may be written under it.
 SETUP_KEY = "_mumatch_setup"
 # The function that writes each default embedding, named when an embedding is missing.
-REP_PRODUCERS = {"X_lsi_harmony": "mm.pp.lsi_harmony", "X_clip": "mm.tl.train_clip", "X_clue": "mm.tl.train_clue"}
+REP_PRODUCERS = {
+    "X_lsi_harmony": "mm.pp.lsi_harmony",
+    "X_lsi_harmony_depth": "mm.pp.lsi_harmony, then mm.pp.append_depth",
+    "X_clip": "mm.tl.train_clip",
+    "X_clue": "mm.tl.train_clue",
+}
 # The batch column of the data layout: when no modality has it, the data have no batches.
 DEFAULT_BATCH_KEY = "batch"
 # Columns listed in a message about a missing one.

@@ -136,3 +136,87 @@ def test_non_count_data_raise_and_write_nothing():
     assert_unchanged(before, mdata)  # rna, processed first, was not written either
     with pytest.raises(TypeError):
         mm.pp.append_depth(mdata.mod["rna"], use_rep="rep")
+
+
+def warnings_of(monkeypatch) -> list[str]:
+    from scanpy import logging as logg
+
+    messages: list[str] = []
+    monkeypatch.setattr(logg, "warning", lambda message, *args, **kwargs: messages.append(message))
+    return messages
+
+
+@pytest.mark.parametrize("form", ["csc", "dense", "int64"])
+def test_every_layer_format_gives_the_same_columns(form):
+    expected = tiny()
+    mm.pp.append_depth(expected, use_rep="rep")
+    mdata = tiny()
+    counts = mdata["rna"].layers["counts"]
+    counts.eliminate_zeros()  # a dense copy cannot keep the explicit zero; its value is 0 either way
+    converted = {"csc": counts.tocsc(), "dense": counts.toarray(), "int64": counts.astype(np.int64)}[form]
+    mdata["rna"].layers["counts"] = converted
+    mm.pp.append_depth(mdata, use_rep="rep")
+    np.testing.assert_array_equal(mdata["rna"].obsm["rep_depth"], expected["rna"].obsm["rep_depth"])
+
+
+def test_unlabelled_cells_or_a_missing_column_standardise_over_all_cells_with_a_warning(monkeypatch):
+    messages = warnings_of(monkeypatch)
+    mdata = tiny()
+    mdata["adt"].obs["batch"] = pd.Series([None, "a", "a", "b", "b"], index=mdata["adt"].obs_names, dtype=object)
+    del mdata["rna"].obs["batch"]
+    mm.pp.append_depth(mdata, use_rep="rep")
+    assert any("1 of 5 cells of 'adt' have no 'batch' label" in message for message in messages)
+    assert any("'rna' has no 'batch' column" in message for message in messages)
+    for mod in ("rna", "adt"):
+        depth = mdata[mod].obsm["rep_depth"][:, -2:] / mdata[mod].uns["rep_depth"]["params"]["scale"]
+        np.testing.assert_allclose(depth.mean(axis=0), 0, atol=1e-6)
+        np.testing.assert_allclose(depth.std(axis=0), 1, rtol=1e-5)
+
+
+def test_key_added_may_not_replace_a_fitted_projection(embedded):
+    before = snapshot(embedded)
+    with pytest.raises(ValueError, match="names the fitted projection"):
+        mm.pp.append_depth(embedded, use_rep="X_lsi_harmony_uncorrected", key_added="X_lsi_harmony")
+    assert_unchanged(before, embedded)
+
+
+def test_a_query_gets_the_reference_scale_and_a_saved_model_embeds_it(embedded, tmp_path):
+    names = embedded["rna"].obs_names[:200]
+    reference = mudata.MuData({mod: embedded[mod][embedded[mod].obs_names.isin(names)].copy() for mod in embedded.mod})
+    query = mudata.MuData({mod: embedded[mod][~embedded[mod].obs_names.isin(names)].copy() for mod in embedded.mod})
+    mm.pp.lsi_harmony(reference)
+    mm.pp.append_depth(reference)
+    (model,) = mm.tl.train_clip(reference, "rna", "atac", use_rep=KEY, ensemble=None, max_epochs=2, progress_bar=False)
+    model.save(tmp_path / "clip")
+    mm.pp.lsi_harmony_transform(query, reference)
+    with pytest.raises(KeyError, match="mm.pp.lsi_harmony, then mm.pp.append_depth"):
+        mm.model.CLIP.load(tmp_path / "clip", reference).get_latent_representation(query, "rna")
+    with pytest.raises(KeyError, match="reference has no append_depth output 'other'"):
+        mm.pp.append_depth(query, reference=reference, key_added="other")
+    mm.pp.append_depth(query, reference=reference)
+    for mod in ("rna", "atac"):
+        assert query[mod].uns[KEY]["params"]["scale"] == reference[mod].uns[KEY]["params"]["scale"]
+        assert query[mod].uns[KEY]["params"]["fit_id"] == reference[mod].uns[KEY]["params"]["fit_id"]
+    embedding = mm.model.CLIP.load(tmp_path / "clip", reference).get_latent_representation(query, "rna")
+    assert embedding.shape == (query["rna"].n_obs, model.init_params["n_latent"])
+    assert np.isfinite(embedding).all()
+
+
+def test_clue_says_when_its_input_cut_leaves_the_depth_columns_out(embedded, monkeypatch):
+    mm.pp.append_depth(embedded)
+    messages = warnings_of(monkeypatch)
+    mm.model.CLUE.setup_mudata(embedded, ["rna", "atac"], rep_key=KEY)
+    mm.model.CLUE(embedded, n_input_comps=100)
+    cut = [message for message in messages if "appended columns" in message]
+    assert len(cut) == 2 and "leading 100 of" in cut[0]
+    messages.clear()
+    mm.model.CLUE(embedded, n_input_comps=None)
+    assert not [message for message in messages if "appended columns" in message]
+
+
+def test_the_pipeline_trains_clip_on_the_depth_columns(multiome):
+    from mumatch._pipeline import CLIP_REP, run_pipeline
+
+    run_pipeline(multiome, "rna", "atac", progress=False)
+    assert multiome.uns["X_clip"]["params"]["use_rep"] == {"rna": CLIP_REP, "atac": CLIP_REP}
+    assert multiome["atac"].uns[CLIP_REP]["params"]["within_batches"]  # the pipeline labels the test cells first

@@ -117,7 +117,8 @@ def warn_other_fit(mdata: MuData, registration: ModalityRegistration) -> None:
         logg.warning(
             f"mdata['{registration.mod}'].obsm['{registration.rep_key}'] comes from another fit of the projection "
             "than the model's training data (same width, another basis: its embedding would be meaningless); "
-            "embed new cells with mm.pp.lsi_harmony_transform(mdata, reference) on the training data's fit"
+            "embed new cells with mm.pp.lsi_harmony_transform(mdata, reference) on the training data's fit (then "
+            "mm.pp.append_depth(mdata, reference=reference) for a representation with depth columns)"
         )
 
 

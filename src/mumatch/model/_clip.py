@@ -435,7 +435,8 @@ class CLIP(MuDataModel):
         ----------
         mdata
             The training MuData (default) or a new query whose representation was computed the same way (e.g. with
-            ``mm.pp.lsi_harmony_transform(query, reference=mdata)``).
+            ``mm.pp.lsi_harmony_transform(query, reference=mdata)``, then, for a model trained on
+            ``X_lsi_harmony_depth``, ``mm.pp.append_depth(query, reference=mdata)``).
         modality
             One of the two registered modalities.
         batch_size

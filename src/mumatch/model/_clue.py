@@ -328,10 +328,21 @@ class CLUE(MuDataModel):
                 f"n_input_comps for '{mod}'" if isinstance(n_input_comps, Mapping) else "n_input_comps",
                 allow_none=True,
             )
-        return {
+        widths = {
             mod: self.registrations[mod].n_input if value is None else min(value, self.registrations[mod].n_input)
             for mod, value in requested.items()
         }
+        for mod, width in widths.items():
+            rep_key, n_input = self.registrations[mod].rep_key, self.registrations[mod].n_input
+            appended = int(representation_params(mdata, mod, rep_key).get("n_appended", 0))
+            if appended and width < n_input:
+                # The appended columns come last: a cut to the leading components drops them.
+                logg.warning(
+                    f"CLUE's encoders read the leading {width} of the {n_input} columns of mdata['{mod}'].obsm"
+                    f"['{rep_key}']: its {appended} appended columns (mm.pp.append_depth) are not read; pass "
+                    "model_kwargs={'n_input_comps': None} to read every column"
+                )
+        return widths
 
     @classmethod
     def _saved_init_params(cls, params: dict[str, Any]) -> dict[str, Any]:

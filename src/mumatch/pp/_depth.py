@@ -22,7 +22,8 @@ from .._validate import (
 from ._normalize import as_csr, check_count_values
 
 DEPTH_COLUMNS = ("log1p_total_counts", "log1p_n_features")
-# Rows per block when counting detected features.
+# Rows per block when counting detected features: bounds the per-entry row-index temporary (8 bytes per stored
+# value) on atlas-size matrices.
 ROW_BLOCK = 4096
 
 
@@ -60,6 +61,21 @@ def standardise_within(values: np.ndarray, batches: pd.Series | None) -> np.ndar
     return out
 
 
+def _reference_scales(reference: object, mods: list[str], key_added: str) -> dict[str, float]:
+    """The scale of the depth columns that ``append_depth`` recorded in ``reference`` under ``key_added``."""
+    check_mudata(reference, "reference")
+    scales = {}
+    for mod in mods:
+        params = reference.mod[mod].uns.get(key_added, {}).get("params", {}) if mod in reference.mod else {}
+        if "scale" not in params:
+            raise KeyError(
+                f"reference has no append_depth output '{key_added}' for '{mod}'; run mm.pp.append_depth on the "
+                "reference with the same key_added (or pass reference=None)"
+            )
+        scales[mod] = float(params["scale"])
+    return scales
+
+
 def append_depth(
     mdata: MuData,
     mods: Sequence[str] | None = None,
@@ -68,6 +84,7 @@ def append_depth(
     layer: str | None = "counts",
     batch_key: str | None = "batch",
     key_added: str | None = None,
+    reference: MuData | None = None,
     copy: bool = False,
 ) -> MuData | None:
     """Append each cell's sequencing depth, standardised within its batch, to its representation.
@@ -97,7 +114,13 @@ def append_depth(
         (with a warning for the latter); a column that no modality has raises a KeyError, except the default
         ``"batch"`` (data without batches).
     key_added
-        Name of the output (default: ``use_rep + '_depth'``); it may not be ``use_rep``.
+        Name of the output (default: ``use_rep + '_depth'``); it may not be ``use_rep`` nor name a fitted projection
+        (``lsi_harmony``'s ``.uns`` entry).
+    reference
+        For new cells embedded with :func:`mumatch.pp.lsi_harmony_transform`: the MuData a model was trained on, after
+        ``append_depth`` with the same ``key_added``. Its scale of the depth columns is used, so that the model reads
+        the query's columns on the scale it was trained on (the depth itself is still standardised within the query's
+        own batches). ``None``: the scale of ``mdata``'s own representation.
     copy
         Return a modified copy instead of working in place.
 
@@ -109,8 +132,10 @@ def append_depth(
     - ``.uns[key_added]['params']``: the arguments, the scale of the depth columns and the source representation's
       ``fit_id`` (so that a model reading ``key_added`` recognises the projection it was trained on).
 
-    A query embedded with :func:`mumatch.pp.lsi_harmony_transform` gets its depth columns from this function too: they
-    are standardised on the query's own batches, as the reference's were on its own.
+    A query embedded with :func:`mumatch.pp.lsi_harmony_transform` gets its depth columns from this function too, with
+    ``reference=`` the training data: they are standardised on the query's own batches, as the reference's were on
+    its own, and scaled as the reference's were. :class:`mumatch.model.CLUE` reads only the leading
+    ``n_input_comps`` columns of an LSI (it warns when that leaves out the depth columns).
 
     Examples
     --------
@@ -131,7 +156,15 @@ def append_depth(
         raise ValueError(
             f"key_added={key_added!r} would overwrite use_rep; choose another name (default: use_rep + '_depth')"
         )
+    for mod in names:
+        recorded = mdata[mod].uns.get(key_added)
+        if isinstance(recorded, Mapping) and "feature_names" in recorded:
+            raise ValueError(
+                f"key_added={key_added!r} names the fitted projection in mdata['{mod}'].uns (lsi_harmony's), which "
+                "lsi_harmony_transform needs; choose another name"
+            )
     has_batches = check_batch_key(mdata, names, batch_key)
+    scales = _reference_scales(reference, names, key_added) if reference is not None else {}
     check_copy(mdata, copy)
     start = logg.info(f"appending sequencing depth to .obsm['{use_rep}'] of {names}")
 
@@ -140,6 +173,10 @@ def append_depth(
         rep = check_rep(mdata, mod, use_rep)
         depth = depth_values(mdata, mod, layer)
         batches = obs_column(mdata, mod, batch_key) if has_batches else None
+        if has_batches and batches is None:
+            logg.warning(
+                f"'{mod}' has no {batch_key!r} column (nor has mdata.obs): its depth is standardised over all its cells"
+            )
         if batches is not None and batches.isna().any():
             # As lsi_harmony leaves such a modality uncorrected: partly standardising it per batch would put labelled
             # and unlabelled cells on different scales.
@@ -149,9 +186,11 @@ def append_depth(
             )
             batches = None
         # The root-mean-square column SD: each depth column as loud as a typical column of the representation.
-        scale = float(np.sqrt(rep.var(axis=0).mean())) if rep.shape[1] else 1.0
+        scale = scales.get(mod, float(np.sqrt(rep.var(axis=0).mean())) if rep.shape[1] else 1.0)
         scale = scale if scale > 0 else 1.0
-        appended = np.hstack([rep, scale * standardise_within(depth, batches)]).astype(np.float32)
+        appended = np.empty((rep.shape[0], rep.shape[1] + len(DEPTH_COLUMNS)), dtype=np.float32)
+        appended[:, : rep.shape[1]] = rep
+        appended[:, rep.shape[1] :] = scale * standardise_within(depth, batches)
         recorded = mdata[mod].uns.get(use_rep)
         source = recorded.get("params", {}) if isinstance(recorded, Mapping) else {}
         params = {
@@ -161,6 +200,8 @@ def append_depth(
             "within_batches": batches is not None,
             "columns": list(DEPTH_COLUMNS),
             "scale": scale,
+            # Columns after the representation's own, counting any a previous append_depth added.
+            "n_appended": int(source.get("n_appended", 0)) + len(DEPTH_COLUMNS),
         }
         if source.get("fit_id") is not None:
             params["fit_id"] = str(source["fit_id"])
