@@ -13,31 +13,24 @@ from .._validate import (
     check_batch_key,
     check_copy,
     check_key_added,
-    check_layer,
     check_mods,
     check_mudata,
     check_rep,
     obs_column,
 )
-from ._normalize import as_csr, check_count_values
+from ._lsi_harmony import raw_counts
+from ._normalize import ROW_BLOCK
 
 DEPTH_COLUMNS = ("log1p_total_counts", "log1p_n_features")
-# Rows per block when counting detected features: bounds the per-entry row-index temporary (8 bytes per stored
-# value) on atlas-size matrices.
-ROW_BLOCK = 4096
 
 
 def depth_values(mdata: MuData, mod: str, layer: str | None) -> np.ndarray:
     """``log1p`` of each cell's total counts and of its number of detected features (cells × 2, float64)."""
-    where = f"mdata['{mod}'].layers['{layer}']" if layer is not None else f"mdata['{mod}'].X"
-    matrix = check_layer(mdata, mod, layer)
-    if matrix is None:
-        raise ValueError(f"{where} is empty; pass layer= naming the layer with raw counts")
-    counts = as_csr(matrix)
-    check_count_values(counts, where)
+    counts = raw_counts(mdata, mod, layer)
     totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     detected = np.empty(counts.shape[0], dtype=np.float64)
-    # Stored entries may include explicit zeros; counted per block of rows to bound the row-index temporary.
+    # Stored entries may include explicit zeros; counted per block of rows to bound the row-index temporary (8 bytes
+    # per stored value) on atlas-size matrices.
     for start in range(0, counts.shape[0], ROW_BLOCK):
         block = counts[start : start + ROW_BLOCK]
         rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))

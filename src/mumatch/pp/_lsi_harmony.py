@@ -113,13 +113,19 @@ def _check_projectable_names(mdata: MuData, mod: str, fitted_names: np.ndarray, 
         )
 
 
-def _counts(mdata: MuData, mod: str, layer: str | None, feature_mask: np.ndarray | None) -> sp.csr_matrix:
+def raw_counts(mdata: MuData, mod: str, layer: str | None) -> sp.csr_matrix:
+    """The modality's counts in ``layer`` (``.X`` when None) as CSR, refused unless they are raw counts."""
     where = f"mdata['{mod}'].layers['{layer}']" if layer is not None else f"mdata['{mod}'].X"
     matrix = check_layer(mdata, mod, layer)
     if matrix is None:
         raise ValueError(f"{where} is empty; pass layer= naming the layer with raw counts")
     counts = as_csr(matrix)
     check_count_values(counts, where)
+    return counts
+
+
+def _counts(mdata: MuData, mod: str, layer: str | None, feature_mask: np.ndarray | None) -> sp.csr_matrix:
+    counts = raw_counts(mdata, mod, layer)
     if feature_mask is not None:
         counts = counts[:, feature_mask]
     return counts
