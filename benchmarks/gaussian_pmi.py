@@ -29,7 +29,8 @@ once (``held_out_SET_sSEED.json``).
 
 ``--depth`` appends each cell's sequencing depth (the two columns of ``mm.pp.append_depth``: log total counts and
 log detected features, standardised within batches) to both modalities' inputs of the Gaussian; the JSON names end in
-``_depth``.
+``_depth``. ``--with-clip`` (with ``--held-out-pairs``) puts the pipeline's CLIP, trained on the same four fifths of
+the pairs, beside CLUE: the embedding is CLIP + CLUE (names end in ``_clip``).
 
 Prints markdown tables; one JSON per (set, seed) in ``--out``.
 """
@@ -201,10 +202,14 @@ def run_one(name: str, seed: int, embeddings: Path, use_depth: bool = False) -> 
     return record
 
 
-def run_held_out(name: str, seed: int, use_depth: bool = False) -> dict:
-    """Every setting chosen on held-out pairs that CLUE never sees paired; then the test cells matched once."""
+def run_held_out(name: str, seed: int, use_depth: bool = False, with_clip: bool = False) -> dict:
+    """Every setting chosen on held-out pairs that CLUE never sees paired; then the test cells matched once.
+
+    With ``with_clip`` the embedding beside the Gaussian is CLIP + CLUE (the pipeline's CLIP, mean of the cosines).
+    """
     import mumatch as mm
     from mumatch import _pipeline
+    from mumatch._ensemble import concatenate_members
     from mumatch._layout import extract_block, paired_positions, representation_params, unpaired_mask
 
     mdata, mod1, mod2 = load_prepared(name)
@@ -228,6 +233,12 @@ def run_held_out(name: str, seed: int, use_depth: bool = False) -> dict:
     fit1, fit2 = paired_positions(mdata, mod1, mod2)
     n_models = _pipeline.seed_ensemble_size(int(fit1.size))
     mm.tl.train_clue(mdata, [mod1, mod2], ensemble=n_models, key_added="X_clue", random_state=seed, progress_bar=False)
+    if with_clip:
+        # The pipeline's CLIP (depth columns, its ensemble), trained on the same four fifths of the pairs.
+        mm.pp.append_depth(mdata, [mod1, mod2], key_added=_pipeline.CLIP_REP)
+        ensemble = _pipeline.ensemble_choice(mdata, mod1, mod2)
+        options = {"ensemble": ensemble, "random_state": seed, "progress_bar": False}
+        mm.tl.train_clip(mdata, mod1, mod2, use_rep=_pipeline.CLIP_REP, **options)
     rows = {
         "held": (mdata[mod1].obs_names.get_indexer(held), mdata[mod2].obs_names.get_indexer("held_out_" + held)),
         "test": (mdata[mod1].obs_names.get_indexer(test1), mdata[mod2].obs_names.get_indexer(test2)),
@@ -236,7 +247,8 @@ def run_held_out(name: str, seed: int, use_depth: bool = False) -> dict:
     for mod in (mod1, mod2):
         rep = np.asarray(mdata[mod].obsm["X_lsi_harmony"], dtype=np.float64)
         reps[mod] = rep, representation_params(mdata, mod, "X_lsi_harmony").get("method") == "clr"
-        clue[mod] = np.asarray(mdata[mod].obsm["X_clue"], dtype=np.float64)
+        parts = [mdata[mod].obsm[key] for key in (["X_clip", "X_clue"] if with_clip else ["X_clue"])]
+        clue[mod] = concatenate_members([np.asarray(part, dtype=np.float64) for part in parts])
 
     def scores_of(part: str) -> dict[tuple, float]:
         rows1, rows2 = rows[part]
@@ -258,6 +270,7 @@ def run_held_out(name: str, seed: int, use_depth: bool = False) -> dict:
 
     held_scores, test_scores = scores_of("held"), scores_of("test")
     record = {"set": name, "seed": seed, "n_models": n_models, "n_fit_pairs": int(fit1.size), "n_held": int(n_held)}
+    record["embedding"] = "CLIP + CLUE" if with_clip else "CLUE"
     for kind in ("clue", "gaussian", "clue + gaussian"):
         settings = [key for key in held_scores if key[0] == kind]
         best = max(settings, key=held_scores.get)
@@ -279,13 +292,14 @@ def main() -> None:
     parser.add_argument(
         "--depth", action="store_true", help="the Gaussian also reads each cell's sequencing depth (pp.append_depth)"
     )
+    parser.add_argument("--with-clip", action="store_true", help="--held-out-pairs: the embedding is CLIP + CLUE")
     args = parser.parse_args()
-    suffix = "_depth" if args.depth else ""
+    suffix = ("_depth" if args.depth else "") + ("_clip" if args.with_clip else "")
     if args.held_out_pairs:
         args.out.mkdir(parents=True, exist_ok=True)
         for name in args.sets:
             for seed in args.seeds:
-                record = run_held_out(name, seed, args.depth)
+                record = run_held_out(name, seed, args.depth, args.with_clip)
                 (args.out / f"held_out_{name}_s{seed}{suffix}.json").write_text(json.dumps(record, indent=1))
                 print(name, seed, {kind: record[kind] for kind in ("clue", "gaussian", "clue + gaussian")}, flush=True)
         return
