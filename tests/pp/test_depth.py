@@ -193,6 +193,12 @@ def test_a_query_gets_the_reference_scale_and_a_saved_model_embeds_it(embedded, 
         mm.model.CLIP.load(tmp_path / "clip", reference).get_latent_representation(query, "rna")
     with pytest.raises(KeyError, match="reference has no append_depth output 'other'"):
         mm.pp.append_depth(query, reference=reference, key_added="other")
+    with pytest.raises(TypeError, match="'reference' must be a mudata.MuData"):
+        mm.pp.append_depth(query, reference=reference["rna"])
+    reference["atac"].uns["other"] = "not a record"
+    with pytest.raises(KeyError, match="reference has no append_depth output 'other' for 'atac'"):
+        mm.pp.append_depth(query, mods=["atac"], reference=reference, key_added="other")
+    assert KEY not in query["rna"].obsm  # every refusal above wrote nothing
     mm.pp.append_depth(query, reference=reference)
     for mod in ("rna", "atac"):
         assert query[mod].uns[KEY]["params"]["scale"] == reference[mod].uns[KEY]["params"]["scale"]

@@ -59,8 +59,9 @@ def _reference_scales(reference: object, mods: list[str], key_added: str) -> dic
     check_mudata(reference, "reference")
     scales = {}
     for mod in mods:
-        params = reference.mod[mod].uns.get(key_added, {}).get("params", {}) if mod in reference.mod else {}
-        if "scale" not in params:
+        recorded = reference.mod[mod].uns.get(key_added) if mod in reference.mod else None
+        params = recorded.get("params") if isinstance(recorded, Mapping) else None
+        if not isinstance(params, Mapping) or "scale" not in params:
             raise KeyError(
                 f"reference has no append_depth output '{key_added}' for '{mod}'; run mm.pp.append_depth on the "
                 "reference with the same key_added (or pass reference=None)"
