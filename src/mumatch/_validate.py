@@ -185,6 +185,11 @@ def check_layer(mdata: MuData, mod: str, layer: str | None, argument: str = "lay
     it is read, so that every caller gets a numpy array or a scipy sparse matrix.
     """
     adata = mdata[mod]
+    if layer is not None and not isinstance(layer, str):
+        raise ValueError(
+            f"{argument} must be the name of one layer of mdata['{mod}'].layers (a string) or None for .X, "
+            f"got {type(layer).__name__} {layer!r}"
+        )
     if layer is None:
         matrix = adata.X
     elif layer not in adata.layers:

@@ -229,6 +229,8 @@ def test_setup_bad_inputs_leave_data_unchanged(small):
         mm.model.CLUE.setup_mudata(small, ["rna"], rep_key="X_pca")
     with pytest.raises(KeyError, match="layer='raw'"):
         mm.model.CLUE.setup_mudata(small, rep_key="X_pca", layer="raw")
+    with pytest.raises(ValueError, match="layer must be the name of one layer"):
+        mm.model.CLUE.setup_mudata(small, rep_key="X_pca", layer=["counts"])
     with pytest.raises(KeyError, match="X_lsi_harmony"):
         mm.model.CLUE.setup_mudata(small)
     with pytest.raises(ValueError, match="likelihood='gaussian'"):

@@ -112,6 +112,7 @@ def test_copy_returns_a_new_object_and_leaves_the_caller_alone():
     [
         ({"use_rep": "missing"}, KeyError, "use_rep='missing' not found"),
         ({"use_rep": "rep", "layer": "raw"}, KeyError, "layer='raw' not found"),
+        ({"use_rep": "rep", "layer": ["counts"]}, ValueError, "layer must be the name of one layer"),
         ({"use_rep": "rep", "key_added": "rep"}, ValueError, "would overwrite use_rep"),
         ({"use_rep": "rep", "batch_key": "donor"}, KeyError, "batch_key='donor'"),
         ({"use_rep": "rep", "mods": ["prot"]}, KeyError, "prot"),

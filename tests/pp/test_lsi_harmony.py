@@ -204,6 +204,7 @@ def _repeat_gene(mdata):
         (lambda m: _set_layer(m, "rna", m["rna"].layers["counts"] * 0.5), {}, ValueError, "layer="),
         (lambda m: _set_layer(m, "atac", -m["atac"].layers["counts"]), {}, ValueError, "negative"),
         (None, {"layer": "raw"}, KeyError, "layer='raw'"),
+        (None, {"layer": ["counts"]}, ValueError, "layer must be the name of one layer"),
         (None, {"mods": ["protein"]}, KeyError, "not a modality"),
         (None, {"n_comps": {"rna": 1}}, ValueError, "n_comps for 'rna' must be an integer >= 2"),
         (None, {"n_comps": 0}, ValueError, "n_comps"),
