@@ -232,6 +232,10 @@ def test_load_onto_renamed_modalities_names_the_training_ones(small, tmp_path):
     with pytest.raises(KeyError, match=r"trained on modalities \['rna', 'atac'\]; mdata has no \['rna', 'atac'\]"):
         mm.model.CLIP.load(tmp_path / "clip", renamed)
     assert_unchanged(before, renamed)
+    # CLIP's module needs both modalities' data (its defaults read the pairs): one of them is not enough.
+    rna_only = MuData({"rna": small["rna"].copy()})
+    with pytest.raises(KeyError, match=r"mdata has no \['atac'\].*it needs all of them"):
+        mm.model.CLIP.load(tmp_path / "clip", rna_only)
 
 
 def test_load_keeps_a_batch_key_of_mdata_obs(small, tmp_path):

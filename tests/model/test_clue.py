@@ -585,6 +585,42 @@ def test_load_onto_other_features_fails_clearly_and_leaves_mudata_unchanged(smal
     assert dict(fewer.uns[SETUP_KEY]) == {"CLIP": "{}"}
 
 
+def test_a_three_modality_model_loads_onto_a_query_without_one_and_embeds_the_others(triple, tmp_path):
+    model = train_model(triple)
+    model.save(tmp_path / "clue")
+    # A multiome query for a model trained on RNA + ATAC + ADT (TEA-seq): its cells embed as with the full data.
+    query = mudata.MuData({"rna": triple["rna"].copy(), "atac": triple["atac"].copy()})
+    loaded = mm.model.CLUE.load(tmp_path / "clue", query)
+    for mod in ("rna", "atac"):
+        np.testing.assert_array_equal(
+            loaded.get_latent_representation(modality=mod), model.get_latent_representation(modality=mod)
+        )
+    assert loaded.registrations["adt"] == model.registrations["adt"]
+    assert json.loads(query.uns[SETUP_KEY]["CLUE"])["mods"] == ["rna", "atac", "adt"]
+    with pytest.raises(KeyError, match="has no modality 'adt'"):
+        loaded.get_latent_representation(modality="adt")
+    before = snapshot(query)
+    with pytest.raises(ValueError, match=r"loaded onto data without \['adt'\].*trains only on data with all"):
+        loaded.train(**QUICK)
+    assert_unchanged(before, query)
+    # Saved again, it keeps what it knows of the absent modality and loads back onto the full data.
+    loaded.save(tmp_path / "again")
+    full = mm.model.CLUE.load(tmp_path / "again", triple)
+    np.testing.assert_array_equal(
+        full.get_latent_representation(modality="adt"), model.get_latent_representation(modality="adt")
+    )
+
+
+def test_a_model_loads_only_onto_data_with_one_of_its_modalities(triple, tmp_path):
+    train_model(triple).save(tmp_path / "clue")
+    other = mudata.MuData({"protein": triple["adt"].copy()})
+    before = snapshot(other)
+    with pytest.raises(KeyError, match="it needs one of them"):
+        mm.model.CLUE.load(tmp_path / "clue", other)
+    assert_unchanged(before, other)
+    assert SETUP_KEY not in other.uns
+
+
 def test_nan_loss_is_detected(small, monkeypatch):
     mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
     model = mm.model.CLUE(small, **TINY)

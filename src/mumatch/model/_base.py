@@ -415,12 +415,19 @@ class MuDataModel:
     """
 
     _module_cls: ClassVar[type[torch.nn.Module]]
+    # Whether a saved model can be loaded onto data lacking some of its modalities, to embed the cells of the others
+    # (its module is then built from the saved registrations of the absent ones).
+    _loads_without_modalities: ClassVar[bool] = False
 
     def __init__(self, mdata: MuData):
         check_mudata(mdata)
         self.setup_args = self._setup_args(mdata)
+        # load() sets the saved registrations of the modalities the loaded data lacks before calling __init__.
+        absent = getattr(self, "_absent_registrations", {})
         self.registrations = {
-            mod: ModalityRegistration(
+            mod: absent[mod]
+            if mod not in mdata.mod and mod in absent
+            else ModalityRegistration(
                 mod=mod,
                 rep_key=self.setup_args["rep_keys"][mod],
                 n_input=int(mdata[mod].obsm[self.setup_args["rep_keys"][mod]].shape[1]),
@@ -446,6 +453,7 @@ class MuDataModel:
         batch_key: str | None = None,
         *,
         check_pairs: bool = True,
+        absent: Sequence[str] = (),
         **extra: Any,
     ) -> None:
         """Check the modalities and their inputs, then record the setup in ``mdata.uns['_mumatch_setup']``.
@@ -465,12 +473,18 @@ class MuDataModel:
         check_pairs
             Warn about cells paired by name whose batch labels differ between modalities (not when loading a model,
             which trains on nothing).
+        absent
+            Modalities of ``mods`` that ``mdata`` lacks (a saved model loaded to embed the cells of the others): they
+            are recorded without being checked.
         **extra
             Further JSON-serialisable setup arguments of the subclass.
         """
         check_mudata(mdata)
         mods = list(mods)
+        present = [mod for mod in mods if mod not in absent]
         for position, mod in enumerate(mods):
+            if mod in absent:
+                continue
             check_mod(mdata, mod, f"mod{position + 1}")
             check_obs_names(mdata, mod, in_mudata=False)  # paired cells are found by name
         if len(set(mods)) != len(mods):
@@ -479,18 +493,18 @@ class MuDataModel:
         missing = [mod for mod in mods if mod not in rep_keys]
         if missing:
             raise KeyError(f"rep_key names no representation for {missing}; give one per modality")
-        for mod in mods:
+        for mod in present:
             if check_rep(mdata, mod, rep_keys[mod], "rep_key").shape[1] == 0:
                 # The encoders would see only their biases: every cell the same embedding, a loss that cannot move.
                 raise ValueError(
                     f"mdata['{mod}'].obsm['{rep_keys[mod]}'] has no columns; give rep_key a representation with at "
                     "least one (e.g. X_lsi_harmony from mm.pp.lsi_harmony)"
                 )
-        if batch_key is not None and not check_batch_key(mdata, mods, batch_key):
-            logg.warning(f"no modality of {mods} has a {batch_key!r} column: training without batches")
+        if batch_key is not None and not check_batch_key(mdata, present, batch_key):
+            logg.warning(f"no modality of {present} has a {batch_key!r} column: training without batches")
             batch_key = None
-        for position, mod1 in enumerate(mods if check_pairs else []):
-            for mod2 in mods[position + 1 :]:
+        for position, mod1 in enumerate(present if check_pairs else []):
+            for mod2 in present[position + 1 :]:
                 warn_conflicting_batches(mdata, mod1, mod2, batch_key, "different cells would be trained on as pairs")
         args = plain_values({"mods": mods, "rep_keys": rep_keys, "batch_key": batch_key, **extra})
         json.dumps(args)  # fails early on a value that could not be saved with the model
@@ -670,7 +684,10 @@ class MuDataModel:
         dir_path
             Folder written by :meth:`save`.
         mdata
-            Data with the same modalities and representations (of the same widths) as the training data.
+            Data with the same modalities and representations (of the same widths) as the training data. A
+            :class:`~mumatch.model.CLUE` model also loads onto data with only some of its modalities (e.g. a model
+            trained on RNA + ATAC + ADT onto a multiome query) and embeds the cells of those; training it further
+            needs every modality.
 
         Returns
         -------
@@ -683,18 +700,24 @@ class MuDataModel:
         metadata = json.loads((folder / METADATA_FILE).read_text())
         if metadata["class"] != cls.__name__:
             raise ValueError(f"{folder} holds a {metadata['class']} model; load it with mm.model.{metadata['class']}")
-        trained_on = [saved["mod"] for saved in metadata["registrations"].values()]
+        saved_registrations = {
+            saved["mod"]: ModalityRegistration(**{**saved, "var_names": tuple(saved["var_names"])})
+            for saved in metadata["registrations"].values()
+        }
+        trained_on = list(saved_registrations)
         missing = [mod for mod in trained_on if mod not in mdata.mod]
-        if missing:
+        if missing and (not cls._loads_without_modalities or len(missing) == len(trained_on)):
+            embeds = "one of them" if cls._loads_without_modalities else "all of them"
             raise KeyError(
                 f"the model in {folder} was trained on modalities {trained_on}; mdata has no {missing} (its "
-                f"modalities: {list(mdata.mod)}): rename them to the training data's names"
+                f"modalities: {list(mdata.mod)}): it needs {embeds}, under the training data's names (rename them)"
             )
-        for saved in metadata["registrations"].values():
-            modality_inputs(mdata, ModalityRegistration(**{**saved, "var_names": tuple(saved["var_names"])}))
+        present = [mod for mod in trained_on if mod not in missing]
+        for mod in present:
+            modality_inputs(mdata, saved_registrations[mod])
         setup = dict(metadata["setup_args"])
         if setup.get("batch_key") is not None and all(
-            obs_column(mdata, mod, setup["batch_key"]) is None for mod in setup["mods"]
+            obs_column(mdata, mod, setup["batch_key"]) is None for mod in present
         ):
             # Embedding new cells needs no batch labels (decoders, which take them, are not used to embed).
             setup["batch_key"] = None
@@ -702,8 +725,10 @@ class MuDataModel:
         previous = dict(setups) if isinstance(setups, Mapping) else setups
         try:
             # A loaded model embeds cells and trains on nothing: the pairs of the new data are not its concern.
-            cls._register(mdata, setup.pop("mods"), setup.pop("rep_keys"), check_pairs=False, **setup)
-            model = cls(mdata, **cls._saved_init_params(metadata["init_params"]))
+            cls._register(mdata, setup.pop("mods"), setup.pop("rep_keys"), check_pairs=False, absent=missing, **setup)
+            model = cls.__new__(cls)
+            model._absent_registrations = {mod: saved_registrations[mod] for mod in missing}
+            model.__init__(mdata, **cls._saved_init_params(metadata["init_params"]))
             try:
                 # On the CPU, where the model is built: weights saved from a module on a GPU load on a machine
                 # without one.
@@ -727,7 +752,14 @@ class MuDataModel:
             else:
                 mdata.uns.pop(SETUP_KEY, None)
             raise
+        if missing:
+            logg.info(
+                f"loaded onto data without {missing}: the model embeds the cells of {present}; training it further "
+                "needs data with every modality it was trained on"
+            )
         for saved in metadata["registrations"].values():
+            if saved["mod"] in missing:
+                continue
             # The training data's fit stays the model's reference for later queries.
             registration = model.registrations[saved["mod"]]
             model.registrations[saved["mod"]] = replace(registration, fit_id=saved.get("fit_id"))

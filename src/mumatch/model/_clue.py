@@ -182,6 +182,7 @@ class CLUE(MuDataModel):
     """
 
     _module_cls = CLUEModule
+    _loads_without_modalities = True
 
     @classmethod
     def setup_mudata(
@@ -273,7 +274,10 @@ class CLUE(MuDataModel):
         if config == "auto":
             config = (
                 "multiome"
-                if any(setup["likelihoods"][mod] == "bernoulli" or _is_atac(mdata, mod) for mod in mods)
+                if any(
+                    setup["likelihoods"][mod] == "bernoulli" or (mod in mdata.mod and _is_atac(mdata, mod))
+                    for mod in mods
+                )
                 else "cite"
             )
         if config not in CONFIGS:
@@ -291,7 +295,7 @@ class CLUE(MuDataModel):
                 raise ValueError(f"{name} must be a finite number >= 0, got {params[name]!r}")
         if not is_number(params["dropout"]) or not 0 <= params["dropout"] < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {params['dropout']!r}")
-        n_features = [mdata[mod].n_vars for mod in mods]
+        n_features = [len(self.registrations[mod].var_names) for mod in mods]
         with forked_torch_rng():
             torch.manual_seed(random_state)
             self.module = CLUEModule(
@@ -318,7 +322,8 @@ class CLUE(MuDataModel):
             # (method "clr"), whose columns are proteins in the order of .var: a cut would drop the last ones.
             requested = {
                 mod: None
-                if representation_params(mdata, mod, self.registrations[mod].rep_key).get("method") == "clr"
+                if mod in mdata.mod
+                and representation_params(mdata, mod, self.registrations[mod].rep_key).get("method") == "clr"
                 else n_input_comps
                 for mod in mods
             }
@@ -333,6 +338,8 @@ class CLUE(MuDataModel):
             for mod, value in requested.items()
         }
         for mod, width in widths.items():
+            if mod not in mdata.mod:  # a saved model loaded to embed the other modalities
+                continue
             rep_key, n_input = self.registrations[mod].rep_key, self.registrations[mod].n_input
             appended = int(representation_params(mdata, mod, rep_key).get("n_appended", 0))
             if appended and width < n_input:
@@ -435,6 +442,12 @@ class CLUE(MuDataModel):
             as in scvi-tools: pass ``devices=N`` for DDP on N devices, which then looks for parameters without a
             gradient unless a ``strategy`` is given, e.g. ``"ddp_spawn_find_unused_parameters_true"``).
         """
+        absent = [mod for mod in self.setup_args["mods"] if mod not in self.mdata.mod]
+        if absent:
+            raise ValueError(
+                f"the model was loaded onto data without {absent}: it can embed the cells of the other modalities "
+                "but trains only on data with all of them; load it onto such data (CLUE.load(dir, mdata)) to train"
+            )
         check_int(batch_size, "batch_size", minimum=2)
         check_int(patience, "patience")
         explicit_reduce_lr = not (isinstance(reduce_lr_patience, str) and reduce_lr_patience == "auto")
