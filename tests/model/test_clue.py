@@ -409,6 +409,18 @@ def test_a_module_in_another_precision_embeds(small):
     np.testing.assert_allclose(latent, expected, atol=0.05)
 
 
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_trains_in_a_trainers_true_precision(small, precision):
+    # "true" precisions convert the module, not the tensors the loss and the matching monitor build themselves.
+    mm.model.CLUE.setup_mudata(small, rep_key="X_pca")
+    model = mm.model.CLUE(small, **TINY)
+    model.train(precision=precision, monitor="matching", **QUICK)
+    assert next(model.module.parameters()).dtype == {"bf16-true": torch.bfloat16, "64-true": torch.float64}[precision]
+    assert np.isfinite(model.history["validation_foscttm"].to_numpy()).all()
+    latent = model.get_latent_representation(modality="atac")
+    assert latent.dtype == np.float32 and np.isfinite(latent).all()
+
+
 def test_latent_representation_of_a_mudata_without_the_modality_names_it(small):
     # The default modality is the first registered one: a query holding only the other says which one it lacks.
     model = train_model(small)

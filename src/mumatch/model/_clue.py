@@ -607,11 +607,13 @@ class MatchingTrainingPlan(TrainingPlan):
         if not self.pairs or self.trainer.sanity_checking:
             return
         values = []
+        # The inputs follow the weights' precision (a Trainer's "bf16-true" or "64-true" converts the module only).
+        dtype = next(self.module.parameters()).dtype
         with torch.no_grad():
             for j, k, reps_j, reps_k in self.pairs:
-                embedding_j = nn_functional.normalize(self.module.embed(j, reps_j.to(self.device)), dim=1)
-                embedding_k = nn_functional.normalize(self.module.embed(k, reps_k.to(self.device)), dim=1)
-                values.append(_foscttm(embedding_j, embedding_k))
+                embedding_j = nn_functional.normalize(self.module.embed(j, reps_j.to(self.device, dtype)), dim=1)
+                embedding_k = nn_functional.normalize(self.module.embed(k, reps_k.to(self.device, dtype)), dim=1)
+                values.append(_foscttm(embedding_j.float(), embedding_k.float()))
         self.log("validation_foscttm", torch.stack(values).mean(), on_epoch=True, sync_dist=True)
 
 

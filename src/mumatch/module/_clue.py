@@ -227,7 +227,7 @@ class CLUEModule(nn.Module):
         minimise, the loss with the adversarial term counted negatively.
         """
         n_cells = observed.shape[0]
-        mask = observed.float()
+        mask = observed.to(reps[0].dtype)  # the module's precision (e.g. a Trainer's "bf16-true")
         n_observed = mask.sum(-1)
         rows = [torch.nonzero(observed[:, j]).squeeze(1) for j in range(self.n_mods)]
         self_nll = kl = cross = mse = adversarial = reps[0].new_zeros(())
