@@ -202,15 +202,13 @@ def run_one(name: str, seed: int, embeddings: Path, use_depth: bool = False) -> 
     return record
 
 
-def run_held_out(name: str, seed: int, use_depth: bool = False, with_clip: bool = False) -> dict:
-    """Every setting chosen on held-out pairs that CLUE never sees paired; then the test cells matched once.
+def hold_out_pairs(name: str, seed: int):
+    """The set's MuData with a fifth of the paired cells made unpaired (their mod2 cells renamed ``held_out_*``).
 
-    With ``with_clip`` the embedding beside the Gaussian is CLIP + CLUE (the pipeline's CLIP, mean of the cosines).
+    Returns the MuData, its two modalities, the held-out cells' names (mod1's) and the test cells' names on each side
+    (row ``i`` of both one cell).
     """
-    import mumatch as mm
-    from mumatch import _pipeline
-    from mumatch._ensemble import concatenate_members
-    from mumatch._layout import extract_block, paired_positions, representation_params, unpaired_mask
+    from mumatch._layout import extract_block, paired_positions, unpaired_mask
 
     mdata, mod1, mod2 = load_prepared(name)
     index1 = np.flatnonzero(unpaired_mask(mdata, mod1, mod2))
@@ -228,6 +226,20 @@ def run_held_out(name: str, seed: int, use_depth: bool = False, with_clip: bool 
     del mdata.obsp["match_true"]
     mdata[mod2].obs_names = renamed.to_numpy()
     mdata.update()
+    return mdata, mod1, mod2, held, (test1, test2)
+
+
+def run_held_out(name: str, seed: int, use_depth: bool = False, with_clip: bool = False) -> dict:
+    """Every setting chosen on held-out pairs that CLUE never sees paired; then the test cells matched once.
+
+    With ``with_clip`` the embedding beside the Gaussian is CLIP + CLUE (the pipeline's CLIP, mean of the cosines).
+    """
+    import mumatch as mm
+    from mumatch import _pipeline
+    from mumatch._ensemble import concatenate_members
+    from mumatch._layout import paired_positions, representation_params
+
+    mdata, mod1, mod2, held, (test1, test2) = hold_out_pairs(name, seed)
     mm.pp.lsi_harmony(mdata, [mod1, mod2], random_state=seed)
     depth = depth_columns(mdata, [mod1, mod2], use_depth)
     fit1, fit2 = paired_positions(mdata, mod1, mod2)
@@ -269,7 +281,7 @@ def run_held_out(name: str, seed: int, use_depth: bool = False, with_clip: bool 
         return out
 
     held_scores, test_scores = scores_of("held"), scores_of("test")
-    record = {"set": name, "seed": seed, "n_models": n_models, "n_fit_pairs": int(fit1.size), "n_held": int(n_held)}
+    record = {"set": name, "seed": seed, "n_models": n_models, "n_fit_pairs": int(fit1.size), "n_held": int(held.size)}
     record["embedding"] = "CLIP + CLUE" if with_clip else "CLUE"
     for kind in ("clue", "gaussian", "clue + gaussian"):
         settings = [key for key in held_scores if key[0] == kind]
