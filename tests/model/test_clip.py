@@ -229,13 +229,27 @@ def test_load_onto_renamed_modalities_names_the_training_ones(small, tmp_path):
     model.save(tmp_path / "clip")
     renamed = MuData({"gex": small["rna"].copy(), "peaks": small["atac"].copy()})
     before = snapshot(renamed)
-    with pytest.raises(KeyError, match=r"trained on modalities \['rna', 'atac'\]; mdata has no \['rna', 'atac'\]"):
+    with pytest.raises(KeyError, match=r"trained on modalities \['rna', 'atac'\]; mdata has none of them"):
         mm.model.CLIP.load(tmp_path / "clip", renamed)
     assert_unchanged(before, renamed)
-    # CLIP's module needs both modalities' data (its defaults read the pairs): one of them is not enough.
+
+
+def test_load_onto_one_modality_embeds_its_cells_and_refuses_to_train(small, tmp_path):
+    model = make_model(small)
+    model.save(tmp_path / "clip")
+    # New RNA cells alone, projected with the training data's fit: embedded as with both modalities.
     rna_only = MuData({"rna": small["rna"].copy()})
-    with pytest.raises(KeyError, match=r"mdata has no \['atac'\].*it needs all of them"):
-        mm.model.CLIP.load(tmp_path / "clip", rna_only)
+    loaded = mm.model.CLIP.load(tmp_path / "clip", rna_only)
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(rna_only, "rna"), model.get_latent_representation(small, "rna")
+    )
+    assert loaded.init_params == model.init_params
+    with pytest.raises(KeyError, match="has no modality 'atac'"):
+        loaded.get_latent_representation(rna_only, "atac")
+    before = snapshot(rna_only)
+    with pytest.raises(ValueError, match=r"loaded onto data without \['atac'\].*CLIP.load"):
+        loaded.train(max_epochs=1)
+    assert_unchanged(before, rna_only)
 
 
 def test_load_keeps_a_batch_key_of_mdata_obs(small, tmp_path):

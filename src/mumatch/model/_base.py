@@ -415,9 +415,6 @@ class MuDataModel:
     """
 
     _module_cls: ClassVar[type[torch.nn.Module]]
-    # Whether a saved model can be loaded onto data lacking some of its modalities, to embed the cells of the others
-    # (its module is then built from the saved registrations of the absent ones).
-    _loads_without_modalities: ClassVar[bool] = False
 
     def __init__(self, mdata: MuData):
         check_mudata(mdata)
@@ -620,6 +617,16 @@ class MuDataModel:
         }
         self.is_trained = True
 
+    def _check_trainable(self) -> None:
+        """Raise unless the registered MuData holds every modality (a loaded model may lack some; see load)."""
+        absent = [mod for mod in self.setup_args["mods"] if mod not in self.mdata.mod]
+        if absent:
+            raise ValueError(
+                f"the model was loaded onto data without {absent}: it can embed the cells of the other modalities "
+                f"but trains only on data with all of them; load it onto such data ({type(self).__name__}.load(dir, "
+                "mdata)) to train"
+            )
+
     # ----- inference --------------------------------------------------------------------------------------------
     def _check_query(self, mdata: MuData | None) -> MuData:
         """The data to embed (the registered MuData by default), after warning about what would make it meaningless."""
@@ -684,10 +691,10 @@ class MuDataModel:
         dir_path
             Folder written by :meth:`save`.
         mdata
-            Data with the same modalities and representations (of the same widths) as the training data. A
-            :class:`~mumatch.model.CLUE` model also loads onto data with only some of its modalities (e.g. a model
-            trained on RNA + ATAC + ADT onto a multiome query) and embeds the cells of those; training it further
-            needs every modality.
+            Data with the same modalities and representations (of the same widths) as the training data, or with
+            only some of the modalities (a CLIP model onto RNA alone, a CLUE model trained on RNA + ATAC + ADT onto a
+            multiome query): the model then embeds the cells of those, and training it further needs every
+            modality.
 
         Returns
         -------
@@ -706,11 +713,11 @@ class MuDataModel:
         }
         trained_on = list(saved_registrations)
         missing = [mod for mod in trained_on if mod not in mdata.mod]
-        if missing and (not cls._loads_without_modalities or len(missing) == len(trained_on)):
-            embeds = "one of them" if cls._loads_without_modalities else "all of them"
+        if len(missing) == len(trained_on):
+            # With some of them it embeds their cells (the absent ones' networks are built from what was saved).
             raise KeyError(
-                f"the model in {folder} was trained on modalities {trained_on}; mdata has no {missing} (its "
-                f"modalities: {list(mdata.mod)}): it needs {embeds}, under the training data's names (rename them)"
+                f"the model in {folder} was trained on modalities {trained_on}; mdata has none of them (its "
+                f"modalities: {list(mdata.mod)}): it needs at least one, under the training data's name (rename it)"
             )
         present = [mod for mod in trained_on if mod not in missing]
         for mod in present:

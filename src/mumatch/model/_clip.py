@@ -147,8 +147,14 @@ class CLIP(MuDataModel):
     ):
         super().__init__(mdata)
         mods = self.setup_args["mods"]
-        defaults, roles = matchclot_defaults(mdata, *mods)
-        n_paired = len(paired_positions(mdata, *mods)[0])
+        if all(mod in mdata.mod for mod in mods):
+            defaults, roles = matchclot_defaults(mdata, *mods)
+            n_paired = len(paired_positions(mdata, *mods)[0])
+        else:
+            # Loaded onto data without one modality (load passes every hyperparameter as saved): the defaults,
+            # which read both modalities, would only set the learning rate of a training that _check_trainable
+            # refuses; the GEX-ATAC ones stand in.
+            defaults, roles, n_paired = MATCHCLOT_GEX2ATAC, ("gex", "other"), 0
         check_int(n_latent, "n_latent", allow_none=True)
         check_int(n_layers, "n_layers", minimum=0, allow_none=True)
         if temperature_init is not None and not np.isfinite(temperature_init):
@@ -365,6 +371,7 @@ class CLIP(MuDataModel):
         check_positive(lr, "lr", allow_none=True)
         if weight_decay is not None and (not np.isfinite(weight_decay) or weight_decay < 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        self._check_trainable()
         mods = self.setup_args["mods"]
         inputs = [modality_inputs(self.mdata, self.registrations[mod]) for mod in mods]
         positions = paired_positions(self.mdata, *mods)

@@ -182,7 +182,6 @@ class CLUE(MuDataModel):
     """
 
     _module_cls = CLUEModule
-    _loads_without_modalities = True
 
     @classmethod
     def setup_mudata(
@@ -442,12 +441,7 @@ class CLUE(MuDataModel):
             as in scvi-tools: pass ``devices=N`` for DDP on N devices, which then looks for parameters without a
             gradient unless a ``strategy`` is given, e.g. ``"ddp_spawn_find_unused_parameters_true"``).
         """
-        absent = [mod for mod in self.setup_args["mods"] if mod not in self.mdata.mod]
-        if absent:
-            raise ValueError(
-                f"the model was loaded onto data without {absent}: it can embed the cells of the other modalities "
-                "but trains only on data with all of them; load it onto such data (CLUE.load(dir, mdata)) to train"
-            )
+        self._check_trainable()
         check_int(batch_size, "batch_size", minimum=2)
         check_int(patience, "patience")
         explicit_reduce_lr = not (isinstance(reduce_lr_patience, str) and reduce_lr_patience == "auto")
