@@ -419,6 +419,10 @@ def test_trains_in_a_trainers_true_precision(small, precision):
     assert np.isfinite(model.history["validation_foscttm"].to_numpy()).all()
     latent = model.get_latent_representation(modality="atac")
     assert latent.dtype == np.float32 and np.isfinite(latent).all()
+    # Trained further at the default precision, the weights return to float32 (float32 inputs met bfloat16 weights).
+    model.train(**QUICK)
+    assert next(model.module.parameters()).dtype == torch.float32
+    assert np.isfinite(model.get_latent_representation(modality="atac")).all()
 
 
 def test_latent_representation_of_a_mudata_without_the_modality_names_it(small):
@@ -600,8 +604,11 @@ def test_load_onto_other_features_fails_clearly_and_leaves_mudata_unchanged(smal
 def test_a_three_modality_model_loads_onto_a_query_without_one_and_embeds_the_others(triple, tmp_path):
     model = train_model(triple)
     model.save(tmp_path / "clue")
-    # A multiome query for a model trained on RNA + ATAC + ADT (TEA-seq): its cells embed as with the full data.
+    # A multiome query for a model trained on RNA + ATAC + ADT (TEA-seq), without batch labels: its cells embed as
+    # with the full data.
     query = mudata.MuData({"rna": triple["rna"].copy(), "atac": triple["atac"].copy()})
+    for mod in ("rna", "atac"):
+        del query[mod].obs["batch"]
     loaded = mm.model.CLUE.load(tmp_path / "clue", query)
     for mod in ("rna", "atac"):
         np.testing.assert_array_equal(
@@ -615,9 +622,14 @@ def test_a_three_modality_model_loads_onto_a_query_without_one_and_embeds_the_ot
     with pytest.raises(ValueError, match=r"loaded onto data without \['adt'\].*trains only on data with all"):
         loaded.train(**QUICK)
     assert_unchanged(before, query)
-    # Saved again, it keeps what it knows of the absent modality and loads back onto the full data.
+    # The setup it recorded names the absent modality: a new model on it says what to do.
+    with pytest.raises(KeyError, match=r"names modalities \['adt'\] that mdata lacks.*setup_mudata again"):
+        mm.model.CLUE(query)
+    # Saved again, it keeps what it knows of the absent modality and of the batches, and loads back onto the full
+    # data.
     loaded.save(tmp_path / "again")
     full = mm.model.CLUE.load(tmp_path / "again", triple)
+    assert full.setup_args["batch_key"] == model.setup_args["batch_key"] == "batch"
     np.testing.assert_array_equal(
         full.get_latent_representation(modality="adt"), model.get_latent_representation(modality="adt")
     )

@@ -63,6 +63,13 @@ METADATA_FILE = "model.json"
 # ReduceLROnPlateau's factor (torch's default, which scglue's trainers use).
 LR_REDUCTION_FACTOR = 0.1
 VALIDATION_PREFIX = "validation_"  # every metric of the validation loop is logged under it
+# The weights' dtype under Lightning's "true" precisions (the names it accepts for them); others train in float32.
+TRUE_PRECISION_DTYPES = {
+    "64-true": torch.float64,
+    "64": torch.float64,
+    "16-true": torch.float16,
+    "bf16-true": torch.bfloat16,
+}
 
 
 def device_options(devices: int | str | Sequence[int], trainer_kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -421,6 +428,13 @@ class MuDataModel:
         self.setup_args = self._setup_args(mdata)
         # load() sets the saved registrations of the modalities the loaded data lacks before calling __init__.
         absent = getattr(self, "_absent_registrations", {})
+        unknown = [mod for mod in self.setup_args["mods"] if mod not in mdata.mod and mod not in absent]
+        if unknown:
+            raise KeyError(
+                f"mdata's setup for {type(self).__name__} (mdata.uns['{SETUP_KEY}']) names modalities {unknown} that "
+                f"mdata lacks; call mm.model.{type(self).__name__}.setup_mudata again, or load a saved model with "
+                f"mm.model.{type(self).__name__}.load(dir, mdata)"
+            )
         self.registrations = {
             mod: absent[mod]
             if mod not in mdata.mod and mod in absent
@@ -595,6 +609,13 @@ class MuDataModel:
         if validation_loader is None:
             trainer_options["limit_val_batches"] = 0  # Lightning's default (all batches) needs no option, nor a notice
         trainer_options.update(trainer_kwargs)
+        # Lightning's "true" precisions convert the module to their dtype; the others (32-true, the mixed ones) feed
+        # it float32 inputs and need float32 weights, which weights trained or loaded in another precision are not.
+        weights_dtype = TRUE_PRECISION_DTYPES.get(str(trainer_options.get("precision", "32-true")), torch.float32)
+        dtypes = {parameter.dtype for parameter in plan.module.parameters() if parameter.is_floating_point()}
+        if dtypes and dtypes != {weights_dtype}:
+            logg.info(f"the weights ({', '.join(sorted(map(str, dtypes)))}) train in {weights_dtype}")
+            plan.module.to(weights_dtype)
         with seeded(seed):
             trainer = lp.Trainer(callbacks=callbacks, **trainer_options)
             plan.module.train()
@@ -733,6 +754,12 @@ class MuDataModel:
         try:
             # A loaded model embeds cells and trains on nothing: the pairs of the new data are not its concern.
             cls._register(mdata, setup.pop("mods"), setup.pop("rep_keys"), check_pairs=False, absent=missing, **setup)
+            if metadata["setup_args"].get("batch_key") != setup.get("batch_key"):
+                # The record keeps the training data's batch_key (columns missing here read as no batch): a model
+                # saved again from these cells still finds the batches of data that has them.
+                record = json.loads(mdata.uns[SETUP_KEY][cls.__name__])
+                record["batch_key"] = metadata["setup_args"]["batch_key"]
+                mdata.uns[SETUP_KEY] = {**mdata.uns[SETUP_KEY], cls.__name__: json.dumps(record)}
             model = cls.__new__(cls)
             model._absent_registrations = {mod: saved_registrations[mod] for mod in missing}
             model.__init__(mdata, **cls._saved_init_params(metadata["init_params"]))
